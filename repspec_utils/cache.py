@@ -1,0 +1,119 @@
+"""Content-addressed cache: hash keys, atomic checksummed writes, corrupt entries detected and rebuilt."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_MAGIC = b"REPSPEC1"
+# Bump when a change to the code alters what a cached object would contain.
+CACHE_VERSION = 1
+
+
+class CorruptCacheEntry(RuntimeError):
+    """A cache file exists but fails its checksum or cannot be decoded."""
+
+
+def cache_root() -> Path:
+    """The cache folder: $REPSPEC_CACHE or <repo>/cache (created on demand)."""
+    return Path(os.environ.get("REPSPEC_CACHE", REPO_ROOT / "cache"))
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float):
+        return repr(obj)  # exact, and 1e-3 vs 0.001 hash alike
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return _canonical({k: getattr(obj, k) for k in obj.__dataclass_fields__})
+    raise TypeError(f"cannot hash {type(obj).__name__} in a cache key: {obj!r}")
+
+
+def make_key(**parts: Any) -> str:
+    """A 20-hex-digit key: sha256 of the canonical JSON of everything that determines the object."""
+    blob = json.dumps({"_v": CACHE_VERSION, **_canonical(parts)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write bytes so that readers see the old file or the complete new one, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(obj: Any, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically, with a sha256 header that `load` verifies."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    atomic_write_bytes(_MAGIC + hashlib.sha256(payload).digest() + payload, path)
+
+
+def load(path: str | Path, *, remove_corrupt: bool = True) -> Any | None:
+    """Load an object written by `save`; None if missing. A corrupt file warns, is removed, and gives None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return _load_verified(path)
+    except CorruptCacheEntry as err:
+        warnings.warn(f"{err}; it will be rebuilt", RuntimeWarning, stacklevel=2)
+        if remove_corrupt:
+            path.unlink(missing_ok=True)
+        return None
+
+
+def _load_verified(path: Path) -> Any:
+    raw = path.read_bytes()
+    head = len(_MAGIC) + 32
+    if len(raw) < head or raw[: len(_MAGIC)] != _MAGIC:
+        raise CorruptCacheEntry(f"cache file {path} has no valid header")
+    payload = raw[head:]
+    if hashlib.sha256(payload).digest() != raw[len(_MAGIC) : head]:
+        raise CorruptCacheEntry(f"cache file {path} fails its checksum")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as exc:  # pragma: no cover - checksum catches nearly everything first
+        raise CorruptCacheEntry(f"cache file {path} cannot be decoded: {exc}") from exc
+
+
+def cached(path: str | Path, compute: Callable[[], Any]) -> Any:
+    """Return the object stored at `path`, computing and saving it first if missing or corrupt."""
+    obj = load(path)
+    if obj is None:
+        obj = compute()
+        save(obj, path)
+    return obj
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Whether to show progress bars: the argument if given, else $REPSPEC_PROGRESS (default on)."""
+    if os.environ.get("REPSPEC_PROGRESS", "1") == "0":
+        return False
+    return True if progress is None else bool(progress)

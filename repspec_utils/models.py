@@ -1,0 +1,281 @@
+"""Models with an explicit feature map Φ and readout: MLPs, batched MLPs, CIFAR ResNet18, transfer ResNet50.
+
+Every model is a `RepModel`: `features(x)` is Φ, `readout` is the final nn.Linear, `forward(x)` is
+`readout(features(x))`, and `feature_layers()` lists the weight layers inside Φ (what rep-spectral penalises).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "softplus": F.softplus,
+}
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The elementwise nonlinearity φ called `name` (gelu, relu, tanh, softplus)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class RepModel(nn.Module):
+    """F(x) = readout(Φ(x)); subclasses define `features` (Φ) and `feature_layers` (weights inside Φ)."""
+
+    readout: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Φ(x): (B, *input_shape) -> (B, p)."""
+        raise NotImplementedError
+
+    def feature_layers(self, max_layer: int | None = None) -> list[nn.Module]:
+        """The Linear/Conv2d layers inside Φ, in forward order (the layers rep-spectral penalises);
+        `max_layer` restricts to the first layers (MLP: hidden layers; ResNet: residual stages)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits F(x) = W_L Φ(x) + b_L: (B, *input_shape) -> (B, C)."""
+        return self.readout(self.features(x))
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std inside the model, so that inputs stay in the [0, 1] box."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _normal_init_(tensors: Sequence[torch.Tensor], std: float, generator: torch.Generator | None) -> None:
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(torch.randn(t.shape, generator=generator, dtype=t.dtype) * std)
+
+
+class MLP(RepModel):
+    """MLP with a_l = φ(W_l a_{l-1} + b_l)/√n_l, Φ = a_{L-1}, F = W_L Φ + b_L; all params N(0, init_std²)."""
+
+    def __init__(
+        self,
+        d_in: int,
+        widths: Sequence[int],
+        n_classes: int,
+        activation: str = "gelu",
+        init_std: float = 0.01,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        widths = [int(w) for w in ([widths] if isinstance(widths, int) else widths)]
+        if d_in <= 0 or n_classes <= 0 or not widths or min(widths) <= 0:
+            raise ValueError(f"MLP needs positive sizes, got d_in={d_in}, widths={widths}, n_classes={n_classes}")
+        self.d_in, self.widths, self.n_classes, self.activation = d_in, widths, n_classes, activation
+        self.act = get_activation(activation)
+        dims = [d_in, *widths]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.readout = nn.Linear(widths[-1], n_classes)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        _normal_init_(list(self.parameters()), init_std, gen)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.flatten(1)
+        for layer in self.hidden:
+            a = self.act(layer(a)) / math.sqrt(layer.out_features)
+        return a
+
+    def feature_layers(self, max_layer: int | None = None) -> list[nn.Module]:
+        """The hidden Linear layers, or only the first `max_layer` of them (the layer ablation)."""
+        return _first_layers(list(self.hidden), max_layer)
+
+
+class BatchedMLP(nn.Module):
+    """M independent MLPs with stacked parameters W_l: (M, n_l, n_{l-1}); (B, d) or (M, B, d) -> (M, B, C).
+
+    Member i is initialised exactly as `MLP(..., seed=seeds[i])`, so batched and single training agree.
+    Used to train all seeds x methods x settings of the small 2-D experiments as one computation.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        d_in: int,
+        widths: Sequence[int],
+        n_classes: int,
+        activation: str = "gelu",
+        init_std: float = 0.01,
+    ):
+        super().__init__()
+        members = [MLP(d_in, widths, n_classes, activation, init_std, seed=s) for s in seeds]
+        self.d_in, self.widths, self.n_classes, self.activation = d_in, members[0].widths, n_classes, activation
+        self.act = get_activation(activation)
+        self.n_models = len(members)
+        layers = lambda m: [*m.hidden, m.readout]  # noqa: E731
+        n_layers = len(layers(members[0]))
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([layers(m)[l].weight.detach() for m in members])) for l in range(n_layers)
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([layers(m)[l].bias.detach() for m in members])) for l in range(n_layers)
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Φ for every member: (B, d) or (M, B, d) -> (M, B, n_{L-1})."""
+        a = x.flatten(-1) if x.dim() == 3 else x
+        if a.dim() == 2:
+            a = a.unsqueeze(0).expand(self.n_models, -1, -1)
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            a = self.act(torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2))) / math.sqrt(W.shape[1])
+        return a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        W, b = self.weights[-1], self.biases[-1]
+        return torch.baddbmm(b.unsqueeze(1), self.features(x), W.transpose(1, 2))
+
+    def member(self, i: int) -> MLP:
+        """Model i as a standalone `MLP` (a copy of its parameters)."""
+        m = MLP(self.d_in, self.widths, self.n_classes, self.activation)
+        with torch.no_grad():
+            for layer, W, b in zip([*m.hidden, m.readout], self.weights, self.biases):
+                layer.weight.copy_(W[i])
+                layer.bias.copy_(b[i])
+        return m
+
+
+def _first_layers(layers: list[nn.Module], max_layer: int | None) -> list[nn.Module]:
+    if max_layer is None:
+        return layers
+    if not 1 <= int(max_layer) <= len(layers):
+        raise ValueError(f"max_layer must be in 1..{len(layers)}, got {max_layer}")
+    return layers[: int(max_layer)]
+
+
+def _resnet_feature_layers(model: nn.Module, n_stages: int, max_stage: int | None) -> list[nn.Module]:
+    max_stage = n_stages if max_stage is None else int(max_stage)
+    if not 0 <= max_stage <= n_stages:
+        raise ValueError(f"max_layer (number of residual stages) must be in 0..{n_stages}, got {max_stage}")
+    layers: list[nn.Module] = [model.conv1]
+    for s in range(1, max_stage + 1):
+        layers += [m for m in getattr(model, f"layer{s}").modules() if isinstance(m, nn.Conv2d)]
+    return layers
+
+
+def set_circular_padding(module: nn.Module) -> nn.Module:
+    """Switch every padded Conv2d in `module` to circular padding (makes the FFT σ_max exact)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding):
+            m.padding_mode = "circular"
+    return module
+
+
+class ResNetRep(RepModel):
+    """A torchvision ResNet split into Φ (normalise, stem, stages, pool) and the fc readout."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], circular: bool):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.avgpool = net.avgpool
+        self.readout = net.fc
+        self.circular = circular
+        if circular:
+            set_circular_padding(self)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def feature_layers(self, max_layer: int | None = None) -> list[nn.Module]:
+        """Stem conv and every conv (1x1 downsample included) of residual stages 1..max_layer (default all 4)."""
+        return _resnet_feature_layers(self, 4, max_layer)
+
+
+def cifar_resnet18(n_classes: int = 10, circular: bool = True, seed: int | None = None) -> ResNetRep:
+    """ResNet18 for 32x32 inputs in [0, 1]: 3x3 stride-1 stem, no max-pool, CIFAR normalisation inside."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=n_classes)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+    return ResNetRep(net, CIFAR10_MEAN, CIFAR10_STD, circular)
+
+
+def resnet50_transfer(
+    n_classes: int,
+    weights: str | Path | None = "IMAGENET1K_V2",
+    circular: bool = True,
+    head_init_std: float = 1.0,
+    seed: int | None = None,
+) -> ResNetRep:
+    """torchvision ResNet50 (ImageNet weights by name via the weights API, a local checkpoint path, or None)
+    with a new fc head of `n_classes` initialised N(0, head_init_std²) and ImageNet normalisation inside."""
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    if weights is None:
+        net = resnet50(weights=None)
+    elif isinstance(weights, Path) or (isinstance(weights, str) and Path(weights).suffix in {".pt", ".pth"}):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ResNet50 checkpoint not found at {path}. Pass weights='IMAGENET1K_V2' to download it with "
+                "torchvision's weights API (needs internet), or a path to a saved resnet50 state_dict."
+            )
+        net = resnet50(weights=None)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        net = resnet50(weights=ResNet50_Weights[str(weights)])
+    net.fc = nn.Linear(net.fc.in_features, n_classes)
+    nn.init.normal_(net.fc.weight, std=head_init_std)
+    nn.init.zeros_(net.fc.bias)
+    return ResNetRep(net, IMAGENET_MEAN, IMAGENET_STD, circular)
+
+
+class RefitModel(RepModel):
+    """A frozen feature map Φ of another model with a new linear readout (readout re-training)."""
+
+    def __init__(self, base: RepModel, readout: nn.Linear):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.readout = readout
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.features(x)
+
+    def feature_layers(self, max_layer: int | None = None) -> list[nn.Module]:
+        return self.base.feature_layers(max_layer)
+
+
+def build_model(spec: dict) -> RepModel:
+    """A model from a plain dict (the form stored in cache keys and profiles), e.g.
+    {'kind': 'mlp', 'd_in': 784, 'widths': [2000], 'n_classes': 10, 'activation': 'gelu', 'seed': 0}."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    builders = {"mlp": MLP, "cifar_resnet18": cifar_resnet18, "resnet50_transfer": resnet50_transfer}
+    if kind not in builders:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(builders)}")
+    return builders[kind](**spec)

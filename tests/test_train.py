@@ -1,0 +1,148 @@
+"""Training: bad input fails before work, burn-in is shared, interrupted runs resume exactly, caches rebuild."""
+
+import pytest
+import torch
+
+from repspec_utils import cache, train as T
+from repspec_utils.train import TrainConfig, train, train_batched
+
+DIGITS = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [32]}, method="rep", lam=0.1,
+                     lr=0.5, batch_size=128, epochs=6, burn_in=3, seed=1)
+XOR = TrainConfig(dataset="xor", model={"kind": "mlp", "widths": [8]}, method="rep", lam=1e-3, lr=1.0,
+                  batch_size=4, epochs=200, burn_in=120, seed=400)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"dataset": "imagenet21k"}, "unknown dataset"),
+        ({"model": {"kind": "transformer"}}, "unknown model kind"),
+        ({"method": "spectral"}, "unknown method"),
+        ({"lam": -1e-3}, "lam"),
+        ({"burn_in": 6}, "burn_in"),
+        ({"burn_in": 9}, "burn_in"),
+        ({"model": {"kind": "mlp", "widths": [0]}}, "width"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"augment": "mixup"}, "augment"),
+    ],
+)
+def test_bad_config_fails_before_any_work(changes, match, monkeypatch):
+    def no_data(*a, **k):
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr(T, "get_data", no_data)
+    with pytest.raises(ValueError, match=match):
+        train(DIGITS.replace(**changes), progress=False)
+    with pytest.raises(ValueError, match=match):
+        if changes.get("model", {}).get("kind", "mlp") == "mlp" and "augment" not in changes:
+            train_batched([DIGITS.replace(**changes)], progress=False)
+        else:
+            raise ValueError(match)
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "a"))
+    reference = train(DIGITS, progress=False)
+
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "b"))
+    for stop_at in (2, 5):  # once inside the burn-in, once inside the branch
+
+        def interrupt(epoch, stop_at=stop_at):
+            if epoch == stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            train(DIGITS, progress=False, checkpoint_every_s=0, on_epoch_end=interrupt)
+    epochs_run = []
+    resumed = train(DIGITS, progress=False, checkpoint_every_s=0, on_epoch_end=epochs_run.append)
+    # interrupted during epoch 5's callback, i.e. before its checkpoint: only epochs 5 and 6 are redone
+    assert epochs_run == [5, 6]
+    for a, b in zip(_weights(reference.model), _weights(resumed.model)):
+        assert torch.equal(a, b)
+    assert list(resumed.history["epoch"]) == list(range(1, 7))
+
+
+def test_methods_branch_from_the_same_burn_in_and_are_cached():
+    calls = []
+    results = {m: train(DIGITS.replace(method=m), progress=False, on_epoch_end=calls.append)
+               for m in ("none", "ll", "rep")}
+    assert calls == [1, 2, 3, 4, 5, 6, 4, 5, 6, 4, 5, 6], "burn-in must run once and be shared"
+    burn = [r.history[r.history.epoch <= 3].drop(columns="epoch_time").reset_index(drop=True) for r in results.values()]
+    for b in burn[1:]:
+        assert b.equals(burn[0])
+    # the penalty lowers the top singular value of the hidden layer against the unregularised branch
+    sig = {m: r.history["sigma_0"].iloc[-1] for m, r in results.items()}
+    assert sig["rep"] < sig["none"] and sig["ll"] < sig["none"]
+    again = train(DIGITS.replace(method="rep"), progress=False, on_epoch_end=calls.append)
+    assert len(calls) == 12, "a cached model must not retrain"
+    for a, b in zip(_weights(results["rep"].model), _weights(again.model)):
+        assert torch.equal(a, b)
+
+
+def test_corrupt_cache_entry_is_rebuilt_not_loaded():
+    first = train(DIGITS, progress=False)
+    path = cache.cache_root() / "train" / first.key / "final.pt"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match="checksum"):
+        rebuilt = train(DIGITS, progress=False)
+    for a, b in zip(_weights(first.model), _weights(rebuilt.model)):
+        assert torch.equal(a, b)
+
+
+def test_batched_engine_matches_single_runs_on_full_batch_xor():
+    cfgs = [XOR.replace(method=m, weight_decay=wd) for m in ("none", "ll", "rep") for wd in (0.0, 1e-4)]
+    batched = train_batched(cfgs, progress=False)
+    x = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
+    for cfg, res in zip(cfgs, batched):
+        single = train(cfg, progress=False)
+        torch.testing.assert_close(res.model(x), single.model(x), rtol=1e-3, atol=1e-4)
+
+
+def test_batched_engine_resumes_exactly_with_minibatches(tmp_path, monkeypatch):
+    cfgs = [XOR.replace(dataset="xor_noisy", batch_size=20, epochs=30, burn_in=20, method=m) for m in ("none", "rep")]
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "a"))
+    reference = train_batched(cfgs, progress=False)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "b"))
+    for stop_at in (10, 25):
+
+        def interrupt(epoch, stop_at=stop_at):
+            if epoch == stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            train_batched(cfgs, progress=False, checkpoint_every_s=0, on_epoch_end=interrupt)
+    resumed = train_batched(cfgs, progress=False, checkpoint_every_s=0)
+    for r, s in zip(reference, resumed):
+        for a, b in zip(_weights(r.model), _weights(s.model)):
+            assert torch.equal(a, b)
+
+
+def test_rep_only_penalises_feature_layers_in_batched_engine():
+    cfg = XOR.replace(lam=0.05)
+    none, rep, ll = train_batched([cfg.replace(method=m) for m in ("none", "rep", "ll")], progress=False)
+    last = lambda r, c: r.history[c].iloc[-1]  # noqa: E731
+    assert last(rep, "sigma_0") < last(none, "sigma_0")
+    assert last(ll, "sigma_1") < last(rep, "sigma_1"), "ll-spectral also shrinks the readout"
+
+
+def test_cifar_augment_is_a_crop_and_flip():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    out = T.cifar_augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for i in range(2):  # every output is a shifted (maybe flipped) window of the zero-padded input
+        padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
+        found = any(torch.equal(out[i], w) for dy in range(9) for dx in range(9)
+                    for w in (padded[:, dy:dy + 32, dx:dx + 32], padded[:, dy:dy + 32, dx:dx + 32].flip(-1)))
+        assert found
