@@ -1,0 +1,318 @@
+"""Figure helpers: house style, fixed method colours, the provenance footer, atomic saving, and the panels the
+figures share (per-method distributions, mean ± sd bars, 2-D fields with boundaries, the Figure 1 illustration).
+
+Every saved figure carries a footer naming the profile, seeds, epochs, attacked samples, data source and the
+code commit (`footer_text`), so a reader can tell a CPU-scale rerun from a paper-scale one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import matplotlib.colors as mcolors
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import geometry
+
+# seaborn "colorblind" palette entries, fixed per method so that every figure agrees
+_CB = sns.color_palette("colorblind").as_hex()
+METHOD_ORDER = ("none", "ll", "rep")
+METHOD_LABELS = {"none": "None", "ll": "ll-spectral", "rep": "rep-spectral", "l2sp": "L2-SP", "bss": "BSS"}
+METHOD_COLORS = {"none": _CB[7], "ll": _CB[1], "rep": _CB[0], "l2sp": _CB[2], "bss": _CB[4]}
+_ALL_ORDER = ("none", "l2sp", "bss", "ll", "rep")  # baselines first, the paper's method last (Fig 8 order)
+CLASS_COLORS = (_CB[3], _CB[9])  # class 0 vermillion, class 1 sky blue
+CLASS_MARKERS = ("o", "s")
+FOOTER_FIELDS = (
+    ("profile", "profile"),
+    ("seeds", "seeds"),
+    ("epochs", "epochs"),
+    ("attacked", "attacked samples"),
+    ("data", "data"),
+    ("commit", "commit"),
+)
+_FOOTER_GID = "repspec-footer"
+_REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------------------------- style, methods
+
+
+def set_style() -> None:
+    """The house style: seaborn whitegrid, paper context, colour-blind palette, 150 dpi figures."""
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 150, "savefig.dpi": 150, "axes.titlesize": 9, "legend.fontsize": 7})
+
+
+def _method_key(m) -> str:
+    """'none' / 'll' / 'rep' / ... for a method key or its display label."""
+    m = str(m)
+    inverse = {v: k for k, v in METHOD_LABELS.items()}
+    return inverse.get(m, m)
+
+
+def method_label(m) -> str:
+    """Display name of a method: 'none' -> 'None', 'll' -> 'll-spectral', 'rep' -> 'rep-spectral' (labels pass through)."""
+    return METHOD_LABELS.get(_method_key(m), str(m))
+
+
+def method_color(m) -> str:
+    """The fixed colour of a method (key or label); other names get a neutral brown."""
+    return METHOD_COLORS.get(_method_key(m), _CB[5])
+
+
+def method_order(methods: Iterable) -> list[str]:
+    """The method keys present in `methods`, in the house order (None, L2-SP, BSS, ll, rep, then others)."""
+    keys = list(dict.fromkeys(_method_key(m) for m in methods))
+    known = [m for m in _ALL_ORDER if m in keys]
+    return known + [m for m in keys if m not in known]
+
+
+# -------------------------------------------------------------------------------------------------- provenance
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """Short hash of HEAD of the repspec repository (or `repo`), plus '-dirty' if tracked files have uncommitted
+    changes (untracked files are ignored, as in `git describe --dirty`); 'unknown' outside git or without commits."""
+    cwd = Path(repo) if repo is not None else _REPO
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "") if head else "unknown"
+
+
+def _format_value(key: str, value) -> str:
+    if value is None:
+        return "n/a"
+    if key == "seeds" and isinstance(value, (list, tuple, range, np.ndarray)):
+        seeds = [int(s) for s in value]
+        if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+            return f"{seeds[0]}–{seeds[-1]} (n={len(seeds)})"
+        shown = ", ".join(map(str, seeds[:8])) + (", …" if len(seeds) > 8 else "")
+        return f"{shown} (n={len(seeds)})"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def footer_text(info: Mapping) -> str:
+    """The provenance line: profile, seeds, epochs, attacked samples, data, commit (git_commit() if not given), then
+    any other keys of `info`; a missing field reads 'n/a'."""
+    info = dict(info)
+    if info.get("commit") is None:
+        info["commit"] = git_commit()
+    parts = [f"{label}: {_format_value(key, info.pop(key, None))}" for key, label in FOOTER_FIELDS]
+    parts += [f"{k}: {_format_value(k, v)}" for k, v in info.items()]
+    return "  ·  ".join(parts)
+
+
+def add_footer(fig: plt.Figure, text: str, fontsize: float = 6.0):
+    """Small grey `text` just below the figure (kept by bbox_inches='tight'); replaces an earlier footer."""
+    for t in [t for t in fig.texts if t.get_gid() == _FOOTER_GID]:
+        t.remove()
+    width_chars = max(40, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    wrapped = "\n".join(textwrap.wrap(text, width_chars, break_long_words=False)) or text
+    return fig.text(0.5, -0.01, wrapped, ha="center", va="top", fontsize=fontsize, color="0.45", gid=_FOOTER_GID)
+
+
+def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, info: Mapping | None = None, dpi: int = 150) -> tuple[Path, Path]:
+    """Write `<out_dir>/<name>.png` (dpi 150) and `.pdf` atomically (temp file + os.replace), with the footer of
+    `info` if given; returns (png_path, pdf_path)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if info is not None:
+        add_footer(fig, footer_text(info))
+    paths = []
+    for ext in ("png", "pdf"):
+        final = out_dir / f"{name}.{ext}"
+        tmp = out_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{ext}.tmp"
+        metadata = {"CreationDate": None} if ext == "pdf" else {"Software": None}  # byte-stable reruns
+        try:
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata=metadata)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        paths.append(final)
+    return paths[0], paths[1]
+
+
+# ------------------------------------------------------------------------------------------ per-method summaries
+
+
+def _with_labels(df: pd.DataFrame, x: str, order: Sequence | None) -> tuple[pd.DataFrame, list[str], dict]:
+    keys = method_order(order if order is not None else df[x].unique())
+    labels = [method_label(k) for k in keys]
+    data = df.assign(_label=df[x].map(method_label))
+    return data, labels, {method_label(k): method_color(k) for k in keys}
+
+
+def plot_method_distribution(
+    df: pd.DataFrame, x: str = "method", y: str = "test_accuracy", ax=None, order: Sequence | None = None,
+    ylabel: str | None = None, dots: bool = True,
+):
+    """Box plot of `y` per method (one row per seed) with the seeds as dots, methods in house order (Figs 4–8)."""
+    ax = ax if ax is not None else plt.gca()
+    data, labels, palette = _with_labels(df, x, order)
+    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert` to bxp
+        warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
+        sns.boxplot(data=data, x="_label", y=y, hue="_label", order=labels, hue_order=labels, palette=palette,
+                    width=0.55, showfliers=False, boxprops={"alpha": 0.55}, legend=False, ax=ax)
+    if dots:
+        sns.stripplot(data=data, x="_label", y=y, order=labels, color="0.15", size=3.5, jitter=0.12, alpha=0.85, ax=ax)
+    ax.set_xlabel("")
+    ax.set_ylabel(ylabel if ylabel is not None else y.replace("_", " "))
+    return ax
+
+
+def plot_mean_sd_bars(
+    df: pd.DataFrame, y: str, *, x: str = "method", by: str | None = None, ax=None, order: Sequence | None = None,
+    ylabel: str | None = None, by_label: str | None = None, dots: bool = True,
+):
+    """Bars of the mean of `y` across seeds ± 1 sd (ddof 1) per method in its colour; with `by` (e.g. 'weight_decay')
+    one group of method bars per value of `by` (Fig 2). Returns the table of (by,) method, mean, sd, n that was drawn."""
+    ax = ax if ax is not None else plt.gca()
+    keys = method_order(order if order is not None else df[x].unique())
+    groups = sorted(df[by].unique()) if by is not None else [None]
+    width = 0.8 / len(keys) if by is not None else 0.6
+    rng = np.random.default_rng(0)
+    rows = []
+    for gi, g in enumerate(groups):
+        sub = df if by is None else df[df[by] == g]
+        for mi, k in enumerate(keys):
+            vals = sub.loc[sub[x].map(_method_key) == k, y].astype(float).to_numpy()
+            if len(vals) == 0:
+                continue
+            pos = gi + (mi - (len(keys) - 1) / 2) * width if by is not None else mi
+            mean, sd = vals.mean(), (vals.std(ddof=1) if len(vals) > 1 else np.nan)
+            ax.bar(pos, mean, width * 0.9, color=method_color(k), alpha=0.8,
+                   label=method_label(k) if gi == 0 else None, zorder=2)
+            if np.isfinite(sd):
+                ax.errorbar(pos, mean, yerr=sd, color="0.1", capsize=3, lw=1, zorder=3)
+            if dots:
+                ax.scatter(pos + rng.uniform(-0.15, 0.15, len(vals)) * width, vals, s=8, color="0.15", zorder=4, lw=0)
+            rows.append({**({by: g} if by is not None else {}), "method": k, "mean": mean, "sd": sd, "n": len(vals)})
+    if by is not None:
+        ax.set_xticks(range(len(groups)), [f"{by_label or by.replace('_', ' ')} = {g:g}" if isinstance(g, (int, float))
+                                            else f"{by_label or by} = {g}" for g in groups])
+        ax.legend(frameon=False, ncol=len(keys), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    else:
+        ax.set_xticks(range(len(keys)), [method_label(k) for k in keys])
+    ax.set_ylabel(ylabel if ylabel is not None else y.replace("_", " "))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------- 2-D fields, maps
+
+
+def _np(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def scatter_classes(ax, points, labels, correct=None, size: float = 18) -> None:
+    """Training points coloured and shaped by label (class 0 vermillion circles, class 1 blue squares);
+    with `correct` given, misclassified points are crossed out."""
+    P, y = _np(points).reshape(-1, 2), _np(labels).astype(int).ravel()
+    for c in np.unique(y):
+        sel = y == c
+        ax.scatter(P[sel, 0], P[sel, 1], s=size, c=CLASS_COLORS[c % 2], marker=CLASS_MARKERS[c % 2],
+                   edgecolors="k", linewidths=0.6, zorder=5, label=f"class {c}")
+    if correct is not None:
+        wrong = ~_np(correct).astype(bool).ravel()
+        ax.scatter(P[wrong, 0], P[wrong, 1], s=size * 2.2, c="k", marker="x", linewidths=1.2, zorder=6)
+
+
+def plot_field_2d(
+    ax, xx, yy, values, *, log: bool = True, points=None, labels=None, boundary=None, title: str | None = None,
+    cmap: str = "viridis", cbar: bool = True, cbar_label: str | None = None, vmin: float | None = None,
+    vmax: float | None = None, boundary_color: str = "white",
+):
+    """A scalar field (√det g, λ_max(g), ...) on a grid (xx, yy (n, n); values n² or (n, n)), log colour scale by
+    default (values ≤ 0 or non-finite left blank), points coloured by label, and the zero level of `boundary`
+    (F_1 − F_0 on the same grid) as the decision boundary. Returns the QuadMesh."""
+    xx, yy = _np(xx), _np(yy)
+    V = np.ma.masked_invalid(_np(values).astype(float).reshape(xx.shape))
+    if log:
+        V = np.ma.masked_less_equal(V, 0)
+        lo = vmin if vmin is not None else (V.min() if V.count() else 1e-12)
+        hi = vmax if vmax is not None else (V.max() if V.count() else 1.0)
+        norm = mcolors.LogNorm(vmin=lo, vmax=max(hi, lo * (1 + 1e-9)))
+    else:
+        norm = mcolors.Normalize(vmin=vmin, vmax=vmax)
+    mesh = ax.pcolormesh(xx, yy, V, norm=norm, cmap=cmap, shading="nearest", rasterized=True)
+    if boundary is not None:
+        B = _np(boundary).astype(float).reshape(xx.shape)
+        if B.min() < 0 < B.max():
+            ax.contour(xx, yy, B, levels=[0.0], colors=boundary_color, linewidths=1.4)
+    if points is not None:
+        scatter_classes(ax, points, labels if labels is not None else np.zeros(len(_np(points))))
+    if cbar:
+        ax.figure.colorbar(mesh, ax=ax, label=cbar_label, fraction=0.046, pad=0.04)
+    ax.set_xlim(xx.min(), xx.max())
+    ax.set_ylim(yy.min(), yy.max())
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return mesh
+
+
+def plot_decision_boundary(ax, xx, yy, margin_values, points, labels, title: str | None = None):
+    """Decision regions (light class colours) and boundary (black) of F_1 − F_0 on a grid, with the points (Fig 3a)."""
+    xx, yy = _np(xx), _np(yy)
+    M = _np(margin_values).astype(float).reshape(xx.shape)
+    light = [mcolors.to_rgba(c, 0.25) for c in CLASS_COLORS]
+    ax.contourf(xx, yy, M, levels=[-np.inf, 0.0, np.inf], colors=light)
+    if M.min() < 0 < M.max():
+        ax.contour(xx, yy, M, levels=[0.0], colors="k", linewidths=1.4)
+    scatter_classes(ax, points, labels)
+    ax.set_xlim(xx.min(), xx.max())
+    ax.set_ylim(yy.min(), yy.max())
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# ------------------------------------------------------------------------------------------ Figure 1: trade-off
+
+
+def figure1_tradeoff(ax_row=None, lim: float = 3.25, eps: float = 0.2) -> list[geometry.TradeoffExample]:
+    """Figure 1 on three axes: (a) 50% accurate, correct points far from the boundary; (b) 100% accurate, small
+    margins; (c) 100% accurate, large margin. Regions, boundary, an arrow from every correct point to its nearest
+    boundary point, and the computed accuracy and mean distance (`geometry.tradeoff_examples`)."""
+    if ax_row is None:
+        _, ax_row = plt.subplots(1, 3, figsize=(7.5, 2.8))
+    examples = geometry.tradeoff_examples(eps)
+    xx, yy, grid = geometry.grid_2d(lim, 301)
+    for ax, ex in zip(ax_row, examples):
+        D = ex.decision(grid.numpy().astype(float)).reshape(xx.shape)
+        ax.contourf(xx, yy, D, levels=[-np.inf, 0.0, np.inf], colors=[mcolors.to_rgba(c, 0.18) for c in CLASS_COLORS])
+        line = ex.polyline()
+        ax.plot(line[:, 0], line[:, 1], color="k", lw=1.5, zorder=3)
+        dist, near = ex.nearest_boundary(ex.points)
+        for p, q in zip(ex.points[ex.correct], near[ex.correct]):
+            ax.annotate("", xy=q, xytext=p, zorder=4,
+                        arrowprops={"arrowstyle": "->", "color": "0.3", "lw": 0.8, "shrinkA": 3, "shrinkB": 0})
+        scatter_classes(ax, ex.points, ex.labels, correct=ex.correct, size=22)
+        ax.set_title(f"({ex.key}) {ex.description}")
+        ax.set_xlabel(f"accuracy {ex.accuracy:.0%}, mean distance {ex.mean_distance:.2f}", fontsize=8)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    return examples

@@ -1,0 +1,121 @@
+"""Figure helpers: provenance footer, atomic saving, method colours, the panels, and Figure 1's exact numbers."""
+
+import subprocess
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from repspec_utils import geometry as G  # noqa: E402
+from repspec_utils import plotting as P  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+INFO = {"profile": "cpu", "seeds": [400, 401, 402, 403, 404], "epochs": 15000, "attacked": 1000,
+        "data": "MNIST (yann.lecun.com mirror, md5 ok)", "commit": "abc1234"}
+
+
+def test_method_names_and_colours():
+    assert [P.method_label(m) for m in P.METHOD_ORDER] == ["None", "ll-spectral", "rep-spectral"]
+    assert P.method_label("rep-spectral") == "rep-spectral" and P.method_label("other") == "other"
+    assert len({P.METHOD_COLORS[m] for m in P.METHOD_ORDER}) == 3
+    assert P.method_color("ll-spectral") == P.METHOD_COLORS["ll"]
+    assert P.method_order(["rep", "none", "bss", "ll", "l2sp"]) == ["none", "l2sp", "bss", "ll", "rep"]
+
+
+def test_footer_contains_every_field():
+    text = P.footer_text({**INFO, "lambda": 1e-3})
+    for label in ("profile: cpu", "seeds: 400–404 (n=5)", "epochs: 15000", "attacked samples: 1000",
+                  "data: MNIST (yann.lecun.com mirror, md5 ok)", "commit: abc1234", "lambda: 0.001"):
+        assert label in text
+    sparse = P.footer_text({"profile": "fast"})
+    for _, label in P.FOOTER_FIELDS:
+        assert f"{label}: " in sparse
+    assert "attacked samples: n/a" in sparse and "commit: n/a" not in sparse  # commit defaults to git_commit()
+    assert "seeds: 3, 9 (n=2)" in P.footer_text({"seeds": [3, 9]})
+
+
+def test_git_commit(tmp_path):
+    assert P.git_commit(tmp_path) == "unknown"  # not a repository
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert P.git_commit(tmp_path) == "unknown"  # no commits yet
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run([*git, "-C", str(tmp_path), "add", "a.txt"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "-m", "x"], check=True)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "untracked.txt").write_text("u")
+    assert P.git_commit(tmp_path) == head
+    (tmp_path / "a.txt").write_text("2")
+    assert P.git_commit(tmp_path) == head + "-dirty"
+
+
+def test_save_figure_writes_both_atomically(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    png, pdf = P.save_figure(fig, "fig_test", tmp_path / "out", INFO)
+    assert png == tmp_path / "out" / "fig_test.png" and pdf == tmp_path / "out" / "fig_test.pdf"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fig_test.pdf", "fig_test.png"]  # no temp files
+    footers = [t for t in fig.texts if t.get_gid() == "repspec-footer"]
+    assert len(footers) == 1 and "attacked samples: 1000" in footers[0].get_text().replace("\n", " ")
+    P.save_figure(fig, "fig_test", tmp_path / "out", INFO)  # overwrite; still one footer
+    assert len([t for t in fig.texts if t.get_gid() == "repspec-footer"]) == 1
+
+
+def test_figure1_numbers():
+    a, b, c = G.tradeoff_examples()
+    assert (a.accuracy, b.accuracy, c.accuracy) == (0.5, 1.0, 1.0)
+    assert b.mean_distance < c.mean_distance
+    fig, axes = plt.subplots(1, 3)
+    examples = P.figure1_tradeoff(axes)
+    assert [e.accuracy for e in examples] == [0.5, 1.0, 1.0]
+    for ax, ex in zip(axes, examples):  # the annotation shows the computed numbers
+        assert f"accuracy {ex.accuracy:.0%}" in ax.get_xlabel() and f"{ex.mean_distance:.2f}" in ax.get_xlabel()
+
+
+def _seed_table():
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([{"method": m, "seed": s, "weight_decay": wd, "test_accuracy": rng.uniform(0.9, 1.0),
+                          "mean_distance": rng.uniform(0, 2)}
+                         for m in ("rep", "ll", "none") for s in range(4) for wd in (0.0, 1e-4)])
+
+
+def test_method_panels():
+    df = _seed_table()
+    fig, (ax1, ax2) = plt.subplots(1, 2)
+    P.plot_method_distribution(df, y="test_accuracy", ax=ax1)
+    assert [t.get_text() for t in ax1.get_xticklabels()] == ["None", "ll-spectral", "rep-spectral"]
+    table = P.plot_mean_sd_bars(df, "mean_distance", by="weight_decay", ax=ax2)
+    expected = df.groupby(["weight_decay", "method"])["mean_distance"].agg(["mean", "std"])
+    for _, row in table.iterrows():
+        ref = expected.loc[(row["weight_decay"], row["method"])]
+        assert row["mean"] == pytest.approx(ref["mean"]) and row["sd"] == pytest.approx(ref["std"])
+    assert [p.get_height() for p in ax2.patches][:3] == pytest.approx(list(table["mean"][:3]))
+    plain = P.plot_mean_sd_bars(df[df.weight_decay == 0], "mean_distance", ax=plt.figure().gca())
+    assert list(plain["method"]) == ["none", "ll", "rep"]
+
+
+def test_field_and_boundary_panels():
+    xx, yy, pts = G.grid_2d(2.0, 21)
+    P_ = pts.numpy()
+    vol = np.exp(-(P_**2).sum(1))
+    vol[0] = 0.0  # a zero (dead-unit) value must not break the log scale
+    margin = P_[:, 0] - 0.3
+    fig, (ax1, ax2) = plt.subplots(1, 2)
+    mesh = P.plot_field_2d(ax1, xx, yy, vol, points=np.array([[1.0, 1.0], [-1.0, -1.0]]), labels=[0, 1],
+                           boundary=margin, title="volume element", cbar_label="√det g")
+    assert isinstance(mesh.norm, matplotlib.colors.LogNorm) and mesh.norm.vmin > 0
+    P.plot_decision_boundary(ax2, xx, yy, margin, np.array([[1.0, 1.0]]), [1])
+    fig.canvas.draw()
