@@ -150,7 +150,7 @@ class BatchedMLP(nn.Module):
 
     def member(self, i: int) -> MLP:
         """Model i as a standalone `MLP` (a copy of its parameters)."""
-        m = MLP(self.d_in, self.widths, self.n_classes, self.activation)
+        m = MLP(self.d_in, self.widths, self.n_classes, self.activation).to(self.weights[0].dtype)
         with torch.no_grad():
             for layer, W, b in zip([*m.hidden, m.readout], self.weights, self.biases):
                 layer.weight.copy_(W[i])
