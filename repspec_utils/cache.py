@@ -60,6 +60,7 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached files and figures are ordinary readable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

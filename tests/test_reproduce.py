@@ -1,0 +1,235 @@
+"""Batch reproduction: profiles, parameter checks, notebook form, the papermill runner and its manifests."""
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from repspec_utils import reproduce as rp
+
+NOTEBOOKS = rp.notebooks()
+
+
+# ----------------------------------------------------------------------------------------------------
+# A synthetic notebook + profile, so parsing and type checks are tested independently of real figures
+# ----------------------------------------------------------------------------------------------------
+PARAMS_SRC = '''lam = 0.001          # regularization strength
+seeds = [400, 401]   # training seeds
+method = "rep"
+flag = True
+epochs = 10
+extra = None
+profile = "smoke"
+out_dir = ""
+'''
+
+
+def _write_notebook(folder: Path, stem: str, params_src: str, n_param_cells: int = 1, rest: str = "x = 1") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell("# Toy"))
+    for _ in range(n_param_cells):
+        nb.cells.append(nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}))
+    nb.cells.append(nbformat.v4.new_code_cell(f'P = reproduce.notebook_params(globals(), "{stem}")'))
+    nb.cells.append(nbformat.v4.new_code_cell(rest))
+    path = folder / f"{stem}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    nbdir, profdir = tmp_path / "notebooks", tmp_path / "profiles"
+    nbdir.mkdir()
+    profdir.mkdir()
+    _write_notebook(nbdir, "toy", PARAMS_SRC)
+    (profdir / "toy.yaml").write_text("smoke: {}\ncpu:\n  epochs: 100\n  lam: 1.0e-2\npaper:\n  epochs: 15000\n"
+                                      "  seeds: [400, 401, 402]\n")
+    monkeypatch.setattr(rp, "NOTEBOOK_DIR", nbdir)
+    monkeypatch.setattr(rp, "PROFILE_DIR", profdir)
+    return tmp_path
+
+
+def test_parameters_cell_parsed(toy):
+    assert rp.notebook_defaults("toy") == {"lam": 0.001, "seeds": [400, 401], "method": "rep", "flag": True,
+                                           "epochs": 10, "extra": None, "profile": "smoke", "out_dir": ""}
+    assert rp.parameter_help("toy")["lam"] == "regularization strength"
+
+
+def test_unknown_notebook_and_profile(toy):
+    with pytest.raises(ValueError, match="unknown notebook 'nope'.*valid notebooks: toy"):
+        rp.load_profile("nope", "cpu")
+    with pytest.raises(ValueError, match="unknown profile 'fast'.*smoke, cpu, paper"):
+        rp.load_profile("toy", "fast")
+    assert rp.load_profile("toy", "cpu") == {"epochs": 100, "lam": 0.01}
+    assert rp.load_profile("toy", "smoke") == {}
+
+
+@pytest.mark.parametrize("name, value", [("epochs", "ten"), ("epochs", 1.5), ("epochs", True), ("lam", "0.1"),
+                                         ("method", 3), ("flag", 1), ("seeds", 400), ("seeds", [400, "a"])])
+def test_wrong_type_names_the_parameter(toy, name, value):
+    with pytest.raises(rp.ParameterError, match=f"parameter '{name}"):
+        rp.check_params({name: value}, "toy")
+    with pytest.raises(TypeError):  # ParameterError is both a ValueError and a TypeError
+        rp.plan("toy", "cpu", {name: value})
+
+
+def test_conform_and_unknown_parameter(toy):
+    assert rp.check_params({"lam": 0, "seeds": (1, 2), "extra": "anything"}, "toy") == \
+        {"lam": 0.0, "seeds": [1, 2], "extra": "anything"}
+    with pytest.raises(rp.ParameterError, match="no parameter 'lr'.*lam, seeds"):
+        rp.check_params({"lr": 0.1}, "toy")
+    with pytest.raises(rp.ParameterError, match="write 1.0e-3"):
+        rp.check_params({"lam": "1e-3"}, "toy")  # what PyYAML makes of `lam: 1e-3`
+    with pytest.raises(rp.ParameterError, match="'profile' must be one of"):
+        rp.check_params({"profile": "fast"}, "toy")
+
+
+def test_profile_type_error_names_file_and_parameter(toy):
+    (toy / "profiles" / "toy.yaml").write_text("smoke: {}\ncpu: {epochs: ten}\npaper: {}\n")
+    with pytest.raises(rp.ParameterError, match=r"toy\.yaml, profile 'cpu'.*parameter 'epochs'"):
+        rp.load_profile("toy", "cpu")
+    (toy / "profiles" / "toy.yaml").write_text("smoke: {}\ncpu: {}\n")
+    with pytest.raises(ValueError, match="exactly the profiles smoke, cpu, paper"):
+        rp.load_profile("toy", "cpu")
+
+
+def test_parameters_cell_form_enforced(toy):
+    _write_notebook(toy / "notebooks", "two", PARAMS_SRC, n_param_cells=2)
+    with pytest.raises(ValueError, match="exactly one code cell tagged 'parameters', found 2"):
+        rp.notebook_defaults("two")
+    _write_notebook(toy / "notebooks", "derived", PARAMS_SRC + "steps = epochs * 10\n")
+    with pytest.raises(ValueError, match="line 9: only `name = literal`"):
+        rp.notebook_defaults("derived")
+    _write_notebook(toy / "notebooks", "noprofile", "epochs = 1\nout_dir = ''\n")
+    with pytest.raises(ValueError, match="must define profile"):
+        rp.notebook_defaults("noprofile")
+
+
+def test_plan_overrides(toy):
+    todo = rp.plan(["toy"], "paper", {"lam": 1})
+    assert todo["toy"]["epochs"] == 15000 and todo["toy"]["lam"] == 1.0 and todo["toy"]["profile"] == "paper"
+    with pytest.raises(rp.ParameterError, match="no selected notebook has parameter.*lr"):
+        rp.plan(None, "cpu", {"lr": 0.1})
+    with pytest.raises(rp.ParameterError, match="runner's own options"):
+        rp.plan(None, "cpu", {"out_dir": "/tmp"})
+
+
+def test_kernel_runs_this_python():
+    import sys
+
+    assert rp._runs_this_python("python") and rp._runs_this_python(sys.executable)
+    assert not rp._runs_this_python("/opt/elsewhere/bin/python3")
+    assert rp.ensure_kernel() in ("python3", rp.KERNEL_NAME)
+
+
+def test_parse_set():
+    assert rp.parse_set(["lam=1e-3", "method=rep", "seeds=[1, 2]", "flag=False", "name='a=b'"]) == \
+        {"lam": 1e-3, "method": "rep", "seeds": [1, 2], "flag": False, "name": "a=b"}
+    with pytest.raises(ValueError, match="key=value"):
+        rp.parse_set(["lam"])
+
+
+def test_notebook_params_in_namespace(toy):
+    ns = {**rp.notebook_defaults("toy"), "lam": 1, "out_dir": str(toy / "figs")}
+    run = rp.notebook_params(ns, "toy")
+    assert ns["lam"] == 1.0 and isinstance(ns["lam"], float)  # conformed value written back
+    assert run.fig_dir == toy / "figs" / "toy" and run.fig_dir.is_dir()
+    assert run.deviations == {"lam": 1.0} and run.label == "smoke lam=1.0"
+    run.record(data_sources=["a"], seeds=[1])
+    rec = run.record(data_sources=["a", "b"], seeds=[2])
+    assert rec["data_sources"] == ["a", "b"] and rec["seeds"] == [1, 2]
+    with pytest.raises(rp.ParameterError, match="parameter 'epochs'"):
+        rp.notebook_params({**ns, "epochs": "ten"}, "toy")
+
+
+def test_uncreatable_folders_fail_before_running(toy, monkeypatch):
+    blocker = toy / "blocker"
+    blocker.write_text("a file, not a folder")
+    executed = toy / "executed"
+    with pytest.raises(rp.OutputDirError, match="figure output folder .*blocker/figs"):
+        rp.run_notebooks(["toy"], "smoke", out_dir=blocker / "figs", executed_dir=executed)
+    with pytest.raises(rp.OutputDirError, match="executed-notebook folder .*blocker/ex"):
+        rp.run_notebooks(["toy"], "smoke", out_dir=toy / "figs", executed_dir=blocker / "ex")
+    monkeypatch.setenv("REPSPEC_CACHE", str(blocker / "cache"))
+    with pytest.raises(rp.OutputDirError, match=r"cache folder \(\$REPSPEC_CACHE\) .*blocker/cache"):
+        rp.run_notebooks(["toy"], "smoke", out_dir=toy / "figs", executed_dir=executed)
+    assert not executed.exists() or not any(executed.iterdir())  # nothing ran
+
+
+def test_cli_errors_and_list(toy, capsys):
+    assert rp.main(["run", "--only", "nope"]) == 2
+    assert "unknown notebook 'nope'" in capsys.readouterr().err
+    assert rp.main(["run", "--only", "toy", "--set", "epochs=ten"]) == 2
+    assert "parameter 'epochs'" in capsys.readouterr().err
+    assert rp.main(["run", "--profile", "paper", "--list", "--set", "lam=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "* epochs = 15000" in out and "* lam = 0.5    # regularization strength" in out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The real notebooks and profiles (covers notebooks added later automatically)
+# ----------------------------------------------------------------------------------------------------
+def test_there_are_notebooks():
+    assert "fig1_tradeoff" in NOTEBOOKS
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS)
+def test_notebook_form(nb):
+    """One literal-only parameters cell with profile='smoke' and out_dir='', checked by the next code cell;
+    stored without outputs; a python3 kernelspec."""
+    defaults = rp.notebook_defaults(nb)  # exactly one parameters cell, literals only
+    assert defaults["profile"] == "smoke" and defaults["out_dir"] == ""
+    book = nbformat.read(rp.notebook_path(nb), as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    i = next(k for k, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
+    assert f'notebook_params(globals(), "{nb}")' in code[i + 1].source
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+        f"{nb}: clear the outputs before committing"
+    assert book.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert any(line.startswith("assert ") for c in code[i + 2:] for line in c.source.splitlines()), \
+        f"{nb}: end with a cell of asserts that must hold at any scale"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS)
+def test_profiles_match_notebook(nb):
+    """profiles/<nb>.yaml exists, has smoke/cpu/paper, every key is a parameter of the right type, and
+    smoke equals the stored defaults (it is what nbval runs)."""
+    defaults = rp.notebook_defaults(nb)
+    for profile in rp.PROFILES:
+        values = rp.load_profile(nb, profile)  # raises on unknown keys and wrong types
+        assert set(values) <= set(defaults)
+    smoke = rp.load_profile(nb, "smoke")
+    assert smoke == {k: defaults[k] for k in smoke}, f"{nb}: the smoke profile must equal the notebook defaults"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS)
+def test_every_parameter_type_checked(nb):
+    for name, default in rp.notebook_defaults(nb).items():
+        if default is None or name == "profile":
+            continue
+        wrong = 12345 if isinstance(default, str) else "ten"
+        with pytest.raises(rp.ParameterError, match=f"parameter '{name}'"):
+            rp.check_params({name: wrong}, nb)
+
+
+def test_runner_fig1_smoke(tmp_path, monkeypatch):
+    """papermill run of fig1 at smoke: PNG + PDF, CSVs, manifest with the required fields, executed copy."""
+    monkeypatch.setenv("REPSPEC_PROGRESS", "0")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
+    (m,) = rp.run_notebooks("fig1_tradeoff", "smoke", out_dir=tmp_path / "figs", executed_dir=tmp_path / "ex")
+    fig_dir = tmp_path / "figs" / "fig1_tradeoff"
+    written = json.loads((fig_dir / "manifest.json").read_text())
+    assert written == json.loads(json.dumps(m))
+    for key in ("profile", "parameters", "commit", "wall_time_s", "data_sources", "date", "host", "outputs"):
+        assert key in m, key
+    assert m["status"] == "ok" and m["profile"] == "smoke" and m["wall_time_s"] > 0
+    assert m["parameters"] == {**rp.notebook_defaults("fig1_tradeoff"), "out_dir": str(tmp_path / "figs")}
+    assert m["data_sources"] and {"cpu", "cpu_count", "gpus", "python"} <= set(m["host"])
+    assert any(f.endswith(".png") for f in m["outputs"]) and any(f.endswith(".pdf") for f in m["outputs"])
+    for f in m["outputs"] + m.get("tables", []):
+        assert (fig_dir / f).is_file() and (fig_dir / f).stat().st_size > 0, f
+    executed = nbformat.read(tmp_path / "ex" / "fig1_tradeoff.smoke.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
