@@ -308,7 +308,7 @@ def figure1_tradeoff(ax_row=None, lim: float = 3.25, eps: float = 0.2) -> list[g
                         arrowprops={"arrowstyle": "->", "color": "0.3", "lw": 0.8, "shrinkA": 3, "shrinkB": 0})
         scatter_classes(ax, ex.points, ex.labels, correct=ex.correct, size=22)
         ax.set_title(f"({ex.key}) {ex.description}")
-        ax.set_xlabel(f"accuracy {ex.accuracy:.0%}, mean distance {ex.mean_distance:.2f}", fontsize=8)
+        ax.set_xlabel(f"accuracy {ex.accuracy:.0%}\nmean Δx {ex.mean_distance:.2f}", fontsize=8)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
