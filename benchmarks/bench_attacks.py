@@ -1,0 +1,199 @@
+"""Benchmark of the hard-label attacks on an MNIST-shaped MLP (784 → 2000 → 10), CPU or GPU.
+
+Prints and saves (benchmarks/results/):
+  1. Tangent Attack at T = 40: samples per minute, mean queries, and the share of wall time spent inside
+     the model's forward (the attack's own overhead is the rest; target ≥ 90%).
+  2. Mean L2 distance vs per-sample query budget (1k, 2k, 5k, 10k, 18k) for TA and HopSkipJump, with the
+     white-box FMN distance as a reference upper bound on Δx: a table, bench_attacks_budget.csv and
+     bench_attacks_budget.png.
+
+The model is `repspec_utils.models.MLP(784, [2000], 10)` trained briefly (SGD, a few hundred steps) on MNIST
+when `get_data('mnist')` finds the files (bash scripts/fetch_data.sh), else on random data (said in the output).
+Few samples (default 20 for the speed test, 8 for the budget curve): a benchmark of the machinery, not a
+result of the paper. Runtime ≈ 3–5 min on 2 CPU cores.
+
+    python benchmarks/bench_attacks.py [--n-speed 20] [--n-budget 10] [--threads 0] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from repspec_utils import attacks, evaluate  # noqa: E402
+from repspec_utils.models import MLP  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUDGETS = (1000, 2000, 5000, 10000, 18000)
+
+
+class TimedModel(nn.Module):
+    """Wraps a model; accumulates the wall time spent in its forward (synchronising CUDA) and the rows seen."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.seconds, self.rows, self.calls = model, 0.0, 0, 0
+
+    def forward(self, x):
+        sync = x.is_cuda
+        if sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = self.model(x)
+        if sync:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - t0
+        self.rows += x.shape[0]
+        self.calls += 1
+        return out
+
+
+def load_data():
+    """(train_x, train_y, test_x, test_y, description): MNIST if available, else random 784-D data."""
+    from repspec_utils import data
+
+    try:
+        train, test = data.get_data("mnist")
+        return train.x, train.y, test.x, test.y, "MNIST (real)"
+    except Exception as exc:  # missing files: fall back, loudly
+        print(f"MNIST not available ({type(exc).__name__}: {exc}); using RANDOM data instead")
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(12000, 784, generator=g)
+        y = torch.randint(0, 10, (12000,), generator=g)
+        return x[:10000], y[:10000], x[10000:], y[10000:], "RANDOM uniform data with random labels (MNIST missing)"
+
+
+def train_briefly(model, x, y, steps: int, lr: float = 0.5, batch: int = 256, seed: int = 0) -> float:
+    """SGD (momentum 0.9) on cross-entropy for `steps` minibatches; returns the wall time."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        i = torch.randint(0, x.shape[0], (batch,), generator=g)
+        loss = F.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-speed", type=int, default=20, help="samples for the TA speed test")
+    ap.add_argument("--n-budget", type=int, default=8, help="samples for the distance-vs-budget curve")
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for training and the budget curve (0: torch's default); the speed test "
+                         "runs at 1 thread and at torch's default")
+    ap.add_argument("--max-batch", type=int, default=8192)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    default_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("REPSPEC_PROGRESS", "0")
+    dev = torch.device(args.device)
+    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()} (default "
+          f"{default_threads}), max_batch {args.max_batch}, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
+
+    xtr, ytr, xte, yte, desc = load_data()
+    model = MLP(784, [2000], 10, seed=0)
+    t_train = train_briefly(model, xtr, ytr, args.train_steps)
+    model = model.to(dev).eval()
+
+    class _DS:  # the two fields accuracy() reads
+        x, y = xte, yte
+
+    acc = evaluate.accuracy(model, _DS)
+    print(f"model: MLP 784→2000→10 (GELU), trained {args.train_steps} SGD steps in {t_train:.0f}s on {desc}; "
+          f"test accuracy {acc:.3f}")
+    correct = (evaluate.predict(model, xte).cpu() == yte).nonzero()[:, 0]
+    perm = torch.randperm(correct.numel(), generator=torch.Generator().manual_seed(0))
+    pick = correct[perm]
+    box = (0.0, 1.0)
+
+    # ---- 1. speed of TA at T = 40 ------------------------------------------------------------------------
+    n = args.n_speed
+    x, y = xte[pick[:n]].to(dev), yte[pick[:n]].to(dev)
+    print(f"\n[1] Tangent Attack, T=40, {n} samples (few, to keep the runtime short):")
+    for threads in sorted({1, default_threads}) if dev.type == "cpu" else [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        timed = TimedModel(model)
+        t0 = time.perf_counter()
+        res = attacks.tangent_attack(timed, x, y, box, T=40, max_batch=args.max_batch, progress=False)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        print(f"    threads {threads}: wall {wall:.1f}s -> {60 * n / wall:.1f} samples/minute; mean queries/sample "
+              f"{res.queries.double().mean():.0f}; model rows {timed.rows} in {timed.calls} calls")
+        print(f"      time inside model forward {timed.seconds:.1f}s = {100 * timed.seconds / wall:.1f}% of wall "
+              f"(target >= 90%); {1e6 * timed.seconds / timed.rows:.1f} us/row; mean distance "
+              f"{res.distance.mean():.4f}, success {res.success.float().mean():.2f}")
+    torch.set_num_threads(args.threads or default_threads)
+
+    # ---- 2. distance vs query budget ---------------------------------------------------------------------
+    n = args.n_budget
+    x, y = xte[pick[:n]].to(dev), yte[pick[:n]].to(dev)
+    t0 = time.perf_counter()
+    fmn = attacks.fmn_attack(model, x, y, box, steps=200)
+    fmn_mean = fmn.distance.mean().item()
+    rows = []
+    for name, fn in [("tangent", attacks.tangent_attack), ("hsj", attacks.hop_skip_jump)]:
+        for budget in BUDGETS:
+            r = fn(model, x, y, box, T=40, max_queries=budget, max_batch=args.max_batch, progress=False)
+            d = r.distance.double().cpu()
+            rows.append(dict(attack=name, budget=budget, mean_distance=d.mean().item(),
+                             sem=(d.std() / math.sqrt(n)).item(), mean_queries=r.queries.double().mean().item(),
+                             success_rate=r.success.double().mean().item(),
+                             ratio_to_fmn=(d / fmn.distance.double().cpu()).mean().item(), n_samples=n))
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    print(f"\n[2] mean L2 distance vs per-sample query budget, {n} samples (FMN white-box reference "
+          f"{fmn_mean:.4f}); {time.perf_counter() - t0:.0f}s")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.assign(fmn_mean_distance=fmn_mean, data=desc, device=str(dev)).to_csv(
+        RESULTS / "bench_attacks_budget.csv", index=False)
+    _plot(table, fmn_mean, desc, n, RESULTS / "bench_attacks_budget.png")
+    print(f"\nwrote {RESULTS / 'bench_attacks_budget.csv'} and {RESULTS / 'bench_attacks_budget.png'}")
+    return 0
+
+
+def _plot(table, fmn_mean: float, desc: str, n: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for name, label in [("tangent", "Tangent Attack"), ("hsj", "HopSkipJump")]:
+        t = table[table.attack == name]
+        ax.errorbar(t["budget"], t["mean_distance"], yerr=t["sem"], marker="o", capsize=3, label=label)
+        ax2.plot(t["budget"], t["ratio_to_fmn"], marker="o", label=label)
+    ax.axhline(fmn_mean, color="k", ls="--", lw=1, label="FMN (white-box)")
+    ax2.axhline(1.0, color="k", ls="--", lw=1)
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_xlabel("query budget per sample")
+    ax.set_ylabel("mean L2 distance (± s.e. over samples)")
+    ax2.set_ylabel("mean per-sample distance / FMN distance")
+    fig.suptitle(f"MLP 784-2000-10, {n} samples ({desc.split(' (')[0]})", fontsize=9)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

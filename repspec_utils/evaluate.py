@@ -1,0 +1,170 @@
+"""Evaluation: test accuracy, adversarial distance tables (SPEC §4) and readout re-training.
+
+- `accuracy` / `predict`: on the full set, batched, no grad, model in eval mode (its modes are restored).
+- `evaluate_robustness`: the first n correctly classified test samples after a seeded shuffle are attacked
+  (box from the dataset); one row per sample: index, label, distance, queries, success, attack. Cached
+  under a content key when the caller describes the model (`cache_key`).
+- `refit_readout`: freeze Φ, fit a multinomial L2 logistic regression (C = 1, lbfgs) on Φ(train), and
+  return Φ → new head as a `RepModel` the same evaluation accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from . import attacks as _attacks
+from . import cache
+from .attacks import _eval_mode, check_box, check_budget, check_inputs, resolve_attack
+
+__all__ = ["predict", "accuracy", "features", "check_model_output", "select_correct", "evaluate_robustness",
+           "refit_readout", "ATTACK_TABLE_VERSION"]
+
+# Bump when a change to the attacks alters the tables they produce (it is part of every cache key).
+ATTACK_TABLE_VERSION = 1
+COLUMNS = ["index", "label", "distance", "queries", "success", "attack"]
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+
+def _batched(fn, x: Tensor, model: nn.Module, batch_size: int) -> Tensor:
+    dev, dtype = _device(model), _dtype(model)
+    with torch.no_grad(), _eval_mode(model):
+        return torch.cat([fn(x[s:s + batch_size].to(dev, dtype)) for s in range(0, x.shape[0], batch_size)])
+
+
+def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """Predicted labels argmax F(x): x (N, ...) -> int64 (N,) on the model's device."""
+    return _batched(lambda b: model(b).argmax(1), x, model, batch_size)
+
+
+def features(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """The representation Φ(x): x (N, ...) -> (N, p) on the model's device (no grad)."""
+    return _batched(model.features, x, model, batch_size)
+
+
+def accuracy(model: nn.Module, ds, batch_size: int = 4096) -> float:
+    """Test accuracy of argmax F on the whole dataset `ds` (x (N, ...), y (N,))."""
+    return (predict(model, ds.x, batch_size).cpu() == ds.y.cpu()).double().mean().item()
+
+
+def check_model_output(model: nn.Module, x: Tensor) -> int:
+    """One call on the first (up to) 2 rows of x; ValueError unless the output is logits (batch, classes ≥ 2).
+    Returns the number of classes. (A shape check, not a query of any attack.)"""
+    probe = x[:2]
+    with torch.no_grad(), _eval_mode(model):
+        out = model(probe.to(_device(model), _dtype(model)))
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != probe.shape[0] or out.shape[1] < 2:
+        raise ValueError(f"the model must map a batch {tuple(probe.shape)} to logits (batch, classes >= 2); "
+                         f"it returned {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+    return int(out.shape[1])
+
+
+def select_correct(model: nn.Module, ds, n: int, seed: int = 0, batch_size: int = 4096,
+                   correct: Tensor | None = None) -> Tensor:
+    """Indices (n,) of the first n correctly classified samples of ds after a seeded shuffle (torch.Generator);
+    ValueError if fewer than n are correctly classified. `correct` (N,) bool skips the predictions."""
+    if correct is None:
+        correct = predict(model, ds.x, batch_size).cpu() == ds.y.cpu()
+    perm = torch.randperm(len(ds.y), generator=torch.Generator().manual_seed(int(seed)))
+    chosen = perm[correct[perm]]
+    if n > chosen.numel():
+        raise ValueError(f"asked to attack n={n} samples but only {chosen.numel()} of {len(ds.y)} test samples "
+                         f"are correctly classified")
+    return chosen[:n]
+
+
+def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack: str = "tangent",
+                        attack_kwargs: dict | None = None, cache_key: dict | None = None,
+                        progress: bool = True, batch_size: int = 4096) -> pd.DataFrame:
+    """Attack the first n correctly classified test samples (seeded shuffle) inside test_ds.box; one row per
+    sample: index (in test_ds), label, distance ‖x_adv − x‖₂ (inf if no adversarial point), queries, success,
+    attack. With `cache_key` (a dict describing the model) the table is cached and reloaded.
+    Bad input (box, inputs outside it, budget ≤ 0, unknown attack, output not (batch, classes), n too large)
+    raises ValueError before the attack makes any query."""
+    name = resolve_attack(attack)
+    kwargs = dict(attack_kwargs or {})
+    check_budget(kwargs.get("max_queries"))
+    box = check_box(test_ds.box)
+    check_inputs(test_ds.x, box)
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = int(n)
+    check_model_output(model, test_ds.x)
+    kwargs.setdefault("seed", seed)
+    path = None
+    if cache_key is not None:
+        key = cache.make_key(kind="attack", model=cache_key, attack=name, kwargs=kwargs, n=n, seed=seed,
+                             data=[getattr(test_ds, "name", None), len(test_ds.y)], version=ATTACK_TABLE_VERSION)
+        path = cache.cache_root() / "attacks" / f"{key}.pt"
+        stored = cache.load(path)
+        if stored is not None:
+            return pd.DataFrame(stored)[COLUMNS]
+    correct = predict(model, test_ds.x, batch_size).cpu() == test_ds.y.cpu()
+    idx = select_correct(model, test_ds, n, seed, batch_size, correct=correct)
+    dev = _device(model)
+    x, y = test_ds.x[idx].to(dev), test_ds.y[idx].to(dev)
+    if name != "fmn":  # start points of last resort: other correctly classified test samples
+        kwargs.setdefault("pool", (test_ds.x[correct].to(dev), test_ds.y[correct].to(dev)))
+    kwargs.setdefault("progress", progress)
+    res = _attacks.ATTACKS[name](model, x, y, box, **kwargs)
+    table = {
+        "index": idx.numpy().astype(np.int64),
+        "label": test_ds.y[idx].numpy().astype(np.int64),
+        "distance": res.distance.detach().double().cpu().numpy(),
+        "queries": res.queries.cpu().numpy().astype(np.int64),
+        "success": res.success.cpu().numpy().astype(bool),
+        "attack": np.array([name] * n, dtype=object),
+    }
+    if path is not None:
+        cache.save({k: v.tolist() for k, v in table.items()}, path)
+    return pd.DataFrame(table)[COLUMNS]
+
+
+def refit_readout(model: nn.Module, train_ds, test_ds, C: float = 1.0, max_iter: int = 1000,
+                  standardize: bool = False, batch_size: int = 4096):
+    """Readout re-training: freeze Φ, fit multinomial L2 logistic regression (lbfgs, C) on Φ(train).
+
+    Returns (RefitModel, test accuracy); the RefitModel's `features` is a frozen copy of Φ (the original model
+    is untouched) and its `readout` an nn.Linear holding the fitted coefficients. Features are fitted raw by
+    default; `standardize=True` fits on z-scored features and folds the scaling back into the Linear
+    (W' = W/σ, b' = b − W'μ), which changes the L2 penalty's geometry. For two classes scikit-learn fits a
+    binomial model; it is mapped exactly onto the 2-class multinomial one (C → 2C, W = [−w/2, w/2])."""
+    from sklearn.linear_model import LogisticRegression
+
+    from .models import RefitModel
+
+    n_classes = int(getattr(train_ds, "n_classes", int(train_ds.y.max()) + 1))
+    feats = features(model, train_ds.x, batch_size).double().cpu().numpy()
+    labels = train_ds.y.cpu().numpy()
+    mu = feats.mean(0) if standardize else np.zeros(feats.shape[1])
+    sd = feats.std(0) if standardize else np.ones(feats.shape[1])
+    sd = np.where(sd > 0, sd, 1.0)
+    classes = np.unique(labels)
+    binary = classes.size == 2
+    clf = LogisticRegression(C=2 * C if binary else C, max_iter=max_iter, solver="lbfgs")
+    clf.fit((feats - mu) / sd, labels)
+    coef, intercept = clf.coef_, clf.intercept_
+    if binary:
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    W = np.zeros((n_classes, feats.shape[1]))
+    b = np.full(n_classes, -1e4)  # a class absent from the training labels is never predicted
+    W[clf.classes_], b[clf.classes_] = coef / sd, intercept - (coef / sd) @ mu
+    readout = nn.Linear(feats.shape[1], n_classes).to(_device(model), _dtype(model))
+    with torch.no_grad():
+        readout.weight.copy_(torch.from_numpy(W))
+        readout.bias.copy_(torch.from_numpy(b))
+    refit = RefitModel(copy.deepcopy(model), readout).eval()
+    return refit, accuracy(refit, test_ds, batch_size)

@@ -1,0 +1,325 @@
+"""Attacks against closed-form references and their contracts (queries, budgets, box, determinism).
+
+Reference: for a linear classifier F(x) = Wx + b the minimal L2 adversarial distance of x (label y) is
+Δx = min_{k≠y} (F_y − F_k)/‖w_y − w_k‖ when the box does not bind (here the box is [−10, 10] and every
+point and every path stays well inside it).
+Tolerances (measured, then given margin): 2-D two-class TA/HSJ ≤ 1e-3 relative (seen ≤ 5e-5: the only error
+is the 1e-5 bisection); 784-D ten-class at T = 40: TA and HSJ ≤ 10% above Δx (seen 3–6% TA, 4–7% HSJ over
+3 seeds), never below Δx − 1e-4 relative (float32); FMN ≤ 1e-3 (seen ≤ 2e-5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repspec_utils import attacks as A
+
+BIG_BOX = (-10.0, 10.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These problems are small: one thread is faster and leaves the other cores alone."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------
+class Counting(nn.Module):
+    """Wraps a model; counts calls and rows."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls, self.rows = model, 0, 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+def linear_model(d: int, c: int, seed: int) -> nn.Linear:
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Linear(d, c)
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(c, d, generator=g) * 3 / math.sqrt(d))
+        m.bias.copy_(torch.randn(c, generator=g))
+    return m
+
+
+def facet_distances(m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sorted distances to each facet {F_y = F_k}, k ≠ y, computed in float64: (N, C − 1)."""
+    W, b, x = m.weight.detach().double(), m.bias.detach().double(), x.double()
+    Fx = x @ W.T + b
+    r = (Fx.gather(1, y[:, None]) - Fx) / (W[y][:, None, :] - W[None]).norm(dim=2).clamp_min(1e-300)
+    r[torch.arange(len(y)), y] = math.inf
+    return r.sort(1).values[:, :-1]
+
+
+def linear_case(d: int, c: int, n: int, seed: int, sep: float):
+    """A linear model and n points whose nearest facet is at least `sep` times closer than the next one
+    (so the minimum is unambiguous and local searches cannot settle on another facet)."""
+    m = linear_model(d, c, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    x = torch.randn(4000, d, generator=g)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    fd = facet_distances(m, x, y)
+    keep = (fd[:, 1] >= sep * fd[:, 0]) if c > 2 else torch.ones(len(y), dtype=torch.bool)
+    keep = keep.nonzero()[:, 0][:n]
+    return m, x[keep], y[keep], fd[keep, 0]
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    """A small MLP (64 → 32 → 10, GELU) trained for 300 steps on sklearn digits, and 12 test points."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 10))
+    opt = torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        i = torch.randint(0, 1400, (64,), generator=g)
+        loss = F.cross_entropy(m(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    xt, yt = x[1400:], y[1400:]
+    with torch.no_grad():
+        ok = m(xt).argmax(1) == yt
+    assert ok.float().mean() > 0.85
+    return m, xt[ok][:12], yt[ok][:12]
+
+
+BLACK_BOX = [A.tangent_attack, A.hop_skip_jump]
+
+
+# ----------------------------------------------------------------------------------------------------
+# closed-form references
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("attack", BLACK_BOX)
+def test_linear_2d_two_class_exact(attack):
+    m, x, y, dx = linear_case(2, 2, 12, seed=0, sep=1.0)
+    r = attack(m, x, y, BIG_BOX, T=40, progress=False)
+    assert r.success.all()
+    rel = r.distance.double() / dx - 1
+    assert rel.min() > -1e-5 and rel.max() < 1e-3, rel
+
+
+@pytest.mark.parametrize("attack", BLACK_BOX)
+def test_linear_784d_ten_class(attack):
+    m, x, y, dx = linear_case(784, 10, 6, seed=0, sep=2.0)
+    assert len(set(y.tolist())) >= 3
+    r = attack(m, x, y, BIG_BOX, T=40, progress=False)
+    assert r.success.all()
+    rel = r.distance.double() / dx - 1
+    assert rel.min() > -1e-4 and rel.max() < 0.10, rel
+
+
+@pytest.mark.parametrize("d,c", [(2, 2), (784, 10)])
+def test_fmn_linear_exact(d, c):
+    m, x, y, dx = linear_case(d, c, 8, seed=1, sep=1.0)  # sep 1: FMN's targeted runs must find the nearest facet
+    r = A.fmn_attack(m, x, y, BIG_BOX, steps=50)
+    assert r.success.all()
+    rel = r.distance.double() / dx - 1
+    assert rel.min() > -1e-4 and rel.max() < 1e-3, rel
+
+
+def test_tangent_point_geometry():
+    """Closed-form tangent point: on the sphere, tangent from x0, on the adversarial hemisphere, and optimal:
+    of all lines from x0 through the hemisphere, its line meets the plane {(z − xb)·u = 0} closest to x0."""
+    g = torch.Generator().manual_seed(0)
+    d = 3
+    xb = torch.zeros(64, d, dtype=torch.float64)
+    u = torch.randn(64, d, generator=g, dtype=torch.float64)
+    u /= u.norm(dim=1, keepdim=True)
+    x0 = torch.randn(64, d, generator=g, dtype=torch.float64) * 2
+    x0 -= (2.5 * (x0 * u).sum(1, keepdim=True).abs() + 0.1) * u  # x0 on the benign side: (x0 − xb)·u < 0
+    D = x0.norm(dim=1)
+    for frac in [0.05, 0.3, 0.7, 1.0]:
+        R = D * frac
+        K = A._tangent_point(x0, xb, u, R)
+        assert torch.allclose(K.norm(dim=1), R, rtol=1e-10)
+        assert ((K * u).sum(1) >= -1e-12).all()  # on the adversarial hemisphere
+
+        def crossing(P):  # where the line x0 → P meets the plane {z·u = 0}
+            a0, a1 = (x0 * u).sum(1), (P * u).sum(1)
+            return x0 + (a0 / (a0 - a1))[:, None] * (P - x0)
+
+        best = (crossing(K) - x0).norm(dim=1)
+        v = torch.randn(64, 4000, d, generator=g, dtype=torch.float64)  # random hemisphere points
+        v /= v.norm(dim=2, keepdim=True)
+        v = torch.where(((v * u[:, None]).sum(2) < 0)[..., None], -v, v) * R[:, None, None]
+        a0, a1 = (x0 * u).sum(1)[:, None], (v * u[:, None]).sum(2)
+        cross = x0[:, None] + (a0 / (a0 - a1))[..., None] * (v - x0[:, None])
+        brute = (cross - x0[:, None]).norm(dim=2).min(1).values
+        assert (best <= brute + 1e-9).all()
+        tangent = (x0 * u).sum(1) * R + _b(x0, u) * (D**2 - R**2).clamp_min(0).sqrt() >= 0
+        if tangent.any():  # proper tangent points: (K − xb)·(x0 − K) = 0
+            assert torch.allclose((K * (x0 - K)).sum(1)[tangent], torch.zeros(int(tangent.sum()), dtype=K.dtype),
+                                  atol=1e-9)
+
+
+def _b(x0, u):
+    return (x0 - (x0 * u).sum(1, keepdim=True) * u).norm(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# contracts on a trained MLP
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("attack", BLACK_BOX)
+def test_query_count_exact_and_points_verified(attack, digits_mlp):
+    m, x, y = digits_mlp
+    wrapped = Counting(m)
+    r = attack(wrapped, x, y, (0.0, 1.0), T=12, max_batch=512, progress=False)
+    assert int(r.queries.sum()) == wrapped.rows  # every row a sample contributed counts once
+    assert r.success.all()
+    with torch.no_grad():
+        assert (m(r.x_adv).argmax(1) != y).all()  # fresh call: each returned point is adversarial
+    assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert torch.allclose(r.distance, (r.x_adv - x).flatten(1).norm(dim=1))
+
+
+def test_budget_respected(digits_mlp):
+    m, x, y = digits_mlp
+    budget = torch.tensor([300, 700, 1500, 3000] * 3)
+    wrapped = Counting(m)
+    r = A.tangent_attack(wrapped, x, y, (0.0, 1.0), T=40, max_queries=budget, progress=False)
+    assert (r.queries <= budget).all()
+    assert int(r.queries.sum()) == wrapped.rows
+    # a sample stops only when the next iteration (n_t probes + 1 step + 17 bisections) no longer fits
+    n_t = torch.tensor([min(int(100 * math.sqrt(t)), 10000) for t in range(1, 41)])
+    assert (budget - r.queries <= n_t.max() + 18 + 30).all()
+    assert r.success.all()
+    with torch.no_grad():
+        assert (m(r.x_adv).argmax(1) != y).all()
+    full = A.tangent_attack(m, x, y, (0.0, 1.0), T=40, progress=False)
+    assert r.distance.mean() > full.distance.mean()  # more queries, smaller distance
+
+
+def test_white_box_below_black_box(digits_mlp):
+    m, x, y = digits_mlp
+    fmn = A.fmn_attack(m, x, y, (0.0, 1.0), steps=100)
+    ta = A.tangent_attack(m, x, y, (0.0, 1.0), T=40, progress=False)
+    hsj = A.hop_skip_jump(m, x, y, (0.0, 1.0), T=40, progress=False)
+    assert fmn.success.all() and ta.success.all() and hsj.success.all()
+    with torch.no_grad():
+        assert (m(fmn.x_adv).argmax(1) != y).all()
+    assert (fmn.distance <= ta.distance * 1.01).all()
+    assert (fmn.distance <= hsj.distance * 1.01).all()
+    assert fmn.x_adv.min() >= 0 and fmn.x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("attack", BLACK_BOX)
+def test_same_seed_same_result(attack, digits_mlp):
+    m, x, y = digits_mlp
+    a = attack(m, x[:4], y[:4], (0.0, 1.0), T=5, seed=3, progress=False)
+    b = attack(m, x[:4], y[:4], (0.0, 1.0), T=5, seed=3, progress=False)
+    c = attack(m, x[:4], y[:4], (0.0, 1.0), T=5, seed=4, progress=False)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.queries, b.queries) and torch.equal(a.distance, b.distance)
+    assert not torch.equal(a.x_adv, c.x_adv)
+
+
+def test_fallback_start_from_other_sample():
+    """Noise never flips a point far from the boundary: the start point is another sample of the other class."""
+    m = nn.Linear(2, 2)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        m.bias.zero_()
+    x = torch.tensor([[5.0, 0.0], [-5.0, 1.0]])
+    y = torch.tensor([0, 1])
+    wrapped = Counting(m)
+    r = A.tangent_attack(wrapped, x, y, BIG_BOX, T=30, init_tries=5, progress=False)
+    assert r.success.all()
+    assert torch.allclose(r.distance, torch.tensor([5.0, 5.0]), rtol=1e-3)
+    assert int(r.queries.sum()) == wrapped.rows
+    lone = A.tangent_attack(m, x[:1], y[:1], BIG_BOX, T=3, init_tries=5, progress=False)  # nothing to fall back on
+    assert not lone.success.any() and torch.isinf(lone.distance).all()
+    assert torch.equal(lone.x_adv, x[:1]) and int(lone.queries[0]) == 5
+
+
+def test_float64_model(digits_mlp):
+    m, x, y = digits_mlp
+    m64 = _copy(m).double()
+    r = A.tangent_attack(m64, x[:3], y[:3], (0.0, 1.0), T=5, progress=False)
+    assert r.x_adv.dtype == torch.float64 and r.success.all()
+
+
+def _copy(m):
+    import copy
+
+    return copy.deepcopy(m)
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input raises before any query
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tangent", "hsj", "fmn"])
+@pytest.mark.parametrize("case", ["box_order", "box_equal", "outside", "budget_zero", "budget_neg",
+                                  "budget_float", "budget_len", "nan"])
+def test_bad_input_raises_before_any_query(name, case, digits_mlp):
+    m, x, y = digits_mlp
+    wrapped = Counting(m)
+    box, kw, xx = (0.0, 1.0), {}, x[:2].clone()
+    if case == "box_order":
+        box = (1.0, 0.0)
+    elif case == "box_equal":
+        box = (0.5, 0.5)
+    elif case == "outside":
+        xx[0, 0] = 1.5
+    elif case == "budget_zero":
+        kw["max_queries"] = 0
+    elif case == "budget_neg":
+        kw["max_queries"] = torch.tensor([100, -1])
+    elif case == "budget_float":
+        kw["max_queries"] = 1.5
+    elif case == "budget_len":
+        kw["max_queries"] = torch.tensor([100, 100, 100])
+    elif case == "nan":
+        xx[0, 0] = math.nan
+    with pytest.raises(ValueError):
+        A.run_attack(name, wrapped, xx, y[:2], box, **kw)
+    assert wrapped.calls == 0
+
+
+def test_unknown_attack_name():
+    wrapped = Counting(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="unknown attack"):
+        A.run_attack("boundary", wrapped, torch.zeros(1, 2), None, (0.0, 1.0))
+    assert wrapped.calls == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda(digits_mlp):
+    m, x, y = digits_mlp
+    mc = _copy(m).cuda()
+    r = A.tangent_attack(mc, x[:4].cuda(), y[:4].cuda(), (0.0, 1.0), T=10, progress=False)
+    assert r.x_adv.is_cuda and r.success.all()
+    with torch.no_grad():
+        assert (mc(r.x_adv).argmax(1) != y[:4].cuda()).all()
+    f = A.fmn_attack(mc, x[:4].cuda(), y[:4].cuda(), (0.0, 1.0), steps=20)
+    assert f.success.all()
+
+
+def test_default_labels_are_predictions(digits_mlp):
+    """y=None: the label to leave is the model's prediction, one counted query per sample."""
+    m, x, y = digits_mlp
+    wrapped = Counting(m)
+    r = A.hop_skip_jump(wrapped, x[:3], None, (0.0, 1.0), T=2, progress=False)
+    assert int(r.queries.sum()) == wrapped.rows
+    with torch.no_grad():
+        assert (m(r.x_adv).argmax(1) != y[:3]).all()

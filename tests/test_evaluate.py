@@ -1,0 +1,244 @@
+"""evaluate.py: accuracy, the robustness table (selection, cache, bad input) and readout re-training."""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repspec_utils import attacks as A
+from repspec_utils import evaluate as E
+from repspec_utils.data import ArrayDataset, get_data
+from repspec_utils.models import MLP, RefitModel, RepModel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Counting(nn.Module):
+    """Wraps a model; counts calls and rows."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls, self.rows = model, 0, 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn digits (real), and an MLP(64, [32], 10) trained 300 steps: test accuracy ≈ 0.9, not 1."""
+    train, test = get_data("digits", seed=0)
+    m = MLP(64, [32], 10, seed=0)
+    opt = torch.optim.SGD(m.parameters(), lr=2.0, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        i = torch.randint(0, len(train), (64,), generator=g)
+        loss = F.cross_entropy(m(train.x[i]), train.y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    return m, train, test
+
+
+def test_accuracy_and_predict(digits):
+    m, _, test = digits
+    with torch.no_grad():
+        manual = (m(test.x).argmax(1) == test.y).double().mean().item()
+    assert E.accuracy(m, test, batch_size=37) == pytest.approx(manual, abs=1e-12)
+    assert torch.equal(E.predict(m, test.x, batch_size=50), m(test.x).argmax(1))
+    assert 0.8 < manual < 1.0  # some misclassified samples exist for the next test
+
+
+def test_robustness_table_attacks_only_correct_samples(digits):
+    m, _, test = digits
+    df = E.evaluate_robustness(m, test, 10, seed=4, attack="tangent", attack_kwargs=dict(T=5), progress=False)
+    assert list(df.columns) == ["index", "label", "distance", "queries", "success", "attack"]
+    assert len(df) == 10 and (df.attack == "tangent").all() and df.success.all()
+    pred = E.predict(m, test.x)
+    idx = torch.tensor(df["index"].to_numpy())
+    assert (pred[idx] == test.y[idx]).all()  # misclassified samples are never attacked
+    assert (df.label.values == test.y[idx].numpy()).all()
+    # the first 10 correctly classified after the seeded shuffle, in that order; with seed 4 two misclassified
+    # samples come first in the shuffle and are skipped
+    perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(4))
+    expected = perm[(pred == test.y)[perm]][:10]
+    assert torch.equal(idx, expected)
+    assert (pred[perm[:12]] != test.y[perm[:12]]).sum() == 2
+    assert np.isfinite(df.distance).all() and (df.distance > 0).all()
+    # deterministic
+    df2 = E.evaluate_robustness(m, test, 10, seed=4, attack="tangent", attack_kwargs=dict(T=5), progress=False)
+    pd.testing.assert_frame_equal(df, df2)
+
+
+def test_misclassified_in_shuffle_are_skipped(digits):
+    m, _, test = digits
+    pred = E.predict(m, test.x)
+    wrong = (pred != test.y).nonzero()[:, 0]
+    assert wrong.numel() > 0
+    n = int((pred == test.y).sum())
+    idx = E.select_correct(m, test, n, seed=1)
+    assert set(idx.tolist()).isdisjoint(wrong.tolist()) and len(set(idx.tolist())) == n
+
+
+def test_cache_reloads_instead_of_recomputing(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path))
+    m, _, test = digits
+    key = {"model": "digits-mlp", "seed": 0}
+    wrapped = Counting(m)
+    kw = dict(T=3, max_queries=2000)
+    first = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=kw, cache_key=key, progress=False)
+    assert list(tmp_path.rglob("*.pt"))
+    wrapped.calls = wrapped.rows = 0
+    again = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=kw, cache_key=key, progress=False)
+    pd.testing.assert_frame_equal(first, again)
+    assert wrapped.calls == 1 and wrapped.rows <= 2  # only the output-shape check
+    other = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=dict(T=2), cache_key=key,
+                                  progress=False)
+    assert wrapped.rows > 1000  # different kwargs: a different entry, recomputed
+    assert (other.queries < first.queries).all()
+
+
+def test_n_larger_than_correct_raises_before_attacking(digits, monkeypatch):
+    m, _, test = digits
+    n_correct = int((E.predict(m, test.x) == test.y).sum())
+
+    def boom(*a, **k):
+        raise AssertionError("attack must not run")
+
+    monkeypatch.setitem(A.ATTACKS, "tangent", boom)
+    with pytest.raises(ValueError, match=rf"n={n_correct + 1}.*only {n_correct} of {len(test)}"):
+        E.evaluate_robustness(m, test, n_correct + 1, progress=False)
+
+
+def _duck(x, y, box):
+    return SimpleNamespace(x=x, y=y, box=box, name="duck", n_classes=2)
+
+
+@pytest.mark.parametrize("case", ["box_order", "outside", "budget", "attack", "n_zero"])
+def test_bad_input_raises_before_any_model_call(case):
+    model = Counting(nn.Linear(2, 2))
+    x = torch.rand(6, 2)
+    y = torch.zeros(6, dtype=torch.long)
+    ds, kw = _duck(x, y, (0.0, 1.0)), {}
+    n, attack = 2, "tangent"
+    if case == "box_order":
+        ds = _duck(x, y, (1.0, 0.0))
+    elif case == "outside":
+        ds = _duck(x + 2, y, (0.0, 1.0))
+    elif case == "budget":
+        kw = {"max_queries": 0}
+    elif case == "attack":
+        attack = "pgd"
+    elif case == "n_zero":
+        n = 0
+    with pytest.raises(ValueError):
+        E.evaluate_robustness(model, ds, n, attack=attack, attack_kwargs=kw, progress=False)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("out", ["vector", "3d", "one_class"])
+def test_model_output_shape_checked_with_one_small_call(out):
+    class Bad(nn.Module):
+        def forward(self, x):
+            z = torch.stack([x.sum(1), -x.sum(1)], 1)
+            return {"vector": z[:, 0], "3d": z[:, :, None], "one_class": z[:, :1]}[out]
+
+    model = Counting(Bad())
+    ds = _duck(torch.rand(6, 2), torch.zeros(6, dtype=torch.long), (0.0, 1.0))
+    with pytest.raises(ValueError, match="logits"):
+        E.evaluate_robustness(model, ds, 2, progress=False)
+    assert model.calls == 1 and model.rows <= 2
+
+
+class Blobs(RepModel):
+    """Φ = a fixed random linear map + tanh of 2-D inputs; a useless head that always says class 0."""
+
+    def __init__(self, n_classes):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = nn.Linear(2, 16)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(16, 2, generator=g))
+            self.lin.bias.copy_(torch.randn(16, generator=g) * 0.1)
+        self.readout = nn.Linear(16, n_classes)
+        with torch.no_grad():
+            self.readout.weight.zero_()
+            self.readout.bias.copy_(torch.eye(n_classes)[0])
+
+    def features(self, x):
+        return torch.tanh(self.lin(x))
+
+    def feature_layers(self, max_layer=None):
+        return [self.lin]
+
+
+def blobs(n_classes, n_per, seed):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.stack([torch.tensor([math.cos(a), math.sin(a)]) for a in
+                           torch.arange(n_classes) * 2 * math.pi / n_classes]) * 1.2
+    y = torch.arange(n_classes).repeat_interleave(n_per)
+    x = (centres[y] + 0.15 * torch.randn(len(y), 2, generator=g)).clamp(-2, 2)
+    return ArrayDataset(x=x.float(), y=y, name="blobs", source="synthetic test blobs", box=(-2.0, 2.0),
+                        n_classes=n_classes)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_refit_readout(n_classes, standardize):
+    from sklearn.linear_model import LogisticRegression
+
+    model = Blobs(n_classes)
+    before = copy.deepcopy(model.state_dict())
+    grads = [p.requires_grad for p in model.parameters()]
+    train, test = blobs(n_classes, 60, 0), blobs(n_classes, 40, 1)
+    refit, acc = E.refit_readout(model, train, test, C=1.0, standardize=standardize)
+    assert acc >= 0.95 and acc == pytest.approx(E.accuracy(refit, test))
+    assert E.accuracy(model, test) == pytest.approx(1 / n_classes)  # the old head was useless
+    assert isinstance(refit, RepModel) and isinstance(refit.readout, nn.Linear)
+    with torch.no_grad():
+        assert torch.equal(refit(test.x), refit.readout(refit.features(test.x)))
+        assert torch.equal(refit.features(test.x), model.features(test.x))
+    for k, v in model.state_dict().items():  # the original Φ and head are unchanged
+        assert torch.equal(v, before[k])
+    assert [p.requires_grad for p in model.parameters()] == grads
+    assert not any(p.requires_grad for p in refit.base.parameters())
+    # the head is the scikit-learn fit (multinomial; binomial with C → 2C for two classes), mapped exactly
+    with torch.no_grad():
+        feats = model.features(train.x).double().numpy()
+        probs = torch.softmax(refit(test.x).double(), 1).numpy()
+        tf = model.features(test.x).double().numpy()
+    if not standardize:
+        clf = LogisticRegression(C=2.0 if n_classes == 2 else 1.0, max_iter=1000).fit(feats, train.y.numpy())
+        assert np.allclose(probs, clf.predict_proba(tf), atol=1e-5)
+
+
+def test_refit_model_is_attackable(digits):
+    m, train, test = digits
+    small_train = train.subset(slice(0, 600))
+    refit, acc = E.refit_readout(m, small_train, test, max_iter=300)
+    assert isinstance(refit, RefitModel) and acc > 0.5
+    df = E.evaluate_robustness(refit, test, 3, attack="tangent", attack_kwargs=dict(T=3), progress=False)
+    assert df.success.all()
+
+
+def test_fmn_table(digits):
+    m, _, test = digits
+    df = E.evaluate_robustness(m, test, 4, attack="fmn", attack_kwargs=dict(steps=30), progress=False)
+    assert (df.attack == "fmn").all() and df.success.all()
