@@ -438,6 +438,7 @@ def _kernel_env():
     saved = dict(os.environ)
     paths = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ.setdefault("REPSPEC_PROGRESS", "0")  # the runner shows its own progress; none inside notebooks
     try:
         yield
     finally:

@@ -8,6 +8,7 @@ boundaries, and resume after an interruption to the same weights as an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -122,6 +123,18 @@ def build_model_check(spec: dict) -> None:
 
 
 MODEL_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Temporarily run torch on `n` threads (None: unchanged). Tiny nets are 10x faster on one thread."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -285,6 +298,7 @@ def _run_phase(
     objective, augment = OBJECTIVES[cfg.objective], AUGMENTATIONS[cfg.augment]
     x_all, y_all = train_ds.x.to(device), train_ds.y.to(device)
     n, bs = len(train_ds), cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
     last_save = time.monotonic()
     bar = tqdm(total=end - start, initial=epoch - start, desc=f"{cfg.method if method_cfg is cfg else 'burn-in'} s{cfg.seed}",
                disable=not progress, leave=False)
@@ -296,13 +310,13 @@ def _run_phase(
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum = reg_sum = 0.0
         correct = n_reg = 0
-        for i in range(math.ceil(n / bs)):
+        for i in range(steps_per_epoch):
             idx = perm[i * bs : (i + 1) * bs]
             xb = augment(x_all[idx], gen)
             loss, feats, n_correct = objective(model, xb, y_all[idx], gen)
             loss_sum += loss.item() * len(idx)
             correct += n_correct
-            if penalty is not None and i % cfg.reg_every == 0:
+            if penalty is not None and ((epoch - start) * steps_per_epoch + i) % cfg.reg_every == 0:  # global step
                 reg = _penalty_value(penalty, feats)
                 loss = loss + method_cfg.lam * reg
                 reg_sum += reg.item()
@@ -567,6 +581,11 @@ def train_batched(
     batched computation, with the same burn-in/branch schedule as `train`. One TrainResult per config."""
     configs = list(configs)
     _check_batchable(configs)
+    with torch_threads(1):
+        return _train_batched(configs, device, progress, use_cache, log_every, checkpoint_every_s, on_epoch_end)
+
+
+def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_every_s, on_epoch_end):
     progress = cache.progress_enabled(progress)
     device = resolve_device(device)
     root = cache.cache_root() / "train-batched"
@@ -640,3 +659,7 @@ def _batched_result(cfg: TrainConfig, key: str, done: dict, data) -> TrainResult
             layer.bias.copy_(done["params"][l + len(model.hidden) + 1])
     hist = pd.DataFrame(done["history"]).drop(columns=["member"], errors="ignore")
     return TrainResult(model, hist, cfg, key, done["wall_time"], done["data_source"])
+
+
+# plug-ins that register objectives, augmentations, penalties and models with the registries above
+from . import ssl, transfer  # noqa: E402,F401

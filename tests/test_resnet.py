@@ -1,0 +1,105 @@
+"""ResNets with the conv rep-spectral penalty: it lowers σ_max of every penalised conv inside training, the
+two-stage ablation touches only stem + stages 1-2, ll-spectral adds the fc, and every padded conv is circular."""
+
+import pytest
+import torch
+from torch import nn
+
+import repspec_utils.transfer  # noqa: F401  (registers 'transfer_cifar10_synthetic': synthetic CIFAR resized)
+from repspec_utils import spectral, train
+from repspec_utils.models import cifar_resnet18, resnet50_transfer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _convs(*modules):
+    return [m for mod in modules for m in mod.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_rep_penalty_in_training_lowers_sigma_of_every_conv(tmp_path, monkeypatch):
+    """Burn-in 1 epoch, then 'none' and 'rep' (λ = 10) branch from the same checkpoint for one epoch of 6 steps
+    (+ the epoch-end penalty step). A small lr without momentum keeps the task-driven drift of σ tiny, so the
+    gap between the twins is the penalty's doing."""
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "data"))
+    base = train.TrainConfig(dataset="transfer_cifar10_synthetic",
+                             data_kwargs={"n_train": 96, "n_test": 10, "image_size": 16},
+                             model={"kind": "cifar_resnet18"}, lr=0.002, momentum=0.0, batch_size=16, epochs=2,
+                             burn_in=1, reg_every=1, reg_epoch_end_step=True, eval_every=0)
+    twin = train.train(base, device="cpu", progress=False)
+    reg = train.train(base.replace(method="rep", lam=10.0), device="cpu", progress=False)
+    # both branches start from the same burn-in checkpoint (the second run loads it from the cache)
+    assert reg.history.iloc[0].equals(twin.history.iloc[0]) and list(reg.history.phase) == ["burn-in", "rep"]
+
+    def sigmas(model):  # exact σ_max of every weight layer (20 convs of Φ, then fc) at the training resolution
+        sizes = spectral.conv_input_sizes(model, torch.zeros(2, 3, 16, 16))
+        with torch.no_grad():
+            return torch.stack([spectral.conv_sigma(c, sizes[c]) for c in model.feature_layers()]
+                               + [torch.linalg.matrix_norm(model.readout.weight, 2)])
+
+    s_reg, s_twin = sigmas(reg.model), sigmas(twin.model)
+    assert len(s_reg) == 21
+    ratio = s_reg[:20] / s_twin[:20]
+    assert (ratio < 0.995).all() and ratio.mean() < 0.97, ratio
+    # the unregularised twin's σ hardly moved in its branch epoch (the monitor's per-epoch σ in the history)
+    cols = [f"sigma_{j}" for j in range(21)]
+    drift = torch.tensor((twin.history[cols].iloc[1] / twin.history[cols].iloc[0]).to_numpy() - 1)
+    assert drift.abs().max() < 2e-3 < (1 - ratio).min() * 0.5
+    assert abs(s_reg[20] / s_twin[20] - 1) < 5e-3  # rep leaves the fc to the task loss
+
+
+def _penalised_layers(method, max_layer=None):
+    model = cifar_resnet18(seed=0)
+    cfg = train.TrainConfig(dataset="cifar10_synthetic", model={"kind": "cifar_resnet18"}, method=method, lam=1.0,
+                            max_layer=max_layer, spectral_mode="exact")
+    return model, train.make_penalty(cfg, model, torch.rand(2, 3, 8, 8))
+
+
+def test_two_stage_ablation_touches_only_stem_and_stages_1_2():
+    model, pen = _penalised_layers("rep", max_layer=2)
+    want = [model.conv1, *_convs(model.layer1, model.layer2)]
+    assert [id(m) for m in pen.layers] == [id(m) for m in want]
+    assert len(want) == 1 + 4 + 5  # stem, 4 convs in stage 1, 4 + the 1x1 downsample in stage 2
+    pen.penalty().backward()
+    for conv in _convs(model):
+        touched = conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+        assert touched == any(conv is m for m in want)
+    assert model.readout.weight.grad is None
+
+
+def test_rep_covers_phi_convs_and_ll_adds_the_fc():
+    model, rep = _penalised_layers("rep")
+    convs = _convs(model)
+    assert [id(m) for m in rep.layers] == [id(m) for m in convs]  # stem + every stage conv incl. downsample
+    assert len(convs) == 20 and not any(isinstance(m, (nn.BatchNorm2d, nn.Linear)) for m in rep.layers)
+    model, ll = _penalised_layers("ll")
+    assert [id(m) for m in ll.layers] == [id(m) for m in [*_convs(model), model.readout]]
+
+
+@pytest.mark.parametrize("build", [lambda: cifar_resnet18(seed=0), lambda: resnet50_transfer(7, weights=None)])
+def test_circular_padding_everywhere(build):
+    model = build()
+    padded = [m for m in model.modules() if isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding)]
+    assert padded and all(m.padding_mode == "circular" for m in padded)
+
+
+def test_fft_sigma_of_model_convs_is_their_operator_norm():
+    """With circular padding σ_max(conv) from the FFT blocks equals the top singular value of the explicit map."""
+    model = cifar_resnet18(seed=0)
+    for conv, size in ((model.conv1, 8), (model.layer2[0].conv1, 4), (model.layer2[0].downsample[0], 4)):
+        c_in = conv.in_channels
+
+        def op(v, conv=conv, size=size, c_in=c_in):
+            return conv(v.view(1, c_in, size, size)).flatten()
+
+        with torch.no_grad():
+            matrix = torch.autograd.functional.jacobian(op, torch.zeros(c_in * size * size)).double()
+            want = torch.linalg.matrix_norm(matrix, ord=2)
+            got = spectral.conv_sigma(conv, (size, size)).double()
+        assert got.item() == pytest.approx(want.item(), rel=1e-4)
