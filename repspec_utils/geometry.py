@@ -180,6 +180,93 @@ def metric_stats(model_or_phi, x: Tensor, chunk: int | None = None, mode: str = 
     return out[..., 0], out[..., 1]
 
 
+# ------------------------------------------------------------------------------------ fast path, any repspec MLP
+# Φ(x) = a_{L-1} with a_l = φ(z_l)/√n_l, z_l = W_l a_{l-1} + b_l, so J_Φ = D_{L-1} W_{L-1} ⋯ D_1 W_1 with
+# D_l = diag(φ′(z_l))/√n_l: one forward pass and L-1 batched matmuls instead of d autograd passes. The metric
+# g = JᵀJ (d×d) is formed in float64; log √det g = Σ log diag(chol g) (one Cholesky instead of an eigendecomposition),
+# λ_max(g) by eigvalsh of the smaller Gram when that is at most `_EIG_MAX` wide, else by Lanczos.
+# MNIST MLP (784→2000): ≈0.35 s per point on the shared 2-core CPU, vs ≈1.6–2.8 s for `metric_stats`.
+_EIG_MAX = 256
+
+
+def lanczos_lambda_max(A: Tensor, tol: float = 1e-8, max_steps: int = 300, seed: int = 0) -> Tensor:
+    """Top eigenvalue of symmetric PSD matrices A (..., n, n) by Lanczos with full reorthogonalisation: (...,).
+
+    Stops when every Ritz residual β_j·|s_j| is ≤ tol·θ (the eigenvalue error is then ≤ that, and typically its
+    square over the gap); exact (the full tridiagonalisation) if it runs n steps."""
+    batch, n = A.shape[:-2], A.shape[-1]
+    A = A.reshape(-1, n, n)
+    k_max = min(int(max_steps), n)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(A.shape[0], n, generator=gen, dtype=A.dtype).to(A.device)
+    Q = torch.zeros(A.shape[0], k_max, n, dtype=A.dtype, device=A.device)
+    Q[:, 0] = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+    alphas, betas = [], []
+    theta = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+    for j in range(k_max):
+        w = (A @ Q[:, j, :, None]).squeeze(-1)
+        alphas.append((w * Q[:, j]).sum(-1))
+        Qj = Q[:, : j + 1]
+        for _ in range(2):  # full reorthogonalisation, twice (classical Gram–Schmidt is enough then)
+            w = w - (Qj.mT @ (Qj @ w[..., None])).squeeze(-1)
+        beta = torch.linalg.vector_norm(w, dim=-1)
+        T = torch.diag_embed(torch.stack(alphas, -1))
+        if betas:
+            off = torch.diag_embed(torch.stack(betas, -1), offset=1)
+            T = T + off + off.mT
+        evals, evecs = torch.linalg.eigh(T)
+        theta = evals[:, -1]
+        resid = beta * evecs[:, -1, -1].abs()
+        if j + 1 == k_max or bool((resid <= tol * theta.abs().clamp_min(torch.finfo(A.dtype).tiny)).all()):
+            break
+        betas.append(beta)
+        Q[:, j + 1] = w / beta.clamp_min(torch.finfo(A.dtype).tiny)[:, None]
+    return theta.reshape(batch)
+
+
+def mlp_feature_jacobian(model: MLP, x: Tensor) -> Tensor:
+    """J_Φ(x) of a repspec MLP in closed form, D_{L-1}W_{L-1}⋯D_1W_1 (D_l = diag φ′(z_l)/√n_l): x (N, d) -> (N, p, d)."""
+    if not isinstance(model, MLP):
+        raise TypeError(f"the closed-form Jacobian needs a repspec MLP, got {type(model).__name__}")
+    a = _as_input(model, x).flatten(1)
+    J = None
+    with torch.no_grad():
+        for layer in model.hidden:
+            z = layer(a)
+            d = activation_derivative(model.activation, z) / math.sqrt(layer.out_features)  # (N, n_l)
+            W = layer.weight
+            J = d[:, :, None] * (W if J is None else W @ J)  # (N, n_l, d)
+            a = model.act(z) / math.sqrt(layer.out_features)
+    return J
+
+
+def mlp_metric_stats(model: MLP, x: Tensor, chunk: int | None = None, tol: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """(λ_max(g), log √det g) of a repspec MLP from the closed-form Jacobian, float64: two (N,). Same values as
+    `metric_stats` (its autograd twin) at a fraction of the cost: g = JᵀJ in float64, log √det g from a Cholesky
+    factor (-inf where g is not numerically positive definite, and everywhere when p < d), λ_max by eigvalsh of the
+    smaller Gram up to `_EIG_MAX` wide, else by `lanczos_lambda_max` to relative residual `tol`."""
+    x = _as_input(model, x).flatten(1)
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (N, d), got shape {tuple(x.shape)}")
+    p, d = model.widths[-1], x.shape[1]
+    per = chunk or max(1, min(1024, 2**24 // (p * d)))
+    lam, logvol = [], []
+    for s in range(0, x.shape[0], per):
+        J = mlp_feature_jacobian(model, x[s : s + per]).double()
+        small = J @ J.mT if p < d else J.mT @ J
+        if small.shape[-1] <= _EIG_MAX:
+            lam.append(torch.linalg.eigvalsh(small)[..., -1])
+        else:
+            lam.append(lanczos_lambda_max(small, tol=tol))
+        if p < d:
+            logvol.append(torch.full((J.shape[0],), -math.inf, dtype=torch.float64, device=J.device))
+        else:
+            L, info = torch.linalg.cholesky_ex(small)
+            lv = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # ½ log det g = Σ log L_ii
+            logvol.append(torch.where(info == 0, lv, torch.full_like(lv, -math.inf)))
+    return torch.cat(lam).cpu(), torch.cat(logvol).cpu()
+
+
 # ------------------------------------------------------------------------------- closed form, 2-D one hidden layer
 
 

@@ -26,9 +26,13 @@ from . import geometry
 # seaborn "colorblind" palette entries, fixed per method so that every figure agrees
 _CB = sns.color_palette("colorblind").as_hex()
 METHOD_ORDER = ("none", "ll", "rep")
-METHOD_LABELS = {"none": "None", "ll": "ll-spectral", "rep": "rep-spectral", "l2sp": "L2-SP", "bss": "BSS"}
-METHOD_COLORS = {"none": _CB[7], "ll": _CB[1], "rep": _CB[0], "l2sp": _CB[2], "bss": _CB[4]}
-_ALL_ORDER = ("none", "l2sp", "bss", "ll", "rep")  # baselines first, the paper's method last (Fig 8 order)
+METHOD_LABELS = {"none": "None", "ll": "ll-spectral", "rep": "rep-spectral", "l2sp": "L2-SP", "bss": "BSS",
+                 "rep1": "rep-spectral (layer 1)", "rep2": "rep-spectral (layers 1–2)"}
+METHOD_COLORS = {"none": _CB[7], "ll": _CB[1], "rep": _CB[0], "l2sp": _CB[2], "bss": _CB[4],
+                 "rep1": _CB[8], "rep2": _CB[6]}
+# baselines first, the paper's method last (Fig 8 order); rep1 / rep2: the sin deep-net layer ablation
+# (experiments.method_variant)
+_ALL_ORDER = ("none", "l2sp", "bss", "ll", "rep1", "rep2", "rep")
 CLASS_COLORS = (_CB[3], _CB[9])  # class 0 vermillion, class 1 sky blue
 CLASS_MARKERS = ("o", "s")
 FOOTER_FIELDS = (
@@ -183,7 +187,8 @@ def plot_mean_sd_bars(
     ylabel: str | None = None, by_label: str | None = None, dots: bool = True,
 ):
     """Bars of the mean of `y` across seeds ± 1 sd (ddof 1) per method in its colour; with `by` (e.g. 'weight_decay')
-    one group of method bars per value of `by` (Fig 2). Returns the table of (by,) method, mean, sd, n that was drawn."""
+    one group of method bars per value of `by` (Fig 2). Returns the table of (by,) method, mean, sd, n, x (the bar's
+    position) that was drawn."""
     ax = ax if ax is not None else plt.gca()
     keys = method_order(order if order is not None else df[x].unique())
     groups = sorted(df[by].unique()) if by is not None else [None]
@@ -204,7 +209,8 @@ def plot_mean_sd_bars(
                 ax.errorbar(pos, mean, yerr=sd, color="0.1", capsize=3, lw=1, zorder=3)
             if dots:
                 ax.scatter(pos + rng.uniform(-0.15, 0.15, len(vals)) * width, vals, s=8, color="0.15", zorder=4, lw=0)
-            rows.append({**({by: g} if by is not None else {}), "method": k, "mean": mean, "sd": sd, "n": len(vals)})
+            rows.append({**({by: g} if by is not None else {}), "method": k, "mean": mean, "sd": sd, "n": len(vals),
+                         "x": pos})
     if by is not None:
         ax.set_xticks(range(len(groups)), [f"{by_label or by.replace('_', ' ')} = {g:g}" if isinstance(g, (int, float))
                                             else f"{by_label or by} = {g}" for g in groups])
@@ -286,6 +292,70 @@ def plot_decision_boundary(ax, xx, yy, margin_values, points, labels, title: str
     return ax
 
 
+def plot_boundaries(ax, xx, yy, margins: Mapping, *, reference=None, reference_label: str = "true boundary",
+                    title: str | None = None, legend: bool = True):
+    """Decision boundaries of several models on one axis: the zero set of each F_1 − F_0 in `margins`
+    ({method key: values on the grid xx, yy}) in its method's colour, and the zero set of `reference` (a signed field
+    on the same grid, e.g. the true boundary) dashed black. Returns the legend handles drawn."""
+    from matplotlib.lines import Line2D
+
+    xx, yy = _np(xx), _np(yy)
+    handles = []
+    if reference is not None:
+        R = _np(reference).astype(float).reshape(xx.shape)
+        ax.contour(xx, yy, R, levels=[0.0], colors="k", linewidths=1.2, linestyles="--", zorder=2)
+        handles.append(Line2D([], [], color="k", lw=1.2, ls="--", label=reference_label))
+    for k in method_order(margins):
+        M = _np(margins[k]).astype(float).reshape(xx.shape)
+        if M.min() < 0 < M.max():
+            ax.contour(xx, yy, M, levels=[0.0], colors=[method_color(k)], linewidths=1.5, zorder=3)
+        handles.append(Line2D([], [], color=method_color(k), lw=1.5, label=method_label(k)))
+    ax.set_xlim(xx.min(), xx.max())
+    ax.set_ylim(yy.min(), yy.max())
+    ax.set_aspect("equal")
+    if legend:
+        ax.legend(handles=handles, frameon=True, framealpha=0.85, loc="lower left", fontsize=6)
+    if title:
+        ax.set_title(title)
+    return handles
+
+
+def plot_geometry_maps(grid: pd.DataFrame, points, labels, *, methods: Sequence | None = None, col: str = "method",
+                       panel_size: float = 2.3):
+    """Figure 3 from an `experiments.grid_table` holding one model per method: row (a) decision regions and boundary,
+    row (b) √det g, row (c) λ_max(g), both log colour scales shared along the row (one colour bar per row), with the
+    training points and (white) the decision boundary. Returns (fig, axes (3, k))."""
+    keys = method_order(methods if methods is not None else grid[col].unique())
+    sub = {k: grid[grid[col].map(_method_key) == k] for k in keys}
+    n = int(round(np.sqrt(len(sub[keys[0]]))))
+    if any(len(s) != n * n for s in sub.values()):
+        raise ValueError(f"plot_geometry_maps needs one model per {col} on one n×n grid, got "
+                         f"{ {k: len(s) for k, s in sub.items()} } rows")
+    first = sub[keys[0]]
+    xx, yy = first["x1"].to_numpy().reshape(n, n), first["x2"].to_numpy().reshape(n, n)
+    fig, axes = plt.subplots(3, len(keys), figsize=(panel_size * len(keys) + 1.0, 3 * panel_size + 0.4),
+                             squeeze=False, constrained_layout=True)
+    for j, k in enumerate(keys):
+        plot_decision_boundary(axes[0, j], xx, yy, sub[k]["margin"], points, labels, title=f"(a) {method_label(k)}")
+    fields = [("(b)", np.exp(grid["log_volume"].to_numpy()), r"volume element $\sqrt{\det g}$"),
+              ("(c)", grid["lambda_max"].to_numpy(), r"$\lambda_{\max}(g) = \Vert J_\Phi\Vert_2^2$")]
+    for i, (tag, values, cbar_label) in enumerate(fields, start=1):
+        values = pd.Series(values, index=grid.index)
+        ok = values[np.isfinite(values) & (values > 0)]
+        lo, hi = (ok.min(), ok.max()) if len(ok) else (None, None)
+        for j, k in enumerate(keys):
+            mesh = plot_field_2d(axes[i, j], xx, yy, values.loc[sub[k].index], log=True, points=points,
+                                 labels=labels, boundary=sub[k]["margin"], cbar=False, vmin=lo, vmax=hi,
+                                 title=f"{tag} {method_label(k)}")
+        fig.colorbar(mesh, ax=axes[i, :], label=cbar_label, shrink=0.9, pad=0.02)
+    for ax in axes.ravel():
+        ax.grid(False)
+    fig.suptitle(r"pull-back metric $g = J_\Phi^\top J_\Phi = \frac{1}{n}\sum_j \varphi'(z_j)^2\, w_j w_j^\top$ of "
+                 r"$\Phi(x) = \varphi(Wx + b)/\sqrt{n}$ (n = width: the 1/n is the model's normalisation)"
+                 "\nlog colour scales shared along each row; white line: decision boundary", fontsize=7)
+    return fig, axes
+
+
 # ------------------------------------------------------------------------------------------ Figure 1: trade-off
 
 
@@ -316,3 +386,103 @@ def figure1_tradeoff(ax_row=None, lim: float = 3.25, eps: float = 0.2) -> list[g
         ax.set_yticks([])
         ax.grid(False)
     return examples
+
+
+# ------------------------------------------------------------------- MNIST family: curves, sweeps, metric plane
+
+
+def plot_method_lines(
+    df: pd.DataFrame, x: str, y: str, *, ax=None, hue: str = "method", order: Sequence | None = None,
+    band: str | None = "sd", logx: bool = False, logy: bool = False, vlines: Sequence[float] = (),
+    vline_label: str | None = None, xlabel: str | None = None, ylabel: str | None = None, marker: str | None = "o",
+    legend: bool = True,
+):
+    """Mean of `y` across seeds vs `x`, one line per method in its colour (house order), with a ± sd band
+    (band='sd'; 'sem': standard error; None: no band). A method with a single x value while others have several
+    (None in a λ sweep, at λ = 0) is drawn as a horizontal dashed line with its band. `vlines`: dotted vertical lines
+    (e.g. the burn-in epoch). Rows with missing `y` are skipped. Returns the table drawn: method, x, mean, sd, n."""
+    ax = ax if ax is not None else plt.gca()
+    data = df[[hue, x, y]].dropna(subset=[y])
+    keys = method_order(order if order is not None else data[hue].unique())
+    rows = []
+    for k in keys:
+        sub = data[data[hue].map(_method_key) == k]
+        if sub.empty:
+            continue
+        g = sub.groupby(x)[y].agg(["mean", "std", "count"]).reset_index().sort_values(x)
+        spread = {"sd": g["std"], "sem": g["std"] / np.sqrt(g["count"])}.get(band) if band else None
+        spread = spread.fillna(0.0) if spread is not None else None
+        color, label = method_color(k), method_label(k)
+        if len(g) == 1 and data[x].nunique() > 1:
+            mean = float(g["mean"].iloc[0])
+            ax.axhline(mean, color=color, ls="--", lw=1.2, label=label, zorder=2)
+            if spread is not None and spread.iloc[0] > 0:
+                ax.axhspan(mean - spread.iloc[0], mean + spread.iloc[0], color=color, alpha=0.15, lw=0, zorder=1)
+        else:
+            ax.plot(g[x], g["mean"], color=color, marker=marker, ms=3, lw=1.3, label=label, zorder=3)
+            if spread is not None:
+                ax.fill_between(g[x], g["mean"] - spread, g["mean"] + spread, color=color, alpha=0.2, lw=0, zorder=1)
+        rows += [{"method": k, x: xv, "mean": mv, "sd": sv, "n": int(nv)}
+                 for xv, mv, sv, nv in zip(g[x], g["mean"], g["std"], g["count"])]
+    for i, v in enumerate(vlines):
+        ax.axvline(v, color="0.3", ls=":", lw=1.0, label=vline_label if i == 0 else None, zorder=0)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel if xlabel is not None else x.replace("_", " "))
+    ax.set_ylabel(ylabel if ylabel is not None else y.replace("_", " "))
+    if legend:
+        ax.legend(frameon=False, fontsize=6)
+    return pd.DataFrame(rows)
+
+
+def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, digits: Sequence[int] = (7, 6, 1),
+                      panel_size: float = 2.3):
+    """The MNIST metric-plane figure from an `experiments.metric_plane_table`: row (a) log √det g and row (b) λ_max(g)
+    (log colour) on the plane grid per method (smallest seed), colour scales shared along each row, the three digits
+    marked, the digit triangle dashed and the predicted-class boundaries in white; row (c) both along the triangle's
+    edges (mean over seeds) for all methods. Returns (fig, map axes (2, k), edge axes (2,))."""
+    keys = method_order(methods if methods is not None else plane["method"].unique())
+    grid = plane[plane["part"] == "grid"]
+    first = {k: grid[(grid["method"].map(_method_key) == k) & (grid["seed"] == grid.loc[grid["method"].map(_method_key) == k, "seed"].min())]
+             for k in keys}
+    n = int(round(np.sqrt(len(first[keys[0]]))))
+    if any(len(s) != n * n for s in first.values()):
+        raise ValueError(f"plot_metric_plane needs one n×n grid per method, got { {k: len(s) for k, s in first.items()} } rows")
+    a, b = first[keys[0]]["a"].to_numpy().reshape(n, n), first[keys[0]]["b"].to_numpy().reshape(n, n)
+    corners = np.array(geometry.DIGIT_PLANE_COORDS)
+    fig = plt.figure(figsize=(panel_size * len(keys) + 1.2, 3 * panel_size + 0.6), constrained_layout=True)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.0, 1.0])
+    axes = top.subplots(2, len(keys), squeeze=False)
+    fields = [("(a)", "log_volume", False, r"$\log\sqrt{\det g}$"), ("(b)", "lambda_max", True, r"$\lambda_{\max}(g)$")]
+    for i, (tag, col, log, label) in enumerate(fields):
+        vals = pd.concat([s[col] for s in first.values()])
+        ok = vals[np.isfinite(vals) & ((vals > 0) if log else True)]
+        lo, hi = (float(ok.min()), float(ok.max())) if len(ok) else (None, None)
+        for j, k in enumerate(keys):
+            ax = axes[i, j]
+            mesh = plot_field_2d(ax, a, b, first[k][col].to_numpy(), log=log, cbar=False, vmin=lo, vmax=hi,
+                                 title=f"{tag} {method_label(k)}")
+            pred = first[k]["pred"].to_numpy().reshape(n, n).astype(float)
+            if pred.min() < pred.max():
+                ax.contour(a, b, pred, levels=np.arange(0.5, 9.5), colors="white", linewidths=0.6)
+            ax.plot(*np.vstack([corners, corners[:1]]).T, color="0.9", ls="--", lw=0.8)
+            ax.scatter(corners[:, 0], corners[:, 1], s=22, c="red", edgecolors="white", linewidths=0.8, zorder=5)
+            for (ca, cb), dg in zip(corners, digits):
+                ax.annotate(str(dg), (ca, cb), xytext=(4, 4), textcoords="offset points", color="white",
+                            fontsize=8, fontweight="bold")
+            ax.grid(False)
+            ax.set_xlabel("a")
+            ax.set_ylabel("b" if j == 0 else "")
+        top.colorbar(mesh, ax=axes[i, :], label=label, shrink=0.9, pad=0.02)
+    edge_axes = bottom.subplots(1, 2)
+    edge = plane[plane["part"] == "edge"]
+    ticks = [0, 1, 2, 3]
+    tick_labels = [str(digits[0]), str(digits[1]), str(digits[2]), str(digits[0])]
+    for ax, (tag, col, log, label) in zip(edge_axes, [("(c)", "log_volume", False, fields[0][3]),
+                                                      ("(d)", "lambda_max", True, fields[1][3])]):
+        plot_method_lines(edge, "position", col, ax=ax, order=keys, logy=log, marker=None, xlabel="", ylabel=label)
+        ax.set_xticks(ticks, [f"digit {t}" for t in tick_labels])
+        ax.set_title(f"{tag} {label} along the triangle through the digits")
+    return fig, axes, edge_axes

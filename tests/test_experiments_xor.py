@@ -1,0 +1,106 @@
+"""The 2-D experiment tables (XOR, noisy XOR, sin): method variants, closed-form field tables, and their plots."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from repspec_utils import experiments as E  # noqa: E402
+from repspec_utils import geometry as G  # noqa: E402
+from repspec_utils import plotting as PL  # noqa: E402
+from repspec_utils.models import MLP  # noqa: E402
+from repspec_utils.train import TrainConfig, TrainResult  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _result(method: str, seed: int, width: int = 5) -> TrainResult:
+    """An untrained 2→width→2 MLP with O(1) weights (a non-degenerate metric) dressed as a TrainResult."""
+    model = MLP(2, [width], 2, init_std=1.0, seed=seed)
+    cfg = TrainConfig(dataset="xor", model={"kind": "mlp", "widths": [width]}, method=method, seed=seed)
+    return TrainResult(model, pd.DataFrame(), cfg, f"key-{method}-{seed}", 0.0, "test")
+
+
+def test_method_variant():
+    table = pd.DataFrame({"method": ["none", "ll", "rep", "rep", "rep"], "max_layer": [-1, -1, -1, 1, 2]})
+    assert E.method_variant(table).tolist() == ["none", "ll", "rep", "rep1", "rep2"]
+    assert PL.method_order(["rep", "rep2", "none", "rep1", "ll"]) == ["none", "ll", "rep1", "rep2", "rep"]
+    assert PL.method_label("rep1") == "rep-spectral (layer 1)" and PL.method_color("rep2") != PL.method_color("rep")
+
+
+def test_field_table_matches_autograd():
+    """Closed-form log √det g and λ_max(g) against autograd on Φ; margin against the logits."""
+    r = _result("rep", 3)
+    pts = torch.randn(7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    t = E.field_table([r], pts)
+    model = r.model.double()
+    assert list(t.columns[-5:]) == ["x1", "x2", "margin", "log_volume", "lambda_max"]
+    assert (t.method == "rep").all() and (t.seed == 3).all() and len(t) == 7
+    np.testing.assert_allclose(t.log_volume, G.log_volume_element(model, pts).numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(t.lambda_max, G.metric_lambda_max(model, pts).numpy(), rtol=1e-8)
+    logits = model(pts).detach()
+    np.testing.assert_allclose(t.margin, (logits[:, 1] - logits[:, 0]).numpy(), rtol=1e-10)
+    assert (np.log(t.lambda_max) >= t.log_volume).all()  # λ_max ≥ √(λ_1 λ_2) = √det g
+    assert "log_volume" not in E.field_table([r], pts, metric=False).columns
+
+
+def test_grid_table_order_and_maps():
+    results = [_result(m, 1) for m in ("rep", "none", "ll")]
+    grid = E.grid_table(results, lim=1.5, n=6)
+    xx, yy, _ = G.grid_2d(1.5, 6)
+    assert len(grid) == 3 * 36
+    one = grid[grid.method == "ll"]
+    np.testing.assert_allclose(one.x1.to_numpy().reshape(6, 6), xx)
+    np.testing.assert_allclose(one.x2.to_numpy().reshape(6, 6), yy)
+    pts, labels = torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), torch.tensor([0, 1])
+    fig, axes = PL.plot_geometry_maps(grid, pts, labels)
+    assert axes.shape == (3, 3)
+    assert [a.get_title() for a in axes[0]] == ["(a) None", "(a) ll-spectral", "(a) rep-spectral"]
+    assert len(fig.axes) == 9 + 2  # one shared colour bar per metric row
+    with pytest.raises(ValueError, match="one model per method"):
+        PL.plot_geometry_maps(pd.concat([grid, grid[grid.method == "rep"]]), pts, labels)
+
+
+def test_plot_boundaries_legend():
+    xx, yy, pts = G.grid_2d(1.0, 30)
+    margins = {"rep": pts[:, 0].numpy() - 0.2, "none": pts[:, 1].numpy(), "rep1": np.ones(900)}  # rep1: no boundary
+    _, ax = plt.subplots()
+    handles = PL.plot_boundaries(ax, xx, yy, margins, reference=pts[:, 0].numpy() + pts[:, 1].numpy())
+    assert [h.get_label() for h in handles] == ["true boundary", "None", "rep-spectral (layer 1)", "rep-spectral"]
+    assert len(ax.collections) == 3  # reference + the two models whose margin changes sign
+
+
+def test_attack_summary_keeps_failed_models():
+    """A model whose every attack failed keeps its row (NaN distance); failures, labels and distances per model."""
+    base = {"dataset": "xor", "width": "3", "lam": 1e-3, "weight_decay": 0.0, "max_layer": -1, "epochs": 10,
+            "burn_in": 5, "readout": "original", "attack": "tangent", "queries": 7}
+    rows = [dict(base, method="rep", seed=1, label=l, distance=d, success=s, test_acc=1.0)
+            for l, d, s in [(0, 0.5, True), (1, 0.7, True)]]
+    rows += [dict(base, method="rep", seed=2, label=0, distance=np.inf, success=False, test_acc=0.5)] * 2
+    rows += [dict(base, method="ll", seed=1, label=0, distance=d, success=s, test_acc=0.5)
+             for d, s in [(0.2, True), (np.inf, False)]]
+    out = E.attack_summary(pd.DataFrame(rows)).set_index(["method", "seed"])
+    assert len(out) == 3 and len(E.per_model(pd.DataFrame(rows))) == 2
+    assert out.loc[("rep", 1), ["n_attacked", "n_failed", "n_labels"]].tolist() == [2, 0, 2]
+    assert out.loc[("rep", 1), "mean_distance"] == pytest.approx(0.6)
+    assert out.loc[("rep", 2), "n_failed"] == 2 and np.isnan(out.loc[("rep", 2), "mean_distance"])
+    assert out.loc[("ll", 1), "mean_distance"] == pytest.approx(0.2) and out.loc[("ll", 1), "test_acc"] == 0.5
+
+
+def test_mean_sd_bars_positions():
+    df = pd.DataFrame({"method": ["none", "rep", "rep"] * 2, "weight_decay": [0.0] * 3 + [1e-4] * 3,
+                       "mean_distance": [0.7, 0.9, 1.0, 0.7, 0.8, 0.8]})
+    _, ax = plt.subplots()
+    drawn = PL.plot_mean_sd_bars(df, "mean_distance", by="weight_decay", ax=ax)
+    centres = sorted(p.get_x() + p.get_width() / 2 for p in ax.patches)
+    np.testing.assert_allclose(sorted(drawn.x), centres)
+    assert drawn.n.tolist() == [1, 2, 1, 2]
