@@ -94,11 +94,21 @@ class MLP(RepModel):
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         _normal_init_(list(self.parameters()), init_std, gen)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _last_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(z_{L-1}) before its 1/√n_{L-1} scaling: (B, n_{L-1})."""
         a = x.flatten(1)
-        for layer in self.hidden:
+        for layer in self.hidden[:-1]:
             a = self.act(layer(a)) / math.sqrt(layer.out_features)
-        return a
+        return self.act(self.hidden[-1](a))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._last_hidden(x) / math.sqrt(self.widths[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # W_L (φ/√n) + b = (W_L/√n) φ + b: scaling the 10×n readout instead of the B×n activations saves two
+        # elementwise passes per step (about 7% of an MNIST step)
+        w = self.readout.weight / math.sqrt(self.widths[-1])
+        return F.linear(self._last_hidden(x), w, self.readout.bias)
 
     def feature_layers(self, max_layer: int | None = None) -> list[nn.Module]:
         """The hidden Linear layers, or only the first `max_layer` of them (the layer ablation)."""

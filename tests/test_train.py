@@ -146,3 +146,12 @@ def test_cifar_augment_is_a_crop_and_flip():
         found = any(torch.equal(out[i], w) for dy in range(9) for dx in range(9)
                     for w in (padded[:, dy:dy + 32, dx:dx + 32], padded[:, dy:dy + 32, dx:dx + 32].flip(-1)))
         assert found
+
+
+def test_mlp_forward_is_readout_of_features():
+    from repspec_utils.models import MLP
+
+    for widths in ([7], [7, 6]):
+        m = MLP(5, widths, 3, seed=0, init_std=0.5).double()
+        x = torch.randn(4, 5, dtype=torch.float64)
+        torch.testing.assert_close(m(x), m.readout(m.features(x)), rtol=0, atol=1e-12)
