@@ -19,7 +19,8 @@ from .evaluate import accuracy, evaluate_robustness, refit_readout
 from .train import BATCH_VARYING, torch_threads, TrainConfig, TrainResult, load_training_data, train, train_batched
 
 SMALL_DATASETS = ("xor", "xor_noisy", "sin")  # 2-D recipes: trained with the batched engine, on one thread
-SETTING_COLUMNS = ["dataset", "width", "method", "lam", "weight_decay", "seed", "max_layer", "epochs", "burn_in"]
+SETTING_COLUMNS = ["dataset", "width", "method", "lam", "weight_decay", "seed", "max_layer", "epochs", "burn_in",
+                   "method_kwargs"]  # method_kwargs only where a config has some (L2-SP α, β; BSS k)
 
 
 def _grid(base: TrainConfig, methods, seeds, weight_decays, lams=None, max_layers=None) -> list[TrainConfig]:
@@ -97,13 +98,19 @@ def settings(cfg: TrainConfig) -> dict:
     return {"dataset": cfg.dataset, "width": "-".join(map(str, widths)) if widths else cfg.model["kind"],
             "method": cfg.method, "lam": cfg.lam, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
             "max_layer": -1 if cfg.max_layer is None else cfg.max_layer, "epochs": cfg.epochs,
-            "burn_in": cfg.burn_in}
+            "burn_in": cfg.burn_in,
+            **({"method_kwargs": format_kwargs(cfg.method_kwargs)} if cfg.method_kwargs else {})}
+
+
+def format_kwargs(kwargs: dict) -> str:
+    """A method's extra strengths as one sorted, readable table cell: {'beta': 0.01, 'alpha': 0.1} -> 'alpha=0.1, beta=0.01'."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(kwargs.items()))
 
 
 def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
     """`evaluate.refit_readout` of a trained model, its fitted readout cached by the model's key: (model, acc).
-    The fit runs with single-threaded BLAS: on a busy 2-core machine OpenBLAS threads spin and make lbfgs ~40x
-    slower (2000×256 features: 2.3 s vs 0.05 s; 60000×2000: 0.62 s vs 0.43 s per gradient)."""
+    The fit runs with single-threaded BLAS: on a busy 2-core machine OpenBLAS threads spin (measured: a 2000×256 fit
+    2.3 s instead of 0.05 s; one 60000×2000 gradient 0.62 s instead of 0.43 s)."""
     from threadpoolctl import threadpool_limits
 
     path = cache.cache_root() / "refit" / f"{cache.make_key(kind='refit', model=result.key, C=C)}.pt"
@@ -154,13 +161,15 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
 
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: mean distance over its attacked samples (successful attacks), accuracy, settings."""
+    """One row per model: mean distance over its attacked samples (successful attacks), accuracy, settings, and the
+    data source where the table has one (so a per-model table still says SYNTHETIC / STAND-IN)."""
     keys = [c for c in [*SETTING_COLUMNS, "readout", "attack"] if c in table.columns]
     ok = table[np.isfinite(table["distance"])]
+    source = {"data_source": ("data_source", "first")} if "data_source" in table.columns else {}
     out = ok.groupby(keys, dropna=False).agg(mean_distance=("distance", "mean"), median_distance=("distance", "median"),
                                              n_attacked=("distance", "size"), test_acc=("test_acc", "first"),
                                              mean_queries=("queries", "mean"),
-                                             success_rate=("success", "mean")).reset_index()
+                                             success_rate=("success", "mean"), **source).reset_index()
     return out
 
 
@@ -262,31 +271,44 @@ def _manifest(folder) -> dict:
 
 
 def _distance_claims(models: pd.DataFrame, claim: int, what: str, fig: str, profile: str, data: str) -> list[dict]:
-    """Per setting (all columns but seed/method), compare rep with every other method on distance and accuracy."""
-    setting_cols = [c for c in ("width", "lam", "weight_decay", "max_layer", "readout", "dataset")
+    """Per setting (width, weight decay, layer ablation, readout, dataset: every column but seed, method and the
+    method's strength) and per rep-spectral strength, compare rep with every other method on distance and accuracy:
+    ll-spectral at the same λ where it has one, every other method (None, L2-SP, BSS; ll otherwise) at its strength
+    with the largest mean distance. Holds when rep's mean distance beats all of them and its mean accuracy is at most
+    ACC_TOLERANCE below the best of their accuracies."""
+    setting_cols = [c for c in ("width", "weight_decay", "max_layer", "readout", "dataset")
                     if c in models.columns and models[c].nunique() > 1]
+    models = models.assign(_strength=strength_label(models))
     rows = []
     groups = models.groupby(setting_cols, dropna=False) if setting_cols else [((), models)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
-        g_rep = g[g.method == "rep"]
         others = [m for m in g.method.unique() if m != "rep"]
-        if g_rep.empty or not others:
-            continue
-        if "lam" in g.columns and g_rep["lam"].nunique() > 1:
-            continue
-        stats = {m: (_stat(g[g.method == m]["mean_distance"]), _stat(g[g.method == m]["test_acc"]))
-                 for m in ["rep", *others]}
-        (d_rep, _), (a_rep, _) = stats["rep"]
-        best_other_d = max(stats[m][0][0] for m in others)
-        best_other_a = max(stats[m][1][0] for m in others)
-        holds = bool(d_rep > best_other_d and a_rep >= best_other_a - ACC_TOLERANCE)
-        rows.append({"claim": claim, "figure": fig, "test": what,
-                     "setting": ", ".join(f"{c}={v}" for c, v in zip(setting_cols, key)) or "all",
-                     "profile": profile, "data": data, "n_seeds": int(len(g_rep)),
-                     **{f"distance {m}": _fmt(*stats[m][0]) for m in stats},
-                     **{f"accuracy {m}": _fmt(*stats[m][1]) for m in stats},
-                     "holds": holds})
+        for s_rep in g.loc[g.method == "rep", "_strength"].unique():
+            g_rep = g[(g.method == "rep") & (g._strength == s_rep)]
+            if not others:
+                continue
+            chosen = {"rep": (s_rep, g_rep)}
+            for m in others:
+                gm = g[g.method == m]
+                if m == "ll" and "lam" in g.columns and (gm.lam == g_rep.lam.iloc[0]).any():
+                    gm = gm[gm.lam == g_rep.lam.iloc[0]]
+                s_best = max(gm._strength.unique(), key=lambda s: gm.loc[gm._strength == s, "mean_distance"].mean())
+                chosen[m] = (s_best, gm[gm._strength == s_best])
+            stats = {m: (_stat(sub["mean_distance"]), _stat(sub["test_acc"])) for m, (_, sub) in chosen.items()}
+            (d_rep, _), (a_rep, _) = stats["rep"]
+            best_other_d = max(stats[m][0][0] for m in others)
+            best_other_a = max(stats[m][1][0] for m in others)
+            holds = bool(d_rep > best_other_d and a_rep >= best_other_a - ACC_TOLERANCE)
+            picked = [f"{m} {s}" for m, (s, _) in chosen.items() if s and m != "rep"
+                      and g.loc[g.method == m, "_strength"].nunique() > 1]
+            setting = [f"{c}={v}" for c, v in zip(setting_cols, key)] + ([f"rep {s_rep}"] if s_rep else [])
+            setting += [f"vs {', '.join(picked)}"] if picked else []
+            rows.append({"claim": claim, "figure": fig, "test": what, "setting": ", ".join(setting) or "all",
+                         "profile": profile, "data": data, "n_seeds": int(len(g_rep)),
+                         **{f"distance {m}": _fmt(*stats[m][0]) for m in stats},
+                         **{f"accuracy {m}": _fmt(*stats[m][1]) for m in stats},
+                         "holds": holds})
     return rows
 
 
@@ -361,14 +383,18 @@ def attacked_predictions(results: Sequence[TrainResult], table: pd.DataFrame) ->
     from .evaluate import predict
 
     pred = np.full(len(table), -1, dtype=np.int64)
+    data: dict[str, tuple] = {}
     for r in results:
-        train_ds, test_ds = load_training_data(r.config)
+        data_key = cache.make_key(d=r.config.dataset, n=r.config.n_train, s=r.config.data_seed, k=r.config.data_kwargs)
+        if data_key not in data:
+            data[data_key] = load_training_data(r.config)
+        train_ds, test_ds = data[data_key]
         for readout in table["readout"].unique():
             mask = _rows_of(table, r.config) & (table["readout"] == readout).to_numpy()
             if not mask.any():
                 continue
             model = refit_cached(r, train_ds, test_ds)[0] if readout == "refit" else r.model.eval()
-            idx = torch.as_tensor(table.loc[mask, "index"].to_numpy())
+            idx = torch.as_tensor(table.loc[mask, "index"].to_numpy(dtype=np.int64, copy=True))
             pred[mask] = predict(model, test_ds.x[idx]).cpu().numpy()
     return pred
 
@@ -382,7 +408,7 @@ def history_table(results: Sequence[TrainResult]) -> pd.DataFrame:
 
 def sigma_trace(cfg: TrainConfig, n_steps: int, model: torch.nn.Module | None = None,
                 device: str | torch.device = "cpu") -> pd.DataFrame:
-    """σ_max of the penalised layers along `n_steps` minibatch steps of cfg's spectral training (SPEC §2): the
+    """σ_max of the penalised Linear layers (MLPs) along `n_steps` minibatch steps of cfg's spectral training (SPEC §2): the
     persistent power-iteration estimate ‖W v‖ that enters the loss (cfg.n_power_iter steps per minibatch, v warm-
     started by a converged run) next to the exact ‖W‖₂ = torch.linalg.matrix_norm(W, 2), both at the weights the
     step sees. Starts from a copy of `model` (e.g. a trained None model, as at the burn-in branch point) or cfg's
@@ -516,3 +542,135 @@ def metric_plane_summary(plane: pd.DataFrame) -> pd.DataFrame:
     out = per_model.groupby("method")[cols].mean()
     out["n_seeds"] = per_model.groupby("method").size()
     return out.reset_index()
+
+
+# ------------------------------------------------------------------ ResNet18, Barlow Twins, transfer (Figs 6–8)
+CIFAR_DATASETS = ("cifar10", "cifar10_synthetic")
+_STRENGTH_SYMBOLS = {"alpha": "α", "beta": "β", "lam": "λ"}
+
+
+def cifar_data(dataset: str = "cifar10", image_size: int = 32, n_train: int | None = None,
+               n_test: int | None = None) -> dict:
+    """TrainConfig fields (dataset, data_kwargs, n_train) that load CIFAR-10 ('cifar10', real) or its SYNTHETIC
+    STAND-IN ('cifar10_synthetic') as images (N, 3, s, s) in [0, 1]: s = 32 is the data's own size, any other s is a
+    bilinear resize (`transfer.get_transfer_data`, dataset name 'transfer_<dataset>'). n_train / n_test: seeded
+    subsets (None or 0: all; for the synthetic data, how many images to generate, by default 5000 / 1000)."""
+    if dataset not in CIFAR_DATASETS:
+        raise ValueError(f"dataset must be one of {CIFAR_DATASETS}, got {dataset!r}")
+    if int(image_size) < 8:
+        raise ValueError(f"image_size must be >= 8 (ResNet18 halves it three times), got {image_size}")
+    sizes = {k: int(v) for k, v in (("n_train", n_train), ("n_test", n_test)) if v}
+    if int(image_size) != 32 or (dataset == "cifar10" and "n_test" in sizes):
+        return {"dataset": f"transfer_{dataset}", "data_kwargs": {"image_size": int(image_size), **sizes}, "n_train": None}
+    if dataset == "cifar10_synthetic":
+        return {"dataset": dataset, "data_kwargs": sizes, "n_train": None}
+    return {"dataset": dataset, "data_kwargs": {}, "n_train": sizes.get("n_train")}
+
+
+def cifar_configs(dataset: str = "cifar10", methods=("none", "ll", "rep"), seeds=range(10), lam_rep: float = 0.01,
+                  lam_ll: float = 0.005, max_layers=(None, 2), weight_decays=(0.0, 1e-4), epochs: int = 200,
+                  burn_in: int = 160, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
+                  image_size: int = 32, n_train: int | None = None, n_test: int | None = None) -> list[TrainConfig]:
+    """SPEC §6 CIFAR-10 ResNet18 (3×3 stem, no max-pool, circular padding, normalisation inside the model):
+    RandomCrop(32, pad 4) + flip, SGD lr 0.01 constant, batch 1024; ll-spectral λ = lam_ll, rep-spectral λ = lam_rep
+    on the stem and residual stages 1..max_layer for each of max_layers (None: all four; 2: the paper's 2-stage
+    variant), the penalty on every reg_every-th step plus one epoch-end step on λ·R alone. Data: `cifar_data`."""
+    base = TrainConfig(model={"kind": "cifar_resnet18"}, augment="cifar", lr=lr, batch_size=batch_size, epochs=epochs,
+                       burn_in=burn_in, reg_every=reg_every, reg_epoch_end_step=True, eval_every=max(1, epochs // 20),
+                       **cifar_data(dataset, image_size, n_train, n_test))
+    lams = {"none": 0.0, "ll": lam_ll, "rep": lam_rep}
+    return [base.replace(method=m, lam=float(lams[m]), max_layer=None if ml is None else int(ml),
+                         weight_decay=float(wd), seed=int(s))
+            for wd in weight_decays for m in methods for ml in (max_layers if m == "rep" else [None]) for s in seeds]
+
+
+def barlow_configs(dataset: str = "cifar10", lams=(0.01, 0.001), seeds=range(5), epochs: int = 1000,
+                   burn_in: int = 900, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
+                   weight_decay: float = 0.0, image_size: int = 32, n_train: int | None = None,
+                   n_test: int | None = None) -> list[TrainConfig]:
+    """SPEC §6 Barlow Twins on CIFAR-10: ResNet18 backbone (circular padding) + projector Linear 512→256 (no bias) +
+    BatchNorm1d(affine=False), off-diagonal weight 0.005, the two Barlow views at the image size; SGD lr 0.01, batch
+    1024. None, and rep-spectral on the backbone's convs for each λ in lams, every reg_every-th step plus the
+    epoch-end step. The readout is refit downstream (`robustness_table(readout='refit')`). Data: `cifar_data`."""
+    base = TrainConfig(model={"kind": "barlow_resnet18"}, objective="barlow", augment="barlow", lr=lr,
+                       batch_size=batch_size, epochs=epochs, burn_in=burn_in, reg_every=reg_every,
+                       reg_epoch_end_step=True, weight_decay=float(weight_decay), eval_every=0,
+                       **cifar_data(dataset, image_size, n_train, n_test))
+    return [base.replace(method=m, lam=float(lam), seed=int(s))
+            for m, lam in [("none", 0.0), *[("rep", lam) for lam in lams]] for s in seeds]
+
+
+def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll", "rep"), seeds=range(5),
+                     spectral_lams=(0.01, 0.001), bss_lams=(0.01, 0.001), l2sp_alphas=(0.1, 0.01),
+                     l2sp_beta: float = 0.01, reg_every: int | None = None, standin_weights=None,
+                     **overrides) -> list[TrainConfig]:
+    """SPEC §6 transfer, one task: None; L2-SP (lam 1, α in l2sp_alphas, β = l2sp_beta); BSS (η in bss_lams); ll- and
+    rep-spectral (λ in spectral_lams). task 'standin': `transfer.standin_finetune_config` on the stand-in MLP backbone
+    at `standin_weights` (the offline TRANSFER STAND-IN); otherwise `transfer.transfer_config` (ResNet50, ImageNet
+    weights, the task's recipe). Spectral methods regularise every reg_every-th step (None: the recipe; stand-in: 1)
+    plus an epoch-end step, L2-SP and BSS every step. overrides: TrainConfig fields (epochs, burn_in, lr, ...) or
+    stand-in arguments (n_per_class, n_test, target, source); a None value keeps the recipe's."""
+    from . import transfer
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    variants = {"none": [("none", 0.0, {})], "ll": [("ll", lam, {}) for lam in spectral_lams],
+                "rep": [("rep", lam, {}) for lam in spectral_lams], "bss": [("bss", lam, {}) for lam in bss_lams],
+                "l2sp": [("l2sp", 1.0, {"alpha": float(a), "beta": float(l2sp_beta)}) for a in l2sp_alphas]}
+    unknown = set(methods) - set(variants)
+    if unknown:
+        raise ValueError(f"unknown transfer methods {sorted(unknown)}; choose from {sorted(variants)}")
+    if task == "standin" and standin_weights is None:
+        raise ValueError("task 'standin' needs standin_weights: the path from transfer.pretrain_standin_backbone()")
+    out = []
+    for m in methods:
+        for method, lam, kwargs in variants[m]:
+            spectral = method in ("ll", "rep")
+            reg = {"reg_epoch_end_step": spectral, "method_kwargs": kwargs}
+            if not spectral:
+                reg["reg_every"] = 1
+            elif reg_every is not None:
+                reg["reg_every"] = int(reg_every)
+            for s in seeds:
+                if task == "standin":
+                    out.append(transfer.standin_finetune_config(standin_weights, method, float(lam), seed=int(s),
+                                                                **{**overrides, **reg}))
+                else:
+                    out.append(transfer.transfer_config(task, method, float(lam), seed=int(s), **{**overrides, **reg}))
+    return out
+
+
+def strength_label(table: pd.DataFrame) -> pd.Series:
+    """Each row's regularisation strength as text: 'λ=0.01' (BSS: 'η=0.01'), the method's kwargs for L2-SP
+    ('α=0.1 β=0.01'), '' for None (or where the table has no lam column)."""
+    lam = table["lam"] if "lam" in table.columns else pd.Series(0.0, index=table.index)
+    kw = (table["method_kwargs"] if "method_kwargs" in table.columns else pd.Series("", index=table.index))
+    kw = kw.astype(object).where(kw.notna(), "").astype(str)
+    for name, symbol in _STRENGTH_SYMBOLS.items():
+        kw = kw.str.replace(f"{name}=", f"{symbol}=", regex=False)
+    out = kw.str.replace(", ", " ", regex=False)
+    by_lam = (kw == "") & (table["method"] != "none") & (lam.astype(float) != 0)
+    symbol = pd.Series(np.where(table["method"] == "bss", "η=", "λ="), index=table.index)
+    out = out.where(~by_lam, symbol + lam.map(lambda v: f"{float(v):g}"))
+    return out.rename("strength")
+
+
+def method_setting(table: pd.DataFrame, strengths: str = "auto", unit: str = "stage") -> pd.Series:
+    """Display key of each row's method with its layer ablation and strength (Figs 6–8): 'none', 'll', 'rep', with
+    max_layer k ≥ 0 'rep_stages<k>' (rep-spectral on the stem and the first k residual stages, unit='stage') or, with
+    unit='layer', 'rep<k>' as `method_variant`; then ' ' + `strength_label` where the method has more than one
+    strength in the table (strengths='auto'), always ('always') or never ('never'). `plotting.method_label`,
+    `method_color` and `method_order` read these keys ('rep_stages2 λ=0.01' -> 'rep-spectral (2 stages) λ=0.01')."""
+    if strengths not in ("auto", "always", "never") or unit not in ("stage", "layer"):
+        raise ValueError(f"strengths must be auto/always/never and unit stage/layer, got {strengths!r}, {unit!r}")
+    method = table["method"].astype(str)
+    max_layer = (table["max_layer"] if "max_layer" in table.columns else pd.Series(-1, index=table.index))
+    max_layer = max_layer.fillna(-1).astype(int)
+    ablated = (method == "rep") & (max_layer >= (0 if unit == "stage" else 1))
+    key = method.where(~ablated, ("rep_stages" if unit == "stage" else "rep") + max_layer.astype(str))
+    strength = strength_label(table)
+    if strengths == "never":
+        return key.rename("variant")
+    show = strength != ""
+    if strengths == "auto":
+        show &= strength.groupby(method).transform("nunique") > 1
+    return key.where(~show, key + " " + strength).rename("variant")

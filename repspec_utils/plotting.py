@@ -27,12 +27,18 @@ from . import geometry
 _CB = sns.color_palette("colorblind").as_hex()
 METHOD_ORDER = ("none", "ll", "rep")
 METHOD_LABELS = {"none": "None", "ll": "ll-spectral", "rep": "rep-spectral", "l2sp": "L2-SP", "bss": "BSS",
-                 "rep1": "rep-spectral (layer 1)", "rep2": "rep-spectral (layers 1–2)"}
+                 "rep1": "rep-spectral (layer 1)", "rep2": "rep-spectral (layers 1–2)",
+                 "rep_stages0": "rep-spectral (stem only)", "rep_stages1": "rep-spectral (1 stage)",
+                 "rep_stages2": "rep-spectral (2 stages)", "rep_stages3": "rep-spectral (3 stages)"}
 METHOD_COLORS = {"none": _CB[7], "ll": _CB[1], "rep": _CB[0], "l2sp": _CB[2], "bss": _CB[4],
-                 "rep1": _CB[8], "rep2": _CB[6]}
+                 "rep1": _CB[8], "rep2": _CB[6], "rep_stages0": _CB[9], "rep_stages1": _CB[8],
+                 "rep_stages2": _CB[6], "rep_stages3": _CB[3]}
 # baselines first, the paper's method last (Fig 8 order); rep1 / rep2: the sin deep-net layer ablation
-# (experiments.method_variant)
-_ALL_ORDER = ("none", "l2sp", "bss", "ll", "rep1", "rep2", "rep")
+# (experiments.method_variant); rep_stages<k>: rep-spectral on a ResNet's stem + first k stages
+# (experiments.method_setting). A key may carry a strength suffix: 'rep λ=0.01' is drawn as rep, labelled
+# 'rep-spectral λ=0.01'.
+_ALL_ORDER = ("none", "l2sp", "bss", "ll", "rep1", "rep2", "rep_stages0", "rep_stages1", "rep_stages2",
+              "rep_stages3", "rep")
 CLASS_COLORS = (_CB[3], _CB[9])  # class 0 vermillion, class 1 sky blue
 CLASS_MARKERS = ("o", "s")
 FOOTER_FIELDS = (
@@ -56,28 +62,42 @@ def set_style() -> None:
     plt.rcParams.update({"figure.dpi": 150, "savefig.dpi": 150, "axes.titlesize": 9, "legend.fontsize": 7})
 
 
-def _method_key(m) -> str:
-    """'none' / 'll' / 'rep' / ... for a method key or its display label."""
+def _split_method(m) -> tuple[str, str]:
+    """(method key, suffix) of a key or display label with an optional ' …' strength suffix:
+    'rep λ=0.01' and 'rep-spectral λ=0.01' -> ('rep', ' λ=0.01'); unknown names -> (name, '')."""
     m = str(m)
     inverse = {v: k for k, v in METHOD_LABELS.items()}
-    return inverse.get(m, m)
+    for table in (METHOD_LABELS, inverse):  # keys first, then labels; the longest match wins
+        for name in sorted(table, key=len, reverse=True):
+            if m == name or m.startswith(name + " "):
+                return (name if table is METHOD_LABELS else table[name]), m[len(name):]
+    return m, ""
+
+
+def _method_key(m) -> str:
+    """'none' / 'll' / 'rep' / 'rep λ=0.01' / ... for a method key or its display label."""
+    key, suffix = _split_method(m)
+    return key + suffix
 
 
 def method_label(m) -> str:
-    """Display name of a method: 'none' -> 'None', 'll' -> 'll-spectral', 'rep' -> 'rep-spectral' (labels pass through)."""
-    return METHOD_LABELS.get(_method_key(m), str(m))
+    """Display name of a method: 'none' -> 'None', 'll' -> 'll-spectral', 'rep' -> 'rep-spectral', 'rep λ=0.01' ->
+    'rep-spectral λ=0.01' (labels pass through)."""
+    key, suffix = _split_method(m)
+    return METHOD_LABELS.get(key, key) + suffix
 
 
 def method_color(m) -> str:
-    """The fixed colour of a method (key or label); other names get a neutral brown."""
-    return METHOD_COLORS.get(_method_key(m), _CB[5])
+    """The fixed colour of a method (key or label, any strength suffix); other names get a neutral brown."""
+    return METHOD_COLORS.get(_split_method(m)[0], _CB[5])
 
 
 def method_order(methods: Iterable) -> list[str]:
-    """The method keys present in `methods`, in the house order (None, L2-SP, BSS, ll, rep, then others)."""
+    """The method keys present in `methods`, in the house order (None, L2-SP, BSS, ll, rep, then others); keys with
+    a strength suffix sit with their method, in the order given."""
     keys = list(dict.fromkeys(_method_key(m) for m in methods))
-    known = [m for m in _ALL_ORDER if m in keys]
-    return known + [m for m in keys if m not in known]
+    rank = {k: i for i, k in enumerate(_ALL_ORDER)}
+    return sorted(keys, key=lambda k: rank.get(_split_method(k)[0], len(_ALL_ORDER)))
 
 
 # -------------------------------------------------------------------------------------------------- provenance
@@ -440,13 +460,13 @@ def plot_method_lines(
 def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, digits: Sequence[int] = (7, 6, 1),
                       panel_size: float = 2.3):
     """The MNIST metric-plane figure from an `experiments.metric_plane_table`: row (a) log √det g and row (b) λ_max(g)
-    (log colour) on the plane grid per method (smallest seed), colour scales shared along each row, the three digits
+    (log colour) on the plane grid per method (the smallest seed), colour scales shared along each row, the three digits
     marked, the digit triangle dashed and the predicted-class boundaries in white; row (c) both along the triangle's
     edges (mean over seeds) for all methods. Returns (fig, map axes (2, k), edge axes (2,))."""
     keys = method_order(methods if methods is not None else plane["method"].unique())
     grid = plane[plane["part"] == "grid"]
-    first = {k: grid[(grid["method"].map(_method_key) == k) & (grid["seed"] == grid.loc[grid["method"].map(_method_key) == k, "seed"].min())]
-             for k in keys}
+    grid = grid[grid["seed"] == grid["seed"].min()]
+    first = {k: grid[grid["method"].map(_method_key) == k] for k in keys}
     n = int(round(np.sqrt(len(first[keys[0]]))))
     if any(len(s) != n * n for s in first.values()):
         raise ValueError(f"plot_metric_plane needs one n×n grid per method, got { {k: len(s) for k, s in first.items()} } rows")
@@ -464,9 +484,9 @@ def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, d
             ax = axes[i, j]
             mesh = plot_field_2d(ax, a, b, first[k][col].to_numpy(), log=log, cbar=False, vmin=lo, vmax=hi,
                                  title=f"{tag} {method_label(k)}")
-            pred = first[k]["pred"].to_numpy().reshape(n, n).astype(float)
-            if pred.min() < pred.max():
-                ax.contour(a, b, pred, levels=np.arange(0.5, 9.5), colors="white", linewidths=0.6)
+            pred = first[k]["pred"].to_numpy().reshape(n, n)
+            for c in np.unique(pred) if len(np.unique(pred)) > 1 else []:  # each class region's outline, once
+                ax.contour(a, b, (pred == c).astype(float), levels=[0.5], colors="white", linewidths=0.7)
             ax.plot(*np.vstack([corners, corners[:1]]).T, color="0.9", ls="--", lw=0.8)
             ax.scatter(corners[:, 0], corners[:, 1], s=22, c="red", edgecolors="white", linewidths=0.8, zorder=5)
             for (ca, cb), dg in zip(corners, digits):
