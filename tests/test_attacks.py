@@ -18,33 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from repspec_utils import attacks as A
+from helpers import Counting
 
 BIG_BOX = (-10.0, 10.0)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are small: one thread is faster and leaves the other cores alone."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------
-class Counting(nn.Module):
-    """Wraps a model; counts calls and rows."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls, self.rows = model, 0, 0
-
-    def forward(self, x):
-        self.calls += 1
-        self.rows += x.shape[0]
-        return self.model(x)
 
 
 def linear_model(d: int, c: int, seed: int) -> nn.Linear:

@@ -17,27 +17,10 @@ from repspec_utils import attacks as A
 from repspec_utils import evaluate as E
 from repspec_utils.data import ArrayDataset, get_data
 from repspec_utils.models import MLP, RefitModel, RepModel
+from helpers import Counting
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
-
-class Counting(nn.Module):
-    """Wraps a model; counts calls and rows."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls, self.rows = model, 0, 0
-
-    def forward(self, x):
-        self.calls += 1
-        self.rows += x.shape[0]
-        return self.model(x)
 
 
 @pytest.fixture(scope="module")

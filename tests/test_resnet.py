@@ -10,13 +10,6 @@ from repspec_utils import spectral, train
 from repspec_utils.models import cifar_resnet18, resnet50_transfer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _convs(*modules):
     return [m for mod in modules for m in mod.modules() if isinstance(m, nn.Conv2d)]

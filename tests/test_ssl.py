@@ -8,13 +8,6 @@ from repspec_utils import ssl, train
 from repspec_utils.models import RepModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # -------------------------------------------------------------------------------------------------- loss
 def _loss_by_loops(z1, z2, lambd, eps=1e-5):

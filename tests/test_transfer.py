@@ -9,13 +9,6 @@ from repspec_utils import data, train, transfer
 from repspec_utils.models import MLP, resnet50_transfer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _set(p, values):
     with torch.no_grad():
