@@ -276,8 +276,10 @@ def _run_phase(
     history: list[dict],
     checkpoint_every_s: float,
     on_epoch_end: Callable[[int], None] | None,
+    amp: bool = False,
 ) -> list[dict]:
-    """Train epochs [start, end) with method_cfg's penalty; checkpoint to folder/resume.pt; resume from it."""
+    """Train epochs [start, end) with method_cfg's penalty; checkpoint to folder/resume.pt; resume from it.
+    amp: the task loss under bfloat16 autocast (the spectral penalty always runs in full precision)."""
     from tqdm.auto import tqdm
 
     train_ds, test_ds = data
@@ -313,7 +315,9 @@ def _run_phase(
         for i in range(steps_per_epoch):
             idx = perm[i * bs : (i + 1) * bs]
             xb = augment(x_all[idx], gen)
-            loss, feats, n_correct = objective(model, xb, y_all[idx], gen)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, feats, n_correct = objective(model, xb, y_all[idx], gen)
+            loss, feats = loss.float(), feats.float()
             loss_sum += loss.item() * len(idx)
             correct += n_correct
             if penalty is not None and ((epoch - start) * steps_per_epoch + i) % cfg.reg_every == 0:  # global step
@@ -364,12 +368,16 @@ def train(
     use_cache: bool = True,
     checkpoint_every_s: float = 30.0,
     on_epoch_end: Callable[[int], None] | None = None,
+    amp: bool | None = None,
 ) -> TrainResult:
     """Train (or load from the cache) the model of `cfg`: burn-in to cfg.burn_in without a penalty, then
-    cfg.method to cfg.epochs from that shared checkpoint. Returns the final model and per-epoch history."""
+    cfg.method to cfg.epochs from that shared checkpoint. Returns the final model and per-epoch history.
+    On CUDA, `amp` (default on) runs the task loss in bfloat16 autocast and conv models use channels-last;
+    like `device`, these do not enter the cache key. On the CPU both are off."""
     validate(cfg)
     progress = cache.progress_enabled(progress)
     device = resolve_device(device)
+    amp = (device.type == "cuda") if amp is None else bool(amp)
     if not use_cache:
         checkpoint_every_s = math.inf
     root = cache.cache_root() / "train"
@@ -378,6 +386,8 @@ def train(
     done = cache.load(final_path) if use_cache else None
     data = load_training_data(cfg)
     model = make_model(cfg, data[0]).to(device)
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
     if done is not None:
         model.load_state_dict(done["model"])
         return TrainResult(model, pd.DataFrame(done["history"]), cfg, key, done["wall_time"], done["data_source"])
@@ -389,7 +399,7 @@ def train(
     base_cfg = cfg.replace(method="none", lam=0.0)
     if base is None:
         history = _run_phase(cfg, model, data, 0, cfg.burn_in, base_cfg, root / base_key, device, progress, [],
-                             checkpoint_every_s, on_epoch_end)
+                             checkpoint_every_s, on_epoch_end, amp)
         base = {"model": model.state_dict(), "history": history, "wall_time": time.perf_counter() - t0}
         if use_cache:
             cache.save(base, base_path)
@@ -397,7 +407,7 @@ def train(
     model.load_state_dict(base["model"])
     t1 = time.perf_counter()
     history = _run_phase(cfg, model, data, cfg.burn_in, cfg.epochs, cfg, root / key, device, progress,
-                         list(base["history"]), checkpoint_every_s, on_epoch_end)
+                         list(base["history"]), checkpoint_every_s, on_epoch_end, amp)
     wall = base["wall_time"] + time.perf_counter() - t1
     result = {"model": model.state_dict(), "history": history, "wall_time": wall, "data_source": data[0].source,
               "config": dataclasses.asdict(cfg)}
