@@ -287,12 +287,17 @@ def plot_field_2d(
         scatter_classes(ax, points, labels if labels is not None else np.zeros(len(_np(points))))
     if cbar:
         ax.figure.colorbar(mesh, ax=ax, label=cbar_label, fraction=0.046, pad=0.04)
+    _square_axes(ax, xx, yy, title)
+    return mesh
+
+
+def _square_axes(ax, xx, yy, title: str | None) -> None:
+    """Limits to the grid, equal aspect, optional title."""
     ax.set_xlim(xx.min(), xx.max())
     ax.set_ylim(yy.min(), yy.max())
     ax.set_aspect("equal")
     if title:
         ax.set_title(title)
-    return mesh
 
 
 def plot_decision_boundary(ax, xx, yy, margin_values, points, labels, title: str | None = None):
@@ -304,11 +309,7 @@ def plot_decision_boundary(ax, xx, yy, margin_values, points, labels, title: str
     if M.min() < 0 < M.max():
         ax.contour(xx, yy, M, levels=[0.0], colors="k", linewidths=1.4)
     scatter_classes(ax, points, labels)
-    ax.set_xlim(xx.min(), xx.max())
-    ax.set_ylim(yy.min(), yy.max())
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
+    _square_axes(ax, xx, yy, title)
     return ax
 
 

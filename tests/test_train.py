@@ -39,11 +39,9 @@ def test_bad_config_fails_before_any_work(changes, match, monkeypatch):
     monkeypatch.setattr(T, "get_data", no_data)
     with pytest.raises(ValueError, match=match):
         train(DIGITS.replace(**changes), progress=False)
-    with pytest.raises(ValueError, match=match):
-        if changes.get("model", {}).get("kind", "mlp") == "mlp" and "augment" not in changes:
+    if changes.get("model", {}).get("kind", "mlp") == "mlp" and "augment" not in changes:
+        with pytest.raises(ValueError, match=match):  # the batched engine checks the same things first
             train_batched([DIGITS.replace(**changes)], progress=False)
-        else:
-            raise ValueError(match)
 
 
 def _weights(model):
