@@ -280,12 +280,14 @@ class RefitModel(RepModel):
         return self.base.feature_layers(max_layer)
 
 
+MODEL_KINDS = {"mlp": MLP, "cifar_resnet18": cifar_resnet18, "resnet50_transfer": resnet50_transfer}
+
+
 def build_model(spec: dict) -> RepModel:
     """A model from a plain dict (the form stored in cache keys and profiles), e.g.
     {'kind': 'mlp', 'd_in': 784, 'widths': [2000], 'n_classes': 10, 'activation': 'gelu', 'seed': 0}."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    builders = {"mlp": MLP, "cifar_resnet18": cifar_resnet18, "resnet50_transfer": resnet50_transfer}
-    if kind not in builders:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(builders)}")
-    return builders[kind](**spec)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[kind](**spec)

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import cache, spectral
 from .data import get_data
-from .models import RepModel, build_model
+from .models import MODEL_KINDS, RepModel, build_model
 
 METHODS = ("none", "ll", "rep")
 OBJECTIVES: dict[str, Callable] = {}
@@ -115,9 +115,8 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def build_model_check(spec: dict) -> None:
-    from .models import build_model as _bm  # noqa: F401  (import errors surface here)
-
-    kinds = {"mlp", "cifar_resnet18", "resnet50_transfer", *MODEL_BUILDERS}
+    """ValueError unless spec['kind'] is a model of models.MODEL_KINDS or a registered plug-in."""
+    kinds = {*MODEL_KINDS, *MODEL_BUILDERS}
     if spec["kind"] not in kinds:
         raise ValueError(f"unknown model kind {spec['kind']!r}; choose one of {sorted(kinds)}")
 
