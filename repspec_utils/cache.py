@@ -118,3 +118,35 @@ def progress_enabled(progress: bool | None = None) -> bool:
     if os.environ.get("REPSPEC_PROGRESS", "1") == "0":
         return False
     return True if progress is None else bool(progress)
+
+
+# ------------------------------------------------------------------------------------------- compute ledger
+# What the objects a notebook used cost to compute the first time (not how long a cached redraw took): every
+# producer (training, burn-in, attack, readout re-fit) notes its entry's original seconds under its cache key,
+# whether it computed the entry now or loaded it, so a figure can say how long its results took to make.
+# Keys make the sum count a shared burn-in once. None = not recorded (an entry cached before times were stored).
+_LEDGER: dict[tuple[str, str], float | None] = {}
+
+
+def note_compute(kind: str, key: str, seconds: float | None) -> None:
+    """Record that the current run used cache entry `key` of `kind` ('train', 'burn-in', 'attack', 'refit'),
+    which took `seconds` to compute (None if unknown)."""
+    _LEDGER[(kind, key)] = None if seconds is None else float(seconds)
+
+
+def compute_summary() -> dict[str, dict[str, float | int]]:
+    """Per kind: total recorded seconds, number of entries, and how many had no recorded time."""
+    out: dict[str, dict[str, float | int]] = {}
+    for (kind, _), s in _LEDGER.items():
+        row = out.setdefault(kind, {"seconds": 0.0, "entries": 0, "unrecorded": 0})
+        row["entries"] += 1
+        if s is None:
+            row["unrecorded"] += 1
+        else:
+            row["seconds"] += s
+    return out
+
+
+def reset_compute() -> None:
+    """Forget the ledger (a notebook's run starts here)."""
+    _LEDGER.clear()

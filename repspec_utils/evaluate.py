@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import pandas as pd
@@ -111,7 +112,12 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
         path = cache.cache_root() / "attacks" / f"{key}.pt"
         stored = cache.load(path)
         if stored is not None:
-            return pd.DataFrame(stored)[COLUMNS]
+            seconds = stored.pop("seconds", None)  # absent in entries cached before times were stored
+            cache.note_compute("attack", key, seconds)
+            table = pd.DataFrame(stored)[COLUMNS]
+            table.attrs["seconds"] = seconds
+            return table
+    t0 = time.perf_counter()
     correct = predict(model, test_ds.x, batch_size).cpu() == test_ds.y.cpu()
     idx = select_correct(model, test_ds, n, seed, batch_size, correct=correct)
     dev = _device(model)
@@ -128,9 +134,13 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
         "success": res.success.cpu().numpy().astype(bool),
         "attack": np.array([name] * n, dtype=object),
     }
+    seconds = time.perf_counter() - t0
     if path is not None:
-        cache.save({k: v.tolist() for k, v in table.items()}, path)
-    return pd.DataFrame(table)[COLUMNS]
+        cache.save({**{k: v.tolist() for k, v in table.items()}, "seconds": seconds}, path)
+        cache.note_compute("attack", key, seconds)
+    out = pd.DataFrame(table)[COLUMNS]
+    out.attrs["seconds"] = seconds  # the attack's compute time (the original one when loaded from the cache)
+    return out
 
 
 def refit_readout(model: nn.Module, train_ds, test_ds, C: float = 1.0, max_iter: int = 1000,

@@ -37,6 +37,7 @@ import tokenize
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from repspec_utils import cache
 from repspec_utils.cache import atomic_write_bytes, cache_root, progress_enabled
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -333,7 +334,9 @@ class NotebookRun:
 
     def info(self, **extra: Any) -> dict[str, Any]:
         """Footer info for `plotting.save_figure`: profile (with any deviations), seeds / epochs when they are
-        parameters, data = the recorded data_sources, commit; `extra` (e.g. attacked=1000) adds or overrides."""
+        parameters, data = the recorded data_sources, commit, compute = what the models, attacks and re-fits used
+        so far took to compute (their original times, also when loaded from the cache; also written to the
+        manifest); `extra` (e.g. attacked=1000) adds or overrides."""
         from repspec_utils import plotting
 
         info = {"profile": self.label}
@@ -342,8 +345,16 @@ class NotebookRun:
         if sources:
             info["data"] = "; ".join(sources)
         info["commit"] = plotting.git_commit()
+        summary = cache.compute_summary()
+        if summary:
+            info["compute"] = format_compute(summary)
+            self.record(compute=summary)
         info.update(extra)
         return info
+
+    def compute(self) -> str:
+        """What this run's models, attacks and re-fits took to compute so far (`format_compute`)."""
+        return format_compute(cache.compute_summary())
 
     def record(self, **fields: Any) -> dict:
         """`record(self.fig_dir, **fields)`: e.g. data_sources=[train_set], seeds=[...]."""
@@ -360,6 +371,34 @@ class NotebookRun:
         return f"NotebookRun({self.notebook!r}, profile={self.label!r}, fig_dir='{self.fig_dir}')"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_compute(summary: dict) -> str:
+    """`cache.compute_summary()` as one footer phrase, e.g. 'training 42.0 min (12 models + 3 burn-ins), attacks
+    18.5 min (12 runs)'; entries cached without a time are counted and said to be missing."""
+    order = [("train", "training", "models"), ("attack", "attacks", "runs"), ("refit", "re-fits", "re-fits")]
+    parts = []
+    for kind, label, noun in order:
+        row = summary.get(kind)
+        if not row:
+            continue
+        seconds = row["seconds"]
+        count = f"{row['entries']} {noun}"
+        if kind == "train" and summary.get("burn-in", {}).get("entries"):
+            seconds += summary["burn-in"]["seconds"]
+            count += f" + {summary['burn-in']['entries']} burn-ins"
+        missing = row["unrecorded"]
+        parts.append(f"{label} {_duration(seconds)} ({count}" + (f", {missing} without a recorded time)" if missing
+                                                                else ")"))
+    return ", ".join(parts) if parts else "n/a"
+
+
 def notebook_params(namespace: dict[str, Any], notebook: str) -> NotebookRun:
     """Check the parameters-cell variables in `namespace` (a notebook's globals()); start its record.
 
@@ -374,6 +413,7 @@ def notebook_params(namespace: dict[str, Any], notebook: str) -> NotebookRun:
     params = check_params({k: namespace[k] for k in defaults}, notebook)
     namespace.update(params)
     run = NotebookRun(notebook, params)
+    cache.reset_compute()
     (run.fig_dir / RECORD_FILE).unlink(missing_ok=True)
     run.record(notebook=notebook, profile=run.profile, deviations=run.deviations)
     return run

@@ -355,6 +355,15 @@ def _run_phase(
     return history
 
 
+def _note_training(key: str, base_key: str, wall: float, burn_in_seconds: float | None, history: list) -> None:
+    """Ledger entries of one trained model: its branch under `key`, its burn-in once under `base_key`. Entries
+    cached before the burn-in time was stored take it from the burn-in rows' epoch times."""
+    if burn_in_seconds is None:
+        burn_in_seconds = sum(r.get("epoch_time", 0.0) for r in history if r.get("phase") == "burn-in")
+    cache.note_compute("burn-in", base_key, burn_in_seconds)
+    cache.note_compute("train", key, max(wall - burn_in_seconds, 0.0))
+
+
 def _penalty_value(penalty, feats: torch.Tensor) -> torch.Tensor:
     return penalty.penalty(feats) if getattr(penalty, "needs_features", False) else penalty.penalty()
 
@@ -387,12 +396,13 @@ def train(
     model = make_model(cfg, data[0]).to(device)
     if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
+    base_key = _phase_key(cfg, "base")
     if done is not None:
         model.load_state_dict(done["model"])
+        _note_training(key, base_key, done["wall_time"], done.get("burn_in_seconds"), done["history"])
         return TrainResult(model, pd.DataFrame(done["history"]), cfg, key, done["wall_time"], done["data_source"])
 
     t0 = time.perf_counter()
-    base_key = _phase_key(cfg, "base")
     base_path = root / base_key / "burn_in.pt"
     base = cache.load(base_path) if use_cache else None
     base_cfg = cfg.replace(method="none", lam=0.0)
@@ -409,7 +419,8 @@ def train(
                          list(base["history"]), checkpoint_every_s, on_epoch_end, amp)
     wall = base["wall_time"] + time.perf_counter() - t1
     result = {"model": model.state_dict(), "history": history, "wall_time": wall, "data_source": data[0].source,
-              "config": dataclasses.asdict(cfg)}
+              "config": dataclasses.asdict(cfg), "burn_in_seconds": base["wall_time"]}
+    _note_training(key, base_key, wall, base["wall_time"], history)
     if use_cache:
         cache.save(result, final_path)
         (root / key / "resume.pt").unlink(missing_ok=True)
@@ -667,6 +678,7 @@ def _batched_result(cfg: TrainConfig, key: str, done: dict, data) -> TrainResult
             layer.weight.copy_(done["params"][l])
             layer.bias.copy_(done["params"][l + len(model.hidden) + 1])
     hist = pd.DataFrame(done["history"]).drop(columns=["member"], errors="ignore")
+    cache.note_compute("train", key, done["wall_time"])  # amortised share of the batch, burn-in included
     return TrainResult(model, hist, cfg, key, done["wall_time"], done["data_source"])
 
 

@@ -92,6 +92,8 @@ def test_cache_reloads_instead_of_recomputing(digits, tmp_path, monkeypatch):
     again = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=kw, cache_key=key, progress=False)
     pd.testing.assert_frame_equal(first, again)
     assert wrapped.calls == 1 and wrapped.rows <= 2  # only the output-shape check
+    # the reloaded table reports the attack's original compute time, not the time the reload took
+    assert first.attrs["seconds"] > 0 and again.attrs["seconds"] == first.attrs["seconds"]
     other = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=dict(T=2), cache_key=key,
                                   progress=False)
     assert wrapped.rows > 1000  # different kwargs: a different entry, recomputed

@@ -144,6 +144,26 @@ def test_notebook_params_in_namespace(toy):
         rp.notebook_params({**ns, "epochs": "ten"}, "toy")
 
 
+def test_footer_and_manifest_say_how_long_the_results_took(toy):
+    from repspec_utils import cache
+
+    cache.note_compute("attack", "left over from another notebook", 5.0)
+    run = rp.notebook_params({**rp.notebook_defaults("toy"), "out_dir": str(toy / "figs")}, "toy")
+    assert "compute" not in run.info()  # the ledger starts empty with the notebook
+    cache.note_compute("burn-in", "b", 600.0)
+    for key in ("m1", "m2"):
+        cache.note_compute("train", key, 1200.0)
+        cache.note_compute("attack", key, 45.0)
+    cache.note_compute("attack", "m1", 45.0)  # the same entry used twice counts once
+    cache.note_compute("attack", "old", None)
+    info = run.info(attacked=50)
+    assert info["compute"] == "training 50.0 min (2 models + 1 burn-ins), attacks 1.5 min (3 runs, 1 without a " \
+                              "recorded time)"
+    rec = json.loads((run.fig_dir / rp.RECORD_FILE).read_text())
+    assert rec["compute"]["train"] == {"seconds": 2400.0, "entries": 2, "unrecorded": 0}
+    assert rp.format_compute({"refit": {"seconds": 30.0, "entries": 3, "unrecorded": 0}}) == "re-fits 30 s (3 re-fits)"
+
+
 def test_uncreatable_folders_fail_before_running(toy, monkeypatch):
     blocker = toy / "blocker"
     blocker.write_text("a file, not a folder")

@@ -163,3 +163,18 @@ def test_amp_path_trains_and_keeps_the_penalty_in_full_precision():
     assert rep.history["train_acc"].iloc[-1] > 0.3  # chance is 0.1
     assert all(p.dtype == torch.float32 for p in rep.model.parameters())
     assert rep.history["sigma_0"].iloc[-1] < 0.9 * none.history["sigma_0"].iloc[-1]
+
+
+def test_compute_ledger_counts_a_shared_burn_in_once_and_keeps_original_times():
+    cache.reset_compute()
+    results = {m: train(DIGITS.replace(method=m), progress=False) for m in ("none", "rep")}
+    first = cache.compute_summary()
+    assert first["train"]["entries"] == 2 and first["burn-in"]["entries"] == 1  # one shared burn-in
+    total = first["train"]["seconds"] + first["burn-in"]["seconds"]
+    walls = [r.wall_time for r in results.values()]
+    burn = first["burn-in"]["seconds"]
+    assert 0 < burn < min(walls) and total == pytest.approx(sum(walls) - burn)
+    cache.reset_compute()
+    for m in ("none", "rep"):  # loaded from the cache: the same, original, times
+        train(DIGITS.replace(method=m), progress=False)
+    assert cache.compute_summary() == first
