@@ -57,6 +57,14 @@ def test_git_commit(tmp_path):
                           text=True, check=True).stdout.strip()
     (tmp_path / "untracked.txt").write_text("u")
     assert P.git_commit(tmp_path) == head
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "f.csv").write_text("1")
+    subprocess.run([*git, "-C", str(tmp_path), "add", "figures/f.csv"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "-m", "y"], check=True)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "figures" / "f.csv").write_text("2")  # a figure rewritten by a batch run: still the clean commit
+    assert P.git_commit(tmp_path) == head
     (tmp_path / "a.txt").write_text("2")
     assert P.git_commit(tmp_path) == head + "-dirty"
 
