@@ -438,6 +438,37 @@ class SpectralPenalty:
             raise ValueError("penalty_per_model needs stacked (M, m, n) layers; use penalty()")
         return torch.stack(self._sigma2_terms(advance=True), dim=-1)
 
+    @property
+    def direct_grad(self) -> bool:
+        """Whether `accumulate_grad` applies: power mode and every layer one matrix or a stack of them (Linear,
+        1×1 conv, raw weights); a conv's gradient goes through its frequency block, so convs use autograd."""
+        return self.mode == "power" and all(isinstance(op, _MatrixOp) for op in self._ops)
+
+    @torch.no_grad()
+    def accumulate_grad(self, scale: float) -> Tensor:
+        """`(scale * penalty()).backward()` without autograd, for `direct_grad` penalties: advance the power
+        iteration, then add scale·∇_W ‖W v‖² = 2·scale·(W v) vᴴ (v detached, as in `penalty`) to each weight's
+        .grad in one in-place rank-1 update (addr_ / baddbmm_), with no outer-product tensor and no second
+        accumulation pass. Returns R = Σ_l ‖W_l v_l‖² (detached), the value `penalty()` would return."""
+        if not self.direct_grad:
+            raise ValueError("accumulate_grad needs mode='power' and matrix layers (Linear, 1x1 conv, weights); "
+                             "use penalty().backward() for convs and mode='exact'")
+        total = torch.zeros(())
+        for i, op in enumerate(self._ops):
+            param = _weight(self.layers[i])
+            W = op.matrices()
+            v = self._advance(i, W)
+            y = _matvec(W, v)
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            grad = param.grad.view(W.shape)  # a 1×1 conv's (c_out, c_in, 1, 1) grad as its matrix
+            if W.dim() == 2:
+                grad.addr_(y, v, alpha=2 * scale)
+            else:
+                grad.baddbmm_(y.unsqueeze(-1), v.unsqueeze(-2), alpha=2 * scale)
+            total = total.to(y.device) + _sqnorm(y).sum()
+        return total
+
     @torch.no_grad()
     def sigmas(self) -> Tensor:
         """Current σ_max estimates without side effects: (n_layers,), or (M, n_layers) for stacked layers."""

@@ -314,19 +314,14 @@ def _run_phase(
         for i in range(steps_per_epoch):
             idx = perm[i * bs : (i + 1) * bs]
             xb = augment(x_all[idx], gen)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, feats, n_correct = objective(model, xb, y_all[idx], gen)
-            loss, feats = loss.float(), feats.float()
+            regularise = penalty is not None and ((epoch - start) * steps_per_epoch + i) % cfg.reg_every == 0
+            loss, reg, n_correct = train_step(model, opt, objective, xb, y_all[idx], gen,
+                                              penalty if regularise else None, method_cfg.lam, amp)
             loss_sum += loss.item() * len(idx)
             correct += n_correct
-            if penalty is not None and ((epoch - start) * steps_per_epoch + i) % cfg.reg_every == 0:  # global step
-                reg = _penalty_value(penalty, feats)
-                loss = loss + method_cfg.lam * reg
+            if reg is not None:
                 reg_sum += reg.item()
                 n_reg += 1
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
         if penalty is not None and cfg.reg_epoch_end_step:
             opt.zero_grad(set_to_none=True)
             (method_cfg.lam * penalty.penalty()).backward()
@@ -362,6 +357,29 @@ def _note_training(key: str, base_key: str, wall: float, burn_in_seconds: float 
         burn_in_seconds = sum(r.get("epoch_time", 0.0) for r in history if r.get("phase") == "burn-in")
     cache.note_compute("burn-in", base_key, burn_in_seconds)
     cache.note_compute("train", key, max(wall - burn_in_seconds, 0.0))
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, objective: Callable, xb: torch.Tensor, yb: torch.Tensor,
+               gen: torch.Generator | None = None, penalty=None, lam: float = 0.0, amp: bool = False):
+    """One optimiser step on objective(model, xb, yb, gen) + lam·penalty; returns (task loss, penalty value or None,
+    number correct), the losses detached. The task loss runs under bfloat16 autocast if `amp`, the penalty in full
+    precision. A spectral penalty on matrices (`direct_grad`) adds its exact gradient 2·lam·(W v)vᵀ to the
+    weights' .grad after the task backward, in place, instead of through autograd (the same update, cheaper)."""
+    device_type = xb.device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
+        loss, feats, n_correct = objective(model, xb, yb, gen)
+    loss, feats = loss.float(), feats.float()
+    direct = penalty is not None and getattr(penalty, "direct_grad", False)
+    total, reg = loss, None
+    if penalty is not None and not direct:
+        reg = _penalty_value(penalty, feats)
+        total = loss + lam * reg
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    if direct:
+        reg = penalty.accumulate_grad(lam)
+    opt.step()
+    return loss.detach(), None if reg is None else reg.detach(), n_correct
 
 
 def _penalty_value(penalty, feats: torch.Tensor) -> torch.Tensor:
