@@ -45,7 +45,7 @@ def compare(fns: dict, repeat: int = 20, warmup: int = 3) -> dict:
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
-def mnist_step_ratios(batch: int = 1024) -> dict:
+def mnist_step_ratios(batch: int = 1024, repeat: int = 20) -> dict:
     torch.manual_seed(0)
     x, y = torch.rand(batch, 784), torch.randint(0, 10, (batch,))
     model = MLP(784, [2000], 10, seed=0)
@@ -79,7 +79,7 @@ def mnist_step_ratios(batch: int = 1024) -> dict:
     return compare({"none": lambda: step(), "rep": lambda: step(penalties["rep"]),
                     "ll": lambda: step(penalties["ll"]),
                     "rep (autograd)": lambda: autograd_step(penalties["rep"].penalty),
-                    "gram": lambda: autograd_step(gram_penalty)})
+                    "gram": lambda: autograd_step(gram_penalty)}, repeat=repeat)
 
 
 
@@ -125,13 +125,14 @@ def xor_full_scale() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-xor", action="store_true")
+    ap.add_argument("--repeat", type=int, default=20, help="timed rounds of the step comparison (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    t = mnist_step_ratios()
-    print("MNIST 784-2000-10 step at batch 1024 (median of 20):")
+    t = mnist_step_ratios(repeat=args.repeat)
+    print(f"MNIST 784-2000-10 step at batch 1024 (median of {args.repeat}):")
     for m in ("none", "rep", "ll", "rep (autograd)", "gram"):
         print(f"  {m:>14}: {t[m] * 1e3:7.2f} ms   ratio to none {t[m] / t['none']:.3f}")
     measured, bound = mnist_epoch_vs_bound()
