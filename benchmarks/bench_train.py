@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 from repspec_utils import spectral
 from repspec_utils.models import MLP
@@ -32,15 +32,18 @@ def timeit(fn, repeat: int = 20, warmup: int = 3) -> float:
 
 
 def compare(fns: dict, repeat: int = 20, warmup: int = 3) -> dict:
-    """Median seconds per call of each function, timed round-robin so background load hits all alike."""
+    """Median seconds per call of each function, timed round-robin (in a shuffled order each round) so background
+    load and cache effects hit all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
     for _ in range(repeat):
-        for k, fn in fns.items():
+        rng.shuffle(order)  # a fixed order would always run one function right after the same other one
+        for k in order:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
@@ -70,8 +73,8 @@ def mnist_step_ratios(batch: int = 1024, repeat: int = 20) -> dict:
     def step(penalty=None):  # the library's training step (what train() runs)
         train_step(model, opt, objective, x, y, None, penalty, 1e-3)
 
-    def autograd_step(pen):  # the penalty through autograd: loss + λ·R, one backward
-        loss = F.cross_entropy(model(x), y) + 1e-3 * pen()
+    def autograd_step(pen):  # the same step with the penalty through autograd: loss + λ·R, one backward
+        loss = objective(model, x, y, None)[0] + 1e-3 * pen()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
