@@ -381,7 +381,8 @@ def _duration(seconds: float) -> str:
 
 def format_compute(summary: dict) -> str:
     """`cache.compute_summary()` as one footer phrase, e.g. 'training 42.0 min (12 models + 3 burn-ins), attacks
-    18.5 min (12 runs)'; entries cached without a time are counted and said to be missing."""
+    18.5 min (12 runs)'; entries cached without a time are counted and said to be missing (the total then is a
+    lower bound, marked ≥, or 'time not recorded' when no entry of that kind has one)."""
     order = [("train", "training", "models"), ("attack", "attacks", "runs"), ("refit", "re-fits", "re-fits")]
     parts = []
     for kind, label, noun in order:
@@ -394,8 +395,12 @@ def format_compute(summary: dict) -> str:
             seconds += summary["burn-in"]["seconds"]
             count += f" + {summary['burn-in']['entries']} burn-ins"
         missing = row["unrecorded"]
-        parts.append(f"{label} {_duration(seconds)} ({count}" + (f", {missing} without a recorded time)" if missing
-                                                                else ")"))
+        if missing == row["entries"]:  # all cached before times were stored: no number at all
+            parts.append(f"{label}: time not recorded ({count})")
+        elif missing:  # the recorded part is a lower bound
+            parts.append(f"{label} ≥ {_duration(seconds)} ({count}, {missing} without a recorded time)")
+        else:
+            parts.append(f"{label} {_duration(seconds)} ({count})")
     return ", ".join(parts) if parts else "n/a"
 
 

@@ -157,11 +157,13 @@ def test_footer_and_manifest_say_how_long_the_results_took(toy):
     cache.note_compute("attack", "m1", 45.0)  # the same entry used twice counts once
     cache.note_compute("attack", "old", None)
     info = run.info(attacked=50)
-    assert info["compute"] == "training 50.0 min (2 models + 1 burn-ins), attacks 1.5 min (3 runs, 1 without a " \
+    assert info["compute"] == "training 50.0 min (2 models + 1 burn-ins), attacks ≥ 1.5 min (3 runs, 1 without a " \
                               "recorded time)"
     rec = json.loads((run.fig_dir / rp.RECORD_FILE).read_text())
     assert rec["compute"]["train"] == {"seconds": 2400.0, "entries": 2, "unrecorded": 0}
     assert rp.format_compute({"refit": {"seconds": 30.0, "entries": 3, "unrecorded": 0}}) == "re-fits 30 s (3 re-fits)"
+    assert rp.format_compute({"attack": {"seconds": 0.0, "entries": 4, "unrecorded": 4}}) == \
+        "attacks: time not recorded (4 runs)"
 
 
 def test_uncreatable_folders_fail_before_running(toy, monkeypatch):
