@@ -1,5 +1,6 @@
 """Batch reproduction: profiles, parameter checks, notebook form, the papermill runner and its manifests."""
 
+import ast
 import json
 import os
 from pathlib import Path
@@ -212,6 +213,21 @@ def test_notebook_form(nb):
     assert book.metadata.get("kernelspec", {}).get("name") == "python3"
     assert any(line.startswith("assert ") for c in code[i + 2:] for line in c.source.splitlines()), \
         f"{nb}: end with a cell of asserts that must hold at any scale"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS)
+def test_papermill_sees_every_parameter(nb, caplog):
+    """papermill's own parameter inference (`papermill --help-notebook`, `inspect_notebook`) finds every parameter
+    with its default, without 'Unable to parse' warnings (it gives up on a line with a second '=' in a comment)."""
+    import papermill
+
+    with caplog.at_level("WARNING", logger="papermill"):
+        found = papermill.inspect_notebook(str(rp.notebook_path(nb)))
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], caplog.text
+    defaults = rp.notebook_defaults(nb)
+    assert set(found) == set(defaults)
+    for name, value in defaults.items():
+        assert ast.literal_eval(found[name]["default"]) == value, name
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS)
