@@ -45,3 +45,18 @@ def test_metric_claim_needs_rep_lowest(tmp_path):
     t = t[t.figure == "fig3_xor_geometry"].set_index("test")
     assert t.loc["XOR metric: max_lambda_max", "holds"]
     assert not t.loc["XOR metric: max_log_volume", "holds"]
+
+
+def test_a_method_without_distance_competes_on_accuracy_only(tmp_path):
+    """ll collapsed to one class (no adversarial point, NaN Δx): rep is judged against None on distance and against
+    both on accuracy, and the table says ll has no distance instead of printing nan."""
+    fig = tmp_path / "appC_mnist_sweeps"
+    fig.mkdir()
+    nan = float("nan")
+    models = _models({"none": [1.0, 1.1], "ll": [nan, nan], "rep": [1.5, 1.6]}, {"none": 0.9, "ll": 0.11, "rep": 0.9})
+    models.to_csv(fig / "models.csv", index=False)
+    row = claims_table(tmp_path).query("figure == 'appC_mnist_sweeps'").iloc[0]
+    assert row.holds == True and row["distance ll"] == "none (one class)"  # noqa: E712
+    models.loc[models.method == "none", "mean_distance"] = 2.0  # None farther: fails, NaN does not hide it
+    models.to_csv(fig / "models.csv", index=False)
+    assert claims_table(tmp_path).query("figure == 'appC_mnist_sweeps'").iloc[0].holds == False  # noqa: E712
