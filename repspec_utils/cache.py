@@ -130,7 +130,8 @@ _LEDGER: dict[tuple[str, str], float | None] = {}
 
 def note_compute(kind: str, key: str, seconds: float | None) -> None:
     """Record that the current run used cache entry `key` of `kind` ('train', 'burn-in', 'attack', 'refit'),
-    which took `seconds` to compute (None if unknown)."""
+    which took `seconds` to compute (None if unknown); uncached analyses ('metric', 'sigma-trace') note the
+    seconds they just took."""
     _LEDGER[(kind, key)] = None if seconds is None else float(seconds)
 
 

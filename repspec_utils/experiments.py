@@ -440,6 +440,7 @@ def sigma_trace(cfg: TrainConfig, n_steps: int, model: torch.nn.Module | None = 
     opt = make_optimizer(cfg, model)
     n, bs = len(train_ds), cfg.batch_size
     rows, step, epoch = [], 0, 0
+    start = time.perf_counter()
     while step < n_steps:
         perm = torch.randperm(n, generator=epoch_generator(cfg.seed, epoch)).to(device)
         for i in range(math.ceil(n / bs)):
@@ -461,6 +462,7 @@ def sigma_trace(cfg: TrainConfig, n_steps: int, model: torch.nn.Module | None = 
             opt.step()
             step += 1
         epoch += 1
+    cache.note_compute("sigma-trace", f"{cfg}|{n_steps}", time.perf_counter() - start)
     return pd.DataFrame(rows).assign(**settings(cfg), n_power_iter=cfg.n_power_iter)
 
 
@@ -525,6 +527,7 @@ def metric_plane_table(results: Sequence[TrainResult], digits: Sequence[int] = (
         plane = geometry.digit_plane(x1, x2, x3, n=n, lim=lim)
         edges = geometry.triangle_edges(x1, x2, x3, n=n_edge)
         model = r.model.eval()
+        start = time.perf_counter()
         for part, coords, points, position in (("grid", plane.coords, plane.points, np.full(n * n, np.nan)),
                                                ("edge", edges.coords, edges.points, edges.position.numpy())):
             stats = geometry.mlp_metric_stats if isinstance(model, MLP) else geometry.metric_stats
@@ -534,6 +537,7 @@ def metric_plane_table(results: Sequence[TrainResult], digits: Sequence[int] = (
                 "position": position, "lambda_max": lam.numpy(), "log_volume": logvol.numpy(),
                 "pred": predict(model, points).cpu().numpy(), "digits": "-".join(map(str, digits)),
                 "digit_index": "-".join(map(str, idx))}))
+        cache.note_compute("metric", f"{r.config}|{digits}|{n}|{n_edge}|{lim}", time.perf_counter() - start)
     return pd.concat(frames, ignore_index=True)
 
 

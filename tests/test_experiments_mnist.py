@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from repspec_utils import cache  # noqa: E402
 from repspec_utils import experiments as E  # noqa: E402
 from repspec_utils import geometry as G  # noqa: E402
 from repspec_utils import plotting as PL  # noqa: E402
@@ -162,7 +163,9 @@ def test_plot_method_lines_draws_means_and_flat_baselines():
 def test_sigma_trace_tracks_the_exact_norm():
     cfg = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [32]}, method="ll", lam=1e-3, lr=0.1,
                       batch_size=128, seed=0, n_power_iter=1)
+    cache.reset_compute()
     trace = E.sigma_trace(cfg, 12)
+    assert cache.compute_summary()["sigma-trace"]["entries"] == 1  # timed for the footer
     assert len(trace) == 12 * 2 and sorted(trace.layer.unique()) == [0, 1] and (trace.method == "ll").all()
     assert (trace.sigma_power <= trace.sigma_exact * (1 + 1e-5)).all()
     assert (trace[trace.step == 0].rel_error.abs() < 1e-5).all()  # warm start from a converged power iteration
@@ -213,7 +216,10 @@ def test_digit_indices():
 
 def test_metric_plane_table_and_summary():
     results = _digits_results()
+    cache.reset_compute()
     plane = E.metric_plane_table(results, n=4, n_edge=3)
+    timed = cache.compute_summary()["metric"]  # the footer's 'metric … (3 models)'
+    assert timed["entries"] == 3 and timed["unrecorded"] == 0 and timed["seconds"] > 0
     assert len(plane) == 3 * (16 + 9) and set(plane.part) == {"grid", "edge"}
     assert np.isfinite(plane[["lambda_max", "log_volume"]].to_numpy()).all() and (plane.lambda_max > 0).all()
     edge = plane[(plane.part == "edge") & (plane.method == "none")]

@@ -165,6 +165,9 @@ def test_footer_and_manifest_say_how_long_the_results_took(toy):
     assert rp.format_compute({"refit": {"seconds": 30.0, "entries": 3, "unrecorded": 0}}) == "re-fits 30 s (3 re-fits)"
     assert rp.format_compute({"attack": {"seconds": 0.0, "entries": 4, "unrecorded": 4}}) == \
         "attacks: time not recorded (4 runs)"
+    assert rp.format_compute({"metric": {"seconds": 630.0, "entries": 3, "unrecorded": 0},
+                              "sigma-trace": {"seconds": 90.0, "entries": 4, "unrecorded": 0}}) == \
+        "metric 10.5 min (3 models), σ traces 1.5 min (4 runs)"
 
 
 def test_uncreatable_folders_fail_before_running(toy, monkeypatch):
