@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -126,12 +127,16 @@ def progress_enabled(progress: bool | None = None) -> bool:
 # whether it computed the entry now or loaded it, so a figure can say how long its results took to make.
 # Keys make the sum count a shared burn-in once. None = not recorded (an entry cached before times were stored).
 _LEDGER: dict[tuple[str, str], float | None] = {}
+_UNKEYED = itertools.count()
 
 
-def note_compute(kind: str, key: str, seconds: float | None) -> None:
+def note_compute(kind: str, key: str | None, seconds: float | None) -> None:
     """Record that the current run used cache entry `key` of `kind` ('train', 'burn-in', 'attack', 'refit'),
     which took `seconds` to compute (None if unknown); uncached analyses ('metric', 'sigma-trace') note the
-    seconds they just took."""
+    seconds they just took. key None: work with no cache entry (e.g. an attack without a cache key), a new
+    entry on every call."""
+    if key is None:
+        key = f"unkeyed-{next(_UNKEYED)}"
     _LEDGER[(kind, key)] = None if seconds is None else float(seconds)
 
 

@@ -137,7 +137,7 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
     seconds = time.perf_counter() - t0
     if path is not None:
         cache.save({**{k: v.tolist() for k, v in table.items()}, "seconds": seconds}, path)
-        cache.note_compute("attack", key, seconds)
+    cache.note_compute("attack", key if path is not None else None, seconds)  # uncached attacks count too
     out = pd.DataFrame(table)[COLUMNS]
     out.attrs["seconds"] = seconds  # the attack's compute time (the original one when loaded from the cache)
     return out

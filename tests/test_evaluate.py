@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repspec_utils import attacks as A
+from repspec_utils import cache
 from repspec_utils import evaluate as E
 from repspec_utils.data import ArrayDataset, get_data
 from repspec_utils.models import MLP, RefitModel, RepModel
@@ -227,3 +228,17 @@ def test_fmn_table(digits):
     m, _, test = digits
     df = E.evaluate_robustness(m, test, 4, attack="fmn", attack_kwargs=dict(steps=30), progress=False)
     assert (df.attack == "fmn").all() and df.success.all()
+
+
+def test_compute_ledger_counts_cached_entries_once_and_every_uncached_attack(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path))
+    m, _, test = digits
+    kw = dict(T=2, max_queries=500)
+    cache.reset_compute()
+    for _ in range(2):  # one cache entry, used twice: one ledger entry
+        E.evaluate_robustness(m, test, 2, attack="hsj", attack_kwargs=kw, cache_key={"m": 0}, progress=False)
+    assert cache.compute_summary()["attack"]["entries"] == 1
+    for _ in range(2):  # no cache key: computed on every call, each one counted
+        E.evaluate_robustness(m, test, 2, attack="hsj", attack_kwargs=kw, progress=False)
+    row = cache.compute_summary()["attack"]
+    assert row["entries"] == 3 and row["unrecorded"] == 0 and row["seconds"] > 0
