@@ -114,8 +114,9 @@ class _Oracle:
     With y None the label to leave is the model's prediction at x0 (one counted query per sample)."""
 
     def __init__(self, model: nn.Module, y: Tensor | None, x0: Tensor, shape: tuple, max_batch: int,
-                 max_queries=None):
+                 max_queries=None, precision: str = "fp32"):
         self.model, self.shape, self.max_batch = model, tuple(shape), int(max_batch)
+        self.precision = check_precision(precision)
         n, dev = x0.shape[0], x0.device
         self.queries = torch.zeros(n, dtype=torch.long, device=dev)
         big = torch.iinfo(torch.long).max // 2
@@ -128,7 +129,8 @@ class _Oracle:
         self.y = y.to(dev).long()
 
     def _logits(self, pts: Tensor) -> Tensor:
-        return self.model(pts.view(-1, *self.shape))
+        with torch.autocast(device_type=pts.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(pts.view(-1, *self.shape)).float()
 
     def left(self, idx: Tensor) -> Tensor:
         """Queries still allowed for samples idx."""
@@ -144,6 +146,46 @@ class _Oracle:
         if (self.queries[owner] > self.budget[owner]).any():  # callers check `left` first; this guards them
             raise RuntimeError("internal error: a sample exceeded its query budget")
         return out
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """'fp32' or 'bf16' (model queries under bfloat16 autocast); ValueError otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+# scalings of the best bf16 point, tried in turn when it is not adversarial for the fp32 model
+_FP32_RESCUE_SCALES = (1.0005, 1.002, 1.01, 1.05, 1.2, 1.5, 2.0)
+
+
+def _finalize_fp32(oracle: _Oracle, x0: Tensor, best: Tensor, start: Tensor, ok: Tensor, box, tol: float):
+    """Make a bf16 attack's result exact for the fp32 model: every returned point is checked with fp32 queries
+    (counted); a point that the fp32 model does not call adversarial (bf16 rounding near the boundary) is pushed
+    outward along x0 → point, or replaced by its start point; then a final fp32 bisection toward x0.
+    -> (points, distances measured in fp32, success)."""
+    oracle.precision = "fp32"
+    n = x0.shape[0]
+    everyone = torch.arange(n, device=x0.device)
+    found = torch.zeros(n, dtype=torch.bool, device=x0.device)
+    cand_all = best.clone()
+    for cand_of in [lambda k: best[k]] + [
+            (lambda s: (lambda k: (x0[k] + s * (best[k] - x0[k])).clamp(*box)))(s) for s in _FP32_RESCUE_SCALES
+    ] + [lambda k: start[k]]:
+        idx = everyone[ok & ~found & (oracle.left(everyone) >= 1)]
+        if idx.numel() == 0:
+            break
+        cand = cand_of(idx)
+        adv = oracle(cand, idx)
+        cand_all[idx[adv]], found[idx[adv]] = cand[adv], True
+    idx = everyone[found]
+    out = cand_all.clone()
+    out[idx] = _binary_search(oracle, x0, cand_all[idx], idx, tol)
+    dist = torch.where(found, (out - x0).norm(dim=1), torch.full((n,), math.inf, dtype=x0.dtype, device=x0.device))
+    return out, dist, found
 
 
 def _initial_adversarial(oracle: _Oracle, x0: Tensor, box, gen, noise_std: float, init_tries: int,
@@ -297,8 +339,10 @@ def _hsj_step(x0: Tensor, xb: Tensor, u: Tensor, size: Tensor) -> Tensor:
 def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: Tensor | None, box, *,
                      T: int, max_queries, max_batch: int, tol: float, gamma: float, init_probes: int,
                      max_probes: int, noise_std: float, init_tries: int, fallback_tries: int,
-                     max_halvings: int, seed: int, pool, progress: bool | None) -> AttackResult:
+                     max_halvings: int, seed: int, pool, progress: bool | None,
+                     precision: str = "fp32") -> AttackResult:
     check_inputs(x, box)
+    check_precision(precision)
     check_budget(max_queries, x.shape[0])
     vmin, vmax = check_box(box)
     if T < 0 or max_batch < 1 or not 0 < tol < 1:
@@ -310,7 +354,7 @@ def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: 
     everyone = torch.arange(n, device=dev)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     with torch.no_grad(), _eval_mode(model):
-        oracle = _Oracle(model, y, x0, shape, max_batch, max_queries)
+        oracle = _Oracle(model, y, x0, shape, max_batch, max_queries, precision)
         if pool is None:  # start points of last resort: the other inputs, labelled by y
             pool_x, pool_y = x0, oracle.y
         else:
@@ -343,6 +387,8 @@ def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: 
             dk = (xb[k] - x0[k]).norm(dim=1)
             better = dk < best_d[k]
             best[k[better]], best_d[k[better]] = xb[k[better]], dk[better]
+        if precision != "fp32":  # every returned point adversarial for the fp32 model, its distance in fp32
+            best, best_d, ok = _finalize_fp32(oracle, x0, best, start, ok, (vmin, vmax), tol)
     return AttackResult(x_adv=best.view(n, *shape), distance=best_d, queries=oracle.queries.clone(),
                         success=ok.clone())
 
@@ -363,6 +409,8 @@ _DOC_ARGS = """
     init_probes, max_probes: n_t = min(⌊init_probes·√t⌋, max_probes); noise_std, init_tries: start point search;
     fallback_tries: how many other-label points of `pool` (default: x with labels y) to try as start points;
     max_halvings: cap on step halvings per iteration; seed: torch.Generator seed; progress: tqdm bar.
+    precision: 'fp32', or 'bf16' (model queries under bfloat16 autocast; the returned points are then checked and
+    bisected with fp32 queries, so every success is adversarial for the fp32 model at an fp32-measured distance).
 """
 
 
@@ -370,26 +418,26 @@ def tangent_attack(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.
                    max_queries=None, max_batch: int = 8192, tol: float = 1e-5, gamma: float = 1.0,
                    init_probes: int = 100, max_probes: int = 10000, noise_std: float = 0.5, init_tries: int = 50,
                    fallback_tries: int = 20, max_halvings: int = 30, seed: int = 0, pool=None,
-                   progress: bool | None = None) -> AttackResult:
+                   progress: bool | None = None, precision: str = "fp32") -> AttackResult:
     """Tangent Attack (Ma et al. 2021, hemisphere, L2, untargeted, hard-label): x (N, ...) -> AttackResult."""
     return _boundary_attack(_tangent_step, "tangent", model, x, y, box, T=T, max_queries=max_queries,
                             max_batch=max_batch, tol=tol, gamma=gamma, init_probes=init_probes,
                             max_probes=max_probes, noise_std=noise_std, init_tries=init_tries,
                             fallback_tries=fallback_tries, max_halvings=max_halvings, seed=seed, pool=pool,
-                            progress=progress)
+                            progress=progress, precision=precision)
 
 
 def hop_skip_jump(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1.0), *, T: int = 40,
                   max_queries=None, max_batch: int = 8192, tol: float = 1e-5, gamma: float = 1.0,
                   init_probes: int = 100, max_probes: int = 10000, noise_std: float = 0.5, init_tries: int = 50,
                   fallback_tries: int = 20, max_halvings: int = 30, seed: int = 0, pool=None,
-                  progress: bool | None = None) -> AttackResult:
+                  progress: bool | None = None, precision: str = "fp32") -> AttackResult:
     """HopSkipJump (Chen et al. 2020, L2, untargeted, geometric step ‖x_b − x‖/√t): x (N, ...) -> AttackResult."""
     return _boundary_attack(_hsj_step, "hsj", model, x, y, box, T=T, max_queries=max_queries,
                             max_batch=max_batch, tol=tol, gamma=gamma, init_probes=init_probes,
                             max_probes=max_probes, noise_std=noise_std, init_tries=init_tries,
                             fallback_tries=fallback_tries, max_halvings=max_halvings, seed=seed, pool=pool,
-                            progress=progress)
+                            progress=progress, precision=precision)
 
 
 tangent_attack.__doc__ += _DOC_ARGS

@@ -41,7 +41,11 @@ def _canonical(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "__dataclass_fields__"):
-        return _canonical({k: getattr(obj, k) for k in obj.__dataclass_fields__})
+        # fields a class added after results were cached stay out of the key while they hold their default
+        omit = set(getattr(type(obj), "KEY_OMIT_IF_DEFAULT", ()))
+        fields = obj.__dataclass_fields__
+        return _canonical({k: getattr(obj, k) for k in fields
+                           if not (k in omit and getattr(obj, k) == fields[k].default)})
     raise TypeError(f"cannot hash {type(obj).__name__} in a cache key: {obj!r}")
 
 

@@ -89,14 +89,20 @@ def select_correct(model: nn.Module, ds, n: int, seed: int = 0, batch_size: int 
 
 def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack: str = "tangent",
                         attack_kwargs: dict | None = None, cache_key: dict | None = None,
-                        progress: bool = True, batch_size: int = 4096) -> pd.DataFrame:
+                        progress: bool = True, batch_size: int = 4096, precision: str = "fp32") -> pd.DataFrame:
     """Attack the first n correctly classified test samples (seeded shuffle) inside test_ds.box; one row per
     sample: index (in test_ds), label, distance ‖x_adv − x‖₂ (inf if no adversarial point), queries, success,
-    attack. With `cache_key` (a dict describing the model) the table is cached and reloaded.
+    attack. With `cache_key` (a dict describing the model) the table is cached and reloaded. precision 'bf16':
+    the attack's model queries under bfloat16 autocast, its final bisection and success check in fp32.
     Bad input (box, inputs outside it, budget ≤ 0, unknown attack, output not (batch, classes), n too large)
     raises ValueError before the attack makes any query."""
     name = resolve_attack(attack)
     kwargs = dict(attack_kwargs or {})
+    if precision != "fp32":  # fp32 is the default: left out of kwargs (and the key) so existing keys are unchanged
+        _attacks.check_precision(precision)
+        if name == "fmn":
+            raise ValueError("precision 'bf16' applies to the hard-label attacks (tangent, hsj), not to fmn")
+        kwargs["precision"] = precision
     check_budget(kwargs.get("max_queries"))
     box = check_box(test_ds.box)
     check_inputs(test_ds.x, box)

@@ -28,7 +28,7 @@ def _grid(base: TrainConfig, methods, seeds, weight_decays, lams=None, max_layer
     for wd in weight_decays:
         for m in methods:
             for lam in ([0.0] if m == "none" else (lams or [base.lam])):
-                for ml in ((max_layers or [None]) if m == "rep" else [None]):
+                for ml in ((max_layers or [None]) if m in ("rep", "rep_ub") else [None]):
                     for s in seeds:
                         out.append(base.replace(method=m, seed=int(s), weight_decay=float(wd), lam=float(lam),
                                                 max_layer=ml))
@@ -63,10 +63,12 @@ def sin_configs(widths: Sequence[Sequence[int]] = ([8], [20], [8, 8, 8], [20, 20
 
 def mnist_configs(dataset: str = "mnist", methods=("none", "ll", "rep"), seeds=range(10), lams=(1e-3,),
                   weight_decays=(1e-4,), epochs: int = 200, burn_in: int = 160, lr: float = 0.1,
-                  batch_size: int = 1024, width: int = 2000, n_train: int | None = None) -> list[TrainConfig]:
-    """SPEC §6 MNIST / Fashion-MNIST: 784→2000→10 GELU MLP, SGD lr 0.1, batch 1024."""
+                  batch_size: int = 1024, width: int = 2000, n_train: int | None = None,
+                  precision: str = "fp32") -> list[TrainConfig]:
+    """SPEC §6 MNIST / Fashion-MNIST: 784→2000→10 GELU MLP, SGD lr 0.1, batch 1024 (precision: fp32 or bf16)."""
     base = TrainConfig(dataset=dataset, model={"kind": "mlp", "widths": [int(width)]}, lr=lr, batch_size=batch_size,
-                       epochs=epochs, burn_in=burn_in, n_train=n_train, eval_every=max(1, epochs // 20))
+                       epochs=epochs, burn_in=burn_in, n_train=n_train, eval_every=max(1, epochs // 20),
+                       precision=precision)
     return _grid(base, methods, seeds, weight_decays, lams=list(lams))
 
 
@@ -136,7 +138,7 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
 
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",
                      attack_kwargs: dict | None = None, seed: int = 0, readout: str = "original",
-                     progress: bool | None = None) -> pd.DataFrame:
+                     progress: bool | None = None, precision: str = "fp32") -> pd.DataFrame:
     """Attack every model (cached): one row per attacked sample with the model's settings, test accuracy,
     data source and the attack's output. n=None attacks every correctly classified test sample (XOR);
     readout='refit' first re-trains the readout on frozen Φ (SPEC §4)."""
@@ -156,7 +158,7 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
         with torch_threads(1 if r.config.dataset in SMALL_DATASETS else None):  # tiny nets: one thread is faster
             table = evaluate_robustness(model, test_ds, n_attack, seed=seed, attack=attack,
                                         attack_kwargs=attack_kwargs, cache_key=key,
-                                        progress=cache.progress_enabled(progress))
+                                        progress=cache.progress_enabled(progress), precision=precision)
         seconds = table.attrs.get("seconds")
         info = {**settings(r.config), "readout": readout, "test_acc": acc, "n_attacked": n_attack,
                 "data_source": r.data_source, "train_seconds": r.wall_time,

@@ -20,6 +20,19 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "softplus": F.softplus,
 }
+
+
+def _gelu_derivative(z: torch.Tensor) -> torch.Tensor:
+    """GELU′(z) = Φ(z) + z·ϕ(z) (exact erf GELU), differentiable."""
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+ACTIVATION_DERIVATIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": _gelu_derivative,
+    "relu": lambda z: (z > 0).to(z.dtype),
+    "tanh": lambda z: 1 - torch.tanh(z) ** 2,
+    "softplus": torch.sigmoid,
+}
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,6 +44,12 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def activation_derivative(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """φ′ of the nonlinearity `name`, in closed form (used by the authors' rep-spectral activation term)."""
+    get_activation(name)
+    return ACTIVATION_DERIVATIVES[name]
 
 
 class RepModel(nn.Module):
@@ -157,6 +176,19 @@ class BatchedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         W, b = self.weights[-1], self.biases[-1]
         return torch.baddbmm(b.unsqueeze(1), self.features(x), W.transpose(1, 2))
+
+    def forward_with_preacts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits (M, B, C), the hidden layers' pre-activations z_l (M, B, n_l)): the same function as forward."""
+        a = x.flatten(-1) if x.dim() == 3 else x
+        if a.dim() == 2:
+            a = a.unsqueeze(0).expand(self.n_models, -1, -1)
+        preacts = []
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            z = torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2))
+            preacts.append(z)
+            a = self.act(z) / math.sqrt(W.shape[1])
+        W, b = self.weights[-1], self.biases[-1]
+        return torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2)), preacts
 
     def member(self, i: int) -> MLP:
         """Model i as a standalone `MLP` (a copy of its parameters)."""

@@ -25,7 +25,8 @@ from . import cache, spectral
 from .data import get_data
 from .models import MODEL_KINDS, RepModel, build_model
 
-METHODS = ("none", "ll", "rep")
+METHODS = ("none", "ll", "rep")  # the paper's; the authors' variants (ll_readout, rep_ub) are in PENALTIES
+PRECISIONS = ("fp32", "bf16")
 OBJECTIVES: dict[str, Callable] = {}
 AUGMENTATIONS: dict[str, Callable] = {}
 PENALTIES: dict[str, Callable] = {}
@@ -60,6 +61,11 @@ class TrainConfig:
     data_kwargs: dict = field(default_factory=dict)
     method_kwargs: dict = field(default_factory=dict)
     eval_every: int = 1
+    precision: str = "fp32"
+
+    # fields added after results were cached: left out of the cache key while they hold their default, so the
+    # keys of every config that does not use them stay what they were
+    KEY_OMIT_IF_DEFAULT = ("precision",)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed."""
@@ -107,11 +113,33 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.augment in AUGMENTATIONS, f"unknown augment {cfg.augment!r}; choose one of {sorted(AUGMENTATIONS)}"),
         (cfg.objective in OBJECTIVES, f"unknown objective {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}"),
         (cfg.n_train is None or cfg.n_train > 0, f"n_train must be positive, got {cfg.n_train}"),
+        (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {cfg.precision!r}"),
+        (cfg.method != "rep_ub" or cfg.model.get("kind") == "mlp",
+         f"method 'rep_ub' needs a model whose Φ has an elementwise nonlinearity (kind 'mlp'), got kind "
+         f"{cfg.model.get('kind')!r}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
     build_model_check(cfg.model)
+    if cfg.precision == "bf16":
+        warn_if_slow_bf16()
+
+
+def bf16_supported_here() -> bool:
+    """Whether this CPU has native bfloat16 matmuls (AVX-512 BF16 / AMX); without them bf16 is emulated."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((probe and probe()) or (amx and amx()))
+
+
+def warn_if_slow_bf16() -> None:
+    """A warning (not an error) when bf16 is asked for on a CPU without native bf16 matmuls."""
+    if not torch.cuda.is_available() and not bf16_supported_here():
+        import warnings
+
+        warnings.warn("precision 'bf16' on a CPU without AVX-512 BF16 or AMX: bfloat16 matmuls are emulated "
+                      "there and will be slower than fp32, not faster", RuntimeWarning, stacklevel=3)
 
 
 def build_model_check(spec: dict) -> None:
@@ -347,6 +375,8 @@ def _run_phase(
                         "monitor": monitor.state_dict()}, resume_path)
             last_save = time.monotonic()
     bar.close()
+    if penalty is not None and hasattr(penalty, "close"):
+        penalty.close()
     return history
 
 
@@ -399,11 +429,14 @@ def train(
     """Train (or load from the cache) the model of `cfg`: burn-in to cfg.burn_in without a penalty, then
     cfg.method to cfg.epochs from that shared checkpoint. Returns the final model and per-epoch history.
     On CUDA, `amp` (default on) runs the task loss in bfloat16 autocast and conv models use channels-last;
-    like `device`, these do not enter the cache key. On the CPU both are off."""
+    like `device`, these do not enter the cache key. On the CPU both are off unless cfg.precision is 'bf16'
+    (part of the key): then the task loss runs under bfloat16 autocast, while master weights, optimiser state
+    and the spectral penalty stay fp32."""
     validate(cfg)
     progress = cache.progress_enabled(progress)
     device = resolve_device(device)
     amp = (device.type == "cuda") if amp is None else bool(amp)
+    amp = amp or cfg.precision == "bf16"  # cfg.precision is part of the key; the CUDA default is not
     if not use_cache:
         checkpoint_every_s = math.inf
     root = cache.cache_root() / "train"
@@ -452,12 +485,22 @@ BATCH_VARYING = ("seed", "method", "lam", "weight_decay", "max_layer")
 PERM_CHUNK = 500
 
 
+def _member_activation_mask(cfg: TrainConfig, n_layers: int) -> list[float]:
+    """Per-hidden-layer weight of the authors' activation term (rep_ub): λ on the layers rep_ub penalises."""
+    if cfg.method != "rep_ub":
+        return [0.0] * (n_layers - 1)
+    k = n_layers - 1 if cfg.max_layer is None else int(cfg.max_layer)
+    return [cfg.lam] * k + [0.0] * (n_layers - 1 - k)
+
+
 def _member_layer_mask(cfg: TrainConfig, n_layers: int) -> list[float]:
     """Per-layer penalty weight of one member: λ on the layers its method penalises (readout last)."""
     if cfg.method == "none":
         return [0.0] * n_layers
     if cfg.method == "ll":
         return [cfg.lam] * n_layers
+    if cfg.method == "ll_readout":
+        return [0.0] * (n_layers - 1) + [cfg.lam]
     k = n_layers - 1 if cfg.max_layer is None else int(cfg.max_layer)
     if not 1 <= k <= n_layers - 1:
         raise ValueError(f"max_layer must be in 1..{n_layers - 1}, got {cfg.max_layer}")
@@ -485,6 +528,8 @@ class _BatchedRun:
         self.params = [*self.net.weights, *self.net.biases]
         n_layers = len(self.net.weights)
         self.coef = torch.tensor([_member_layer_mask(c, n_layers) for c in cfgs], device=device)
+        self.act_coef = torch.tensor([_member_activation_mask(c, n_layers) for c in cfgs], device=device)
+        self.activation = spec.get("activation", "gelu")
         self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device)
         self.warm_start()
         self.reset_optimizer()
@@ -516,12 +561,18 @@ class _BatchedRun:
         return total
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, momentum: float, regularize: bool, n_iter: int):
-        logits = self.net(xb)
+        from .authors import activation_term
+
+        with_act = regularize and bool(self.act_coef.any())
+        logits, preacts = self.net.forward_with_preacts(xb) if with_act else (self.net(xb), None)
         m, b, c = logits.shape
         ce = F.cross_entropy(logits.reshape(m * b, c), yb.reshape(-1), reduction="none").view(m, b).mean(1)
         loss = ce.sum()
         if regularize:
             loss = loss + self.penalty_per_member(n_iter).sum()
+        if with_act:  # the authors' rep-spectral term Σ_l λ·mean_b max_j φ′(z_l)², per member
+            terms = torch.stack([activation_term([z], self.activation) for z in preacts], dim=-1)  # (M, L-1)
+            loss = loss + (self.act_coef * terms).sum()
         grads = torch.autograd.grad(loss, self.params)
         with torch.no_grad():
             for p, g, buf in zip(self.params, grads, self.bufs):
@@ -546,6 +597,9 @@ def _check_batchable(cfgs: list[TrainConfig]) -> None:
         validate(c)
         if c.model.get("kind") != "mlp" or c.objective != "supervised" or c.augment != "none":
             raise ValueError("train_batched handles supervised MLPs without augmentation only; use train()")
+        if c.method not in (*METHODS, "ll_readout", "rep_ub") or c.precision != "fp32":
+            raise ValueError(f"train_batched handles the spectral methods in fp32 only (got method {c.method!r}, "
+                             f"precision {c.precision!r}); use train()")
     shared = lambda c: dataclasses.replace(c, **{k: getattr(cfgs[0], k) for k in BATCH_VARYING})  # noqa: E731
     for c in cfgs[1:]:
         if shared(c) != shared(cfgs[0]):
@@ -701,4 +755,7 @@ def _batched_result(cfg: TrainConfig, key: str, done: dict, data) -> TrainResult
 
 
 # plug-ins that register objectives, augmentations, penalties and models with the registries above
-from . import ssl, transfer  # noqa: E402,F401
+from . import authors, ssl, transfer  # noqa: E402,F401
+
+PENALTIES[authors.READOUT_ONLY] = authors.make_ll_readout
+PENALTIES[authors.WITH_ACTIVATION_TERM] = authors.make_rep_ub
