@@ -172,13 +172,16 @@ def _finalize_fp32(oracle: _Oracle, x0: Tensor, best: Tensor, start: Tensor, ok:
     everyone = torch.arange(n, device=x0.device)
     found = torch.zeros(n, dtype=torch.bool, device=x0.device)
     cand_all = best.clone()
-    for cand_of in [lambda k: best[k]] + [
-            (lambda s: (lambda k: (x0[k] + s * (best[k] - x0[k])).clamp(*box)))(s) for s in _FP32_RESCUE_SCALES
-    ] + [lambda k: start[k]]:
+    for scale in (None, *_FP32_RESCUE_SCALES, 0.0):  # None: the point itself; 0.0: its start point
         idx = everyone[ok & ~found & (oracle.left(everyone) >= 1)]
         if idx.numel() == 0:
             break
-        cand = cand_of(idx)
+        if scale is None:
+            cand = best[idx]
+        elif scale == 0.0:
+            cand = start[idx]
+        else:
+            cand = (x0[idx] + scale * (best[idx] - x0[idx])).clamp(*box)
         adv = oracle(cand, idx)
         cand_all[idx[adv]], found[idx[adv]] = cand[adv], True
     idx = everyone[found]

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cache, spectral
+from .attacks import PRECISIONS
 from .data import get_data
 from .models import MODEL_KINDS, RepModel, build_model
 
 METHODS = ("none", "ll", "rep")  # the paper's; the authors' variants (ll_readout, rep_ub) are in PENALTIES
-PRECISIONS = ("fp32", "bf16")
 OBJECTIVES: dict[str, Callable] = {}
 AUGMENTATIONS: dict[str, Callable] = {}
 PENALTIES: dict[str, Callable] = {}
@@ -486,11 +486,10 @@ PERM_CHUNK = 500
 
 
 def _member_activation_mask(cfg: TrainConfig, n_layers: int) -> list[float]:
-    """Per-hidden-layer weight of the authors' activation term (rep_ub): λ on the layers rep_ub penalises."""
+    """Per-hidden-layer weight of the authors' activation term (rep_ub): λ on the Φ layers rep_ub penalises."""
     if cfg.method != "rep_ub":
         return [0.0] * (n_layers - 1)
-    k = n_layers - 1 if cfg.max_layer is None else int(cfg.max_layer)
-    return [cfg.lam] * k + [0.0] * (n_layers - 1 - k)
+    return _member_layer_mask(cfg, n_layers)[:-1]  # rep_ub's spectral mask, without the readout
 
 
 def _member_layer_mask(cfg: TrainConfig, n_layers: int) -> list[float]:
@@ -530,6 +529,7 @@ class _BatchedRun:
         self.coef = torch.tensor([_member_layer_mask(c, n_layers) for c in cfgs], device=device)
         self.act_coef = torch.tensor([_member_activation_mask(c, n_layers) for c in cfgs], device=device)
         self.activation = spec.get("activation", "gelu")
+        self.any_activation_term = bool(self.act_coef.any())
         self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device)
         self.warm_start()
         self.reset_optimizer()
@@ -563,7 +563,7 @@ class _BatchedRun:
     def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, momentum: float, regularize: bool, n_iter: int):
         from .authors import activation_term
 
-        with_act = regularize and bool(self.act_coef.any())
+        with_act = regularize and self.any_activation_term
         logits, preacts = self.net.forward_with_preacts(xb) if with_act else (self.net(xb), None)
         m, b, c = logits.shape
         ce = F.cross_entropy(logits.reshape(m * b, c), yb.reshape(-1), reduction="none").view(m, b).mean(1)
@@ -597,7 +597,7 @@ def _check_batchable(cfgs: list[TrainConfig]) -> None:
         validate(c)
         if c.model.get("kind") != "mlp" or c.objective != "supervised" or c.augment != "none":
             raise ValueError("train_batched handles supervised MLPs without augmentation only; use train()")
-        if c.method not in (*METHODS, "ll_readout", "rep_ub") or c.precision != "fp32":
+        if c.method not in (*METHODS, authors.READOUT_ONLY, authors.WITH_ACTIVATION_TERM) or c.precision != "fp32":
             raise ValueError(f"train_batched handles the spectral methods in fp32 only (got method {c.method!r}, "
                              f"precision {c.precision!r}); use train()")
     shared = lambda c: dataclasses.replace(c, **{k: getattr(cfgs[0], k) for k in BATCH_VARYING})  # noqa: E731
