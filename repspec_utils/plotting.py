@@ -200,6 +200,7 @@ def plot_method_distribution(
                     width=0.55, showfliers=False, boxprops={"alpha": 0.55}, legend=False, ax=ax)
     if dots:
         sns.stripplot(data=data, x="_label", y=y, order=labels, color="0.15", size=3.5, jitter=0.12, alpha=0.85, ax=ax)
+    ax.set_xticks(range(len(labels)), [textwrap.fill(label, 16) for label in labels])  # long labels on lines
     ax.set_xlabel("")
     ax.set_ylabel(ylabel if ylabel is not None else y.replace("_", " "))
     return ax
