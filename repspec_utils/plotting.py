@@ -245,6 +245,47 @@ def plot_mean_sd_bars(
     return pd.DataFrame(rows)
 
 
+VERDICT_COLORS = {"holds": _CB[2], "fails": _CB[3], "inconclusive": _CB[7]}
+
+
+def plot_paired_intervals(rows: pd.DataFrame, level: float = 0.95, ax: plt.Axes | None = None,
+                          xlim: float = 30.0) -> plt.Figure:
+    """Forest plot of a claims table (`repspec_utils.claims.claims_table`): per comparison, the mean paired
+    difference rep − baseline of the mean distance with its interval (`distance_diff`, `*_ci_low`, `*_ci_high`), in
+    percent of the baseline's mean distance (`distance_baseline_mean`) so that data sets of different scales share
+    one axis; coloured by verdict, one row per comparison ('test · setting · rep vs baseline'). Intervals beyond
+    ±`xlim` % are cut at the edge and marked with an arrow head."""
+    rows = rows.reset_index(drop=True)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.6, 0.9 + 0.2 * max(len(rows), 1)), constrained_layout=True)
+    else:
+        fig = ax.figure
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, r) in zip(y, rows.iterrows()):
+        color = VERDICT_COLORS.get(r["verdict"], "black")
+        scale = 100.0 / r["distance_baseline_mean"]
+        mid, lo, hi = (r.get(c, np.nan) * scale for c in ("distance_diff", "distance_diff_ci_low",
+                                                           "distance_diff_ci_high"))
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.plot([max(lo, -xlim), min(hi, xlim)], [yi, yi], color=color, lw=2, solid_capstyle="butt")
+            for end, marker in ((lo, "<"), (hi, ">")):
+                if abs(end) > xlim:
+                    ax.plot([np.sign(end) * xlim], [yi], marker, color=color, ms=5, clip_on=False)
+        ax.plot([np.clip(mid, -xlim, xlim)], [yi], "o", color=color, ms=4)
+    labels = [f"{r['test']} · {r['setting']} · {r['rep']} vs {r['baseline']}".replace(" · all", "")
+              for _, r in rows.iterrows()]
+    ax.set_yticks(y, labels, fontsize=6)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlim(-xlim, xlim)
+    ax.axvline(0.0, color="black", lw=0.8, ls="--")
+    ax.set_xlabel(f"paired Δ mean distance, rep − baseline, % of the baseline's (mean over seeds, {level:.0%} "
+                  f"t interval)", fontsize=7)
+    handles = [plt.Line2D([], [], color=c, lw=2, marker="o", ms=4, label=v) for v, c in VERDICT_COLORS.items()]
+    ax.legend(handles=handles, title="verdict", fontsize=7, title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- 2-D fields, maps
 
 

@@ -1,62 +1,197 @@
-"""The claims table reports every claim, judges it by its stated criterion, and never hides a failure."""
+"""The claims table: paired intervals computed exactly, the three-way verdict by its stated rule, every claim reported
+and no failure hidden."""
 
 import json
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from repspec_utils.experiments import claims_table
+from repspec_utils import claims
+from repspec_utils.claims import claims_table
+
+# Student t 0.975 quantiles: 2 degrees of freedom in closed form, t = (2p − 1) / sqrt(2p(1 − p)); 3 from tables
+T975_DF2 = 0.95 / np.sqrt(2 * 0.975 * 0.025)  # 4.3027
+T975_DF3 = 3.182446305284
 
 
-def _models(distances, accs):
+def _models(distances, accs, **extra):
+    """models.csv rows: distances[method] per seed; accs[method] one value or one per seed."""
     rows = []
     for method, ds in distances.items():
+        acc = accs[method]
         for seed, d in enumerate(ds):
-            rows.append({"method": method, "seed": seed, "width": "8", "weight_decay": 0.0,
-                         "mean_distance": d, "test_acc": accs[method]})
+            rows.append({"method": method, "lam": 0.0 if method == "none" else 0.001, "seed": seed, "width": "8",
+                         "weight_decay": 0.0, "mean_distance": d,
+                         "test_acc": acc[seed] if isinstance(acc, list) else acc, **extra})
     return pd.DataFrame(rows)
 
 
-def test_claims_table_judges_distance_and_accuracy(tmp_path):
-    fig = tmp_path / "fig2_xor_distance"
-    fig.mkdir()
-    _models({"none": [1.0, 1.1], "ll": [1.2, 1.3], "rep": [1.5, 1.6]},
-            {"none": 1.0, "ll": 1.0, "rep": 1.0}).to_csv(fig / "models.csv", index=False)
-    (fig / "manifest.json").write_text(json.dumps({"profile": "paper", "data_sources": ["xor"]}))
-    mnist = tmp_path / "fig4_mnist"
-    mnist.mkdir()  # rep is more robust but loses accuracy: the claim must be reported as failing
-    _models({"none": [1.0, 1.0], "ll": [1.1, 1.1], "rep": [1.5, 1.5]},
-            {"none": 0.98, "ll": 0.98, "rep": 0.90}).to_csv(mnist / "models.csv", index=False)
+def _write(root, fig, models, manifest=None, samples=None):
+    folder = root / fig
+    folder.mkdir(exist_ok=True)
+    models.to_csv(folder / "models.csv", index=False)
+    if samples is not None:
+        samples.to_csv(folder / "samples.csv", index=False)
+    (folder / "manifest.json").write_text(json.dumps(manifest or {"profile": "paper", "data_sources": ["xor"],
+                                                                  "status": "ok"}))
+
+
+def _row(table, fig, baseline):
+    sub = table[(table.figure == fig) & table.baseline.astype(str).str.startswith(baseline)]
+    assert len(sub) == 1, sub
+    return sub.iloc[0]
+
+
+def test_t_interval_matches_the_t_table():
+    mean, lo, hi, n = claims.t_interval([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3)
+    assert lo == pytest.approx(2.0 - T975_DF2 / np.sqrt(3), rel=1e-12)
+    assert hi == pytest.approx(2.0 + T975_DF2 / np.sqrt(3), rel=1e-12)
+    assert claims.t_interval([1.0, np.nan, 1.0, 1.0])[1:] == (1.0, 1.0, 3)  # NaN dropped, zero width
+    m, lo, hi, n = claims.t_interval([5.0])
+    assert m == 5.0 and np.isnan(lo) and np.isnan(hi) and n == 1
+    lo90 = claims.t_interval([1.0, 2.0, 3.0], level=0.9)[1]
+    assert 2.0 - T975_DF2 / np.sqrt(3) < lo90 < 2.0  # a lower level gives a narrower interval
+
+
+@pytest.mark.parametrize("dist_ci, acc_ci, expected", [
+    ((0.1, 0.3), (-0.001, 0.002), "holds"),
+    ((0.1, 0.3), (-0.004, 0.01), "holds"),          # accuracy may be up to 0.5 points worse
+    ((0.1, 0.3), (-0.006, 0.01), "inconclusive"),   # ... and its interval reaches below that
+    ((0.1, 0.3), (-0.02, -0.006), "fails"),         # clearly worse accuracy
+    ((-0.1, 0.3), (0.0, 0.0), "inconclusive"),      # distance interval straddles 0
+    ((-0.3, -0.1), (0.0, 0.01), "fails"),           # rep is less robust
+    ((np.nan, np.nan), (np.nan, np.nan), "inconclusive"),  # one seed: no interval
+    (None, (0.1, 0.2), "holds"),                    # baseline without a boundary: accuracy decides
+])
+def test_verdict_rule(dist_ci, acc_ci, expected):
+    assert claims.verdict(dist_ci, acc_ci, 0.005) == expected
+
+
+def test_pairing_by_seed_and_the_interval_values(tmp_path):
+    """Seeds differ a lot, but within each seed rep is 0.1 above None: the paired interval lies above 0 (an unpaired
+    comparison of means would not see it), and its bounds are the t interval of the per-seed differences."""
+    none = [1.0, 2.0, 3.0, 4.0]
+    rep = [1.1, 2.12, 3.08, 4.1]
+    _write(tmp_path, "fig2_xor_distance", _models({"none": none, "rep": rep}, {"none": 1.0, "rep": 1.0}))
+    row = _row(claims_table(tmp_path), "fig2_xor_distance", "none")
+    d = np.array(rep) - np.array(none)
+    half = T975_DF3 * d.std(ddof=1) / 2.0
+    assert row.distance_diff == pytest.approx(d.mean())
+    assert row.distance_diff_ci_low == pytest.approx(d.mean() - half)
+    assert row.distance_diff_ci_high == pytest.approx(d.mean() + half)
+    assert row.n_seeds == 4 and row.verdict == "holds"
+    assert (row.acc_diff, row.acc_diff_ci_low, row.acc_diff_ci_high) == (0.0, 0.0, 0.0)
+    # shuffle None's seeds: the per-seed differences are no longer consistent, the verdict is not "holds"
+    _write(tmp_path, "fig2_xor_distance", _models({"none": [4.0, 1.0, 3.0, 2.0], "rep": rep},
+                                                  {"none": 1.0, "rep": 1.0}))
+    assert _row(claims_table(tmp_path), "fig2_xor_distance", "none").verdict == "inconclusive"
+
+
+def test_three_verdicts_and_accuracy_tolerance(tmp_path):
+    _write(tmp_path, "fig4_mnist", _models(  # rep more robust but 8 points less accurate: fails against both
+        {"none": [1.0, 1.0, 1.1], "ll": [1.3, 1.1, 1.2], "rep": [1.5, 1.5, 1.6]},
+        {"none": 0.98, "ll": 0.98, "rep": [0.90, 0.91, 0.90]}))
+    _write(tmp_path, "appE_fashion_mnist", _models(  # rep worse than ll in every seed: fails against ll
+        {"none": [1.0, 1.0, 1.1], "ll": [1.3, 1.4, 1.5], "rep": [1.2, 1.3, 1.35]},
+        {"none": 0.9, "ll": 0.9, "rep": 0.9}))
     table = claims_table(tmp_path)
-    xor = table[table.figure == "fig2_xor_distance"].iloc[0]
-    assert xor.holds is True or xor.holds == True  # noqa: E712
-    assert xor["distance rep"].startswith("1.55") and xor.profile == "paper"
-    assert not table[table.figure == "fig4_mnist"].iloc[0].holds
+    assert set(table.verdict) <= set(claims.VERDICTS)
+    assert _row(table, "fig4_mnist", "none").verdict == "fails"
+    assert _row(table, "fig4_mnist", "ll").verdict == "fails"
+    assert _row(table, "appE_fashion_mnist", "ll").verdict == "fails"
+    assert _row(table, "appE_fashion_mnist", "none").verdict == "holds"
+    # a 10-point tolerance forgives fig4's accuracy loss; the rule reads the tolerance that was passed
+    loose = claims_table(tmp_path, acc_tolerance=0.1)
+    assert _row(loose, "fig4_mnist", "none").verdict == "holds"
+    summary = claims.claims_summary(table)
+    fashion = summary[summary.test == "Fashion-MNIST"].iloc[0]
+    assert fashion.verdict == "fails" and fashion["fails vs"].startswith("ll") and fashion["holds vs"] == "none"
     missing = table[table.figure == "fig6_cifar_resnet"].iloc[0]
-    assert missing.setting == "not produced" and missing.holds is None
+    assert missing.setting == "not produced" and missing.verdict == "inconclusive" and "not produced" in missing.note
     assert set(table.claim) == {1, 2, 3, 4, 5, 6}
 
 
-def test_metric_claim_needs_rep_lowest(tmp_path):
+@pytest.mark.parametrize("bad", [-0.01, float("nan"), "0.1"])
+def test_bad_tolerance_is_rejected_before_reading(tmp_path, bad):
+    with pytest.raises(ValueError, match="acc_tolerance"):
+        claims_table(tmp_path / "does-not-exist", acc_tolerance=bad)
+    with pytest.raises(ValueError, match="level"):
+        claims_table(tmp_path, level=1.5)
+
+
+def test_per_sample_difference_on_jointly_broken_samples(tmp_path):
+    """Per-sample Δ pairs the same test sample of the same seed; a sample that one attack did not break, or that only
+    one model attacked, is left out."""
+    models = _models({"none": [1.0, 2.0], "rep": [1.5, 2.5]}, {"none": 1.0, "rep": 1.0})
+    rows = []
+    for method, seed, index, dist, ok in [("none", 0, 7, 1.0, True), ("rep", 0, 7, 1.4, True),
+                                          ("none", 0, 8, 2.0, True), ("rep", 0, 8, 2.6, True),
+                                          ("none", 0, 9, 3.0, False), ("rep", 0, 9, 9.0, True),   # none failed
+                                          ("rep", 0, 10, 5.0, True),                               # only rep
+                                          ("none", 1, 7, 1.0, True), ("rep", 1, 7, 1.5, True)]:
+        rows.append({"index": index, "distance": dist, "success": ok, "method": method, "seed": seed,
+                     "lam": 0.0 if method == "none" else 0.001, "width": "8", "weight_decay": 0.0})
+    _write(tmp_path, "fig2_xor_distance", models, samples=pd.DataFrame(rows))
+    row = _row(claims_table(tmp_path), "fig2_xor_distance", "none")
+    assert row.n_pairs == 3
+    assert row.sample_diff == pytest.approx(np.mean([0.4, 0.6, 0.5]))
+    assert row.sample_diff_ci_low == pytest.approx(0.5 - T975_DF2 * 0.1 / np.sqrt(3))
+
+
+def test_a_baseline_without_distance_competes_on_accuracy_only(tmp_path):
+    """ll collapsed to one class (no adversarial point, NaN Δx): judged on accuracy, and the table says so instead of
+    printing nan."""
+    nan = float("nan")
+    models = _models({"none": [1.0, 1.1, 1.05], "ll": [nan, nan, nan], "rep": [1.5, 1.6, 1.55]},
+                     {"none": 0.9, "ll": 0.11, "rep": 0.9})
+    _write(tmp_path, "appC_mnist_sweeps", models)
+    row = _row(claims_table(tmp_path), "appC_mnist_sweeps", "ll")
+    assert row.verdict == "holds" and row["distance baseline"] == "none (one class)" and "accuracy only" in row.note
+    models.loc[models.method == "none", "mean_distance"] = 2.0  # None farther: fails, the NaN does not hide it
+    _write(tmp_path, "appC_mnist_sweeps", models)
+    assert _row(claims_table(tmp_path), "appC_mnist_sweeps", "none").verdict == "fails"
+
+
+def test_failed_run_tables_are_not_used(tmp_path):
+    _write(tmp_path, "fig2_xor_distance", _models({"none": [1.0, 1.0], "rep": [2.0, 2.1]}, {"none": 1.0, "rep": 1.0}),
+           manifest={"profile": "smoke", "status": "failed"})
+    row = claims_table(tmp_path).query("figure == 'fig2_xor_distance'").iloc[0]
+    assert row.verdict == "inconclusive" and "failed" in row.note and row.setting == "not produced"
+
+
+def test_both_rep_definitions_are_judged(tmp_path):
+    """rep and rep_ub (the authors' definition) each get their rows against every baseline, ll and ll_readout at
+    rep's λ."""
+    m = _models({"none": [1.0, 1.1, 1.2], "ll": [1.2, 1.3, 1.4], "ll_readout": [1.1, 1.2, 1.3],
+                 "rep": [1.5, 1.6, 1.7], "rep_ub": [1.4, 1.5, 1.6]},
+                {"none": 1.0, "ll": 1.0, "ll_readout": 1.0, "rep": 1.0, "rep_ub": 1.0})
+    _write(tmp_path, "fig2_xor_distance", m)
+    t = claims_table(tmp_path).query("figure == 'fig2_xor_distance'")
+    assert sorted(zip(t.rep.str.split().str[0], t.baseline.str.split().str[0])) == sorted(
+        (r, b) for r in ("rep", "rep_ub") for b in ("none", "ll", "ll_readout"))
+    assert (t.verdict == "holds").all()
+
+
+def test_metric_claim_is_a_point_comparison(tmp_path):
     fig = tmp_path / "fig3_xor_geometry"
     fig.mkdir()
     pd.DataFrame({"method": ["none", "ll", "rep"], "max_lambda_max": [3.0, 2.0, 1.0],
                   "max_log_volume": [1.0, 0.5, 0.7]}).to_csv(fig / "summary.csv", index=False)
     t = claims_table(tmp_path)
-    t = t[t.figure == "fig3_xor_geometry"].set_index("test")
-    assert t.loc["XOR metric: max_lambda_max", "holds"]
-    assert not t.loc["XOR metric: max_log_volume", "holds"]
+    t = t[t.figure == "fig3_xor_geometry"].set_index(["test", "baseline"])
+    assert t.loc[("XOR metric: max_lambda_max", "ll"), "verdict"] == "holds"
+    assert t.loc[("XOR metric: max_log_volume", "none"), "verdict"] == "holds"
+    assert t.loc[("XOR metric: max_log_volume", "ll"), "verdict"] == "fails"
+    assert "point comparison" in t.loc[("XOR metric: max_log_volume", "ll"), "note"]
 
 
-def test_a_method_without_distance_competes_on_accuracy_only(tmp_path):
-    """ll collapsed to one class (no adversarial point, NaN Δx): rep is judged against None on distance and against
-    both on accuracy, and the table says ll has no distance instead of printing nan."""
-    fig = tmp_path / "appC_mnist_sweeps"
-    fig.mkdir()
-    nan = float("nan")
-    models = _models({"none": [1.0, 1.1], "ll": [nan, nan], "rep": [1.5, 1.6]}, {"none": 0.9, "ll": 0.11, "rep": 0.9})
-    models.to_csv(fig / "models.csv", index=False)
-    row = claims_table(tmp_path).query("figure == 'appC_mnist_sweeps'").iloc[0]
-    assert row.holds == True and row["distance ll"] == "none (one class)"  # noqa: E712
-    models.loc[models.method == "none", "mean_distance"] = 2.0  # None farther: fails, NaN does not hide it
-    models.to_csv(fig / "models.csv", index=False)
-    assert claims_table(tmp_path).query("figure == 'appC_mnist_sweeps'").iloc[0].holds == False  # noqa: E712
+def test_markdown_states_the_rule_and_every_row(tmp_path):
+    _write(tmp_path, "fig2_xor_distance", _models({"none": [1.0, 1.1, 1.2], "rep": [1.5, 1.6, 1.7]},
+                                                  {"none": 1.0, "rep": 1.0}))
+    table = claims_table(tmp_path, acc_tolerance=0.01)
+    md = claims.claims_markdown(table, acc_tolerance=0.01)
+    assert md.startswith("Verdict rule") and "tolerance 1 points" in md and "95%" in md
+    assert md.count("**holds**") + md.count("**fails**") + md.count("**inconclusive**") >= 2 * 1 + len(table)
+    assert "+0.5 [" in md  # the paired Δ distance with its interval

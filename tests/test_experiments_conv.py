@@ -183,32 +183,35 @@ def _fig_models(spec):
 
 
 def test_claims_compare_rep_with_none_and_every_baseline(tmp_path):
-    fig6 = tmp_path / "fig6_cifar_resnet"  # ll and rep at different λ, None at 0: one comparison, None included
+    from repspec_utils.claims import claims_table
+
+    fig6 = tmp_path / "fig6_cifar_resnet"  # ll and rep at different λ, None at 0: ll's only λ is used
     fig6.mkdir()
-    m = _fig_models({("none", 0.0, None): ([2.0, 2.2], 0.9), ("ll", 0.005, None): ([1.0, 1.1], 0.9),
-                     ("rep", 0.01, None): ([1.5, 1.6], 0.9)})
-    m = pd.concat([m, m[m.method == "rep"].assign(max_layer=2, mean_distance=[3.0, 3.0])])  # the 2-stage variant
+    m = _fig_models({("none", 0.0, None): ([2.0, 2.2, 2.1], 0.9), ("ll", 0.005, None): ([1.0, 1.1, 1.2], 0.9),
+                     ("rep", 0.01, None): ([1.5, 1.6, 1.7], 0.9)})
+    m = pd.concat([m, m[m.method == "rep"].assign(max_layer=2, mean_distance=[3.0, 3.0, 3.0])])  # 2-stage variant
     m.to_csv(fig6 / "models.csv", index=False)
     fig8 = tmp_path / "fig8_transfer"  # several strengths per method
     fig8.mkdir()
-    _fig_models({("none", 0.0, None): ([1.0, 1.0], 0.8),
-                 ("l2sp", 1.0, "alpha=0.1, beta=0.01"): ([1.2, 1.2], 0.8),
-                 ("l2sp", 1.0, "alpha=0.01, beta=0.01"): ([1.4, 1.4], 0.8),
-                 ("bss", 0.01, None): ([1.1, 1.1], 0.8), ("ll", 0.01, None): ([1.3, 1.3], 0.8),
-                 ("ll", 0.001, None): ([1.6, 1.6], 0.8),
-                 ("rep", 0.01, None): ([1.5, 1.5], 0.8), ("rep", 0.001, None): ([1.7, 1.7], 0.8)}
+    _fig_models({("none", 0.0, None): ([1.0, 1.0, 1.05], 0.8),
+                 ("l2sp", 1.0, "alpha=0.1, beta=0.01"): ([1.2, 1.2, 1.25], 0.8),
+                 ("l2sp", 1.0, "alpha=0.01, beta=0.01"): ([1.4, 1.4, 1.45], 0.8),
+                 ("bss", 0.01, None): ([1.1, 1.1, 1.15], 0.8), ("ll", 0.01, None): ([1.3, 1.3, 1.35], 0.8),
+                 ("ll", 0.001, None): ([1.6, 1.6, 1.66], 0.8),
+                 ("rep", 0.01, None): ([1.5, 1.5, 1.56], 0.8), ("rep", 0.001, None): ([1.7, 1.7, 1.75], 0.8)}
                 ).to_csv(fig8 / "models.csv", index=False)
-    table = E.claims_table(tmp_path)
-    six = table[table.figure == "fig6_cifar_resnet"]
-    assert len(six) == 1  # the 2-stage group has no baseline to compare with
-    row = six.iloc[0]
-    assert not row.holds and row["distance none"].startswith("2.1")  # None is more robust here: the claim fails
-    eight = table[table.figure == "fig8_transfer"].set_index("setting")
-    assert len(eight) == 2
-    strong = eight.loc[[s for s in eight.index if "rep λ=0.01" in s][0]]
-    weak = eight.loc[[s for s in eight.index if "rep λ=0.001" in s][0]]
-    # rep λ=0.01 (1.5) loses to ll at the same λ? no (1.3), but to L2-SP's best α (1.4)? no: holds
-    assert strong.holds and strong["distance ll"].startswith("1.3") and strong["distance l2sp"].startswith("1.4")
-    # rep λ=0.001 (1.7) against ll at λ=0.001 (1.6) and the best of the others: holds
-    assert weak.holds and weak["distance ll"].startswith("1.6")
-    assert "l2sp α=0.01 β=0.01" in strong.name  # the baseline strength that was used is named
+    table = claims_table(tmp_path)
+    six = table[table.figure == "fig6_cifar_resnet"].set_index("baseline")
+    assert sorted(six.index) == ["ll λ=0.005", "none"]  # the 2-stage group has no baseline to compare with
+    assert six.loc["none", "verdict"] == "fails" and six.loc["none", "distance baseline"].startswith("2.1")
+    assert six.loc["ll λ=0.005", "verdict"] == "holds"
+    eight = table[table.figure == "fig8_transfer"]
+    strong = eight[eight.rep == "rep λ=0.01"].set_index("baseline")
+    weak = eight[eight.rep == "rep λ=0.001"].set_index("baseline")
+    assert len(strong) == len(weak) == 4  # none, l2sp, bss, ll
+    # rep λ=0.01 (1.5) against ll at the same λ (1.3) and L2-SP at its most robust α (1.4): holds
+    assert strong.loc["ll λ=0.01", "verdict"] == "holds"
+    l2sp = strong.loc[[b for b in strong.index if b.startswith("l2sp")][0]]
+    assert l2sp.name.startswith("l2sp α=0.01 β=0.01") and l2sp.verdict == "holds"  # the strength used is named
+    # rep λ=0.001 (1.7) against ll at λ=0.001 (1.6): holds
+    assert weak.loc["ll λ=0.001", "verdict"] == "holds" and weak.loc["ll λ=0.001", "distance baseline"].startswith("1.6")

@@ -1,0 +1,321 @@
+"""The claims table: for every claim of the paper (docs/SPEC.md §8) that the committed figure tables can test, the
+paired comparison of rep-spectral with each baseline and a three-way verdict.
+
+Every figure trains a seed's branches (None, ll-spectral, rep-spectral, ...) from one shared burn-in checkpoint and
+attacks the same test samples, so the comparison is made within a seed: per seed, Δ = rep − baseline for the mean
+adversarial distance and for the test accuracy, then the mean of Δ over seeds with a Student-t interval
+(`level`, default 95 %). The per-sample difference, on the samples that both models classify correctly and that
+both attacks broke, is reported beside it (pairs pooled over seeds; an interval over samples, which ignores that
+samples of one seed share a model, so the verdict does not use it).
+
+Verdict of a row (rep-spectral against one baseline, in one setting):
+
+* **holds** — the distance interval lies above 0 and the accuracy interval does not reach below −`acc_tolerance`;
+* **fails** — the distance interval lies below 0, or the whole accuracy interval lies below −`acc_tolerance`;
+* **inconclusive** — anything else (intervals that straddle 0, or fewer than 2 paired seeds).
+
+A baseline whose models all predict one class (no decision boundary, so no adversarial point) is judged on accuracy
+alone. Metric claims (claim 3: λ_max(g), volume element) come from one model per method; they are point comparisons,
+marked as such, with holds / fails only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .experiments import strength_label
+
+ACC_TOLERANCE = 0.005  # accuracy may be at most 0.5 points worse (the interval's lower end) for "holds"
+LEVEL = 0.95
+VERDICTS = ("holds", "fails", "inconclusive")
+REP_METHODS = ("rep", "rep_ub")  # rep-spectral as the paper states it, and as the authors' code runs it
+SAME_LAMBDA = ("ll", "ll_readout")  # baselines compared at rep's λ where they were run at it
+
+CLAIMS = {
+    1: "rep-spectral gives a larger mean adversarial distance than ll-spectral and None, with equal or better accuracy",
+    2: "the gain survives re-training the readout (it lives in Φ)",
+    3: "rep-spectral lowers λ_max(g) and the volume-element peaks near the data",
+    4: "ResNet18 on CIFAR-10: same ordering without an accuracy loss",
+    5: "Barlow Twins: modest robustness gain downstream at comparable accuracy",
+    6: "Transfer: rep-spectral improves distance over None, L2-SP, BSS and ll",
+}
+# (claim, figure folder, what it tests); the per-model tables are <figure>/models.csv, per sample samples.csv
+CLAIM_SOURCES = [
+    (1, "fig2_xor_distance", "XOR"), (1, "appA_xor_noisy", "noisy XOR"), (1, "fig4_mnist", "MNIST"),
+    (1, "appC_mnist_sweeps", "MNIST λ / weight-decay sweep"), (1, "appE_fashion_mnist", "Fashion-MNIST"),
+    (2, "fig5_mnist_refit", "MNIST, re-trained readout"),
+    (3, "fig3_xor_geometry", "XOR metric"), (3, "appD_mnist_metric_plane", "MNIST metric plane"),
+    (4, "fig6_cifar_resnet", "CIFAR-10 ResNet18"), (5, "fig7_barlow", "Barlow Twins"), (6, "fig8_transfer", "transfer"),
+]
+SETTING_COLUMNS = ("width", "weight_decay", "max_layer", "readout", "dataset")
+
+
+def check_tolerance(acc_tolerance: float, level: float = LEVEL) -> None:
+    """Reject a negative (or non-finite) accuracy tolerance and a confidence level outside (0, 1)."""
+    if not (isinstance(acc_tolerance, (int, float)) and np.isfinite(acc_tolerance) and acc_tolerance >= 0):
+        raise ValueError(f"acc_tolerance must be a finite number >= 0 (accuracy points as a fraction, e.g. 0.005), "
+                         f"got {acc_tolerance!r}")
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
+        raise ValueError(f"level must lie in (0, 1), e.g. 0.95, got {level!r}")
+
+
+def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, int]:
+    """(mean, low, high, n) of the finite `values`: the two-sided Student-t interval for their mean at `level`.
+    Fewer than 2 values give NaN bounds; identical values give a zero-width interval."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(v.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def verdict(dist_ci: tuple[float, float] | None, acc_ci: tuple[float, float], acc_tolerance: float) -> str:
+    """The three-way rule of the module docstring (one of VERDICTS). `dist_ci` None: the distance is not compared (the baseline has
+    no decision boundary), the accuracy decides alone."""
+    a_lo, a_hi = acc_ci
+    if np.isfinite(a_hi) and a_hi < -acc_tolerance:
+        return "fails"
+    if dist_ci is not None:
+        d_lo, d_hi = dist_ci
+        if np.isfinite(d_hi) and d_hi < 0:
+            return "fails"
+        dist_ok = bool(np.isfinite(d_lo) and d_lo > 0)
+    else:
+        dist_ok = True
+    acc_ok = bool(np.isfinite(a_lo) and a_lo >= -acc_tolerance)
+    return "holds" if dist_ok and acc_ok else "inconclusive"
+
+
+def _mean_sem(values: pd.Series) -> str:
+    v = values.astype(float)
+    v = v[np.isfinite(v)]
+    if v.empty:  # every model predicts one class: no adversarial point, no Δx
+        return "none (one class)"
+    sem = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return f"{v.mean():.4g} ± {sem:.2g}" if np.isfinite(sem) else f"{v.mean():.4g}"
+
+
+def _manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _name(method: str, strength: str) -> str:
+    return f"{method} {strength}".strip()
+
+
+def _per_sample(samples: pd.DataFrame | None, keys: dict, rep: tuple[str, str], base: tuple[str, str],
+                level: float) -> tuple[float, float, float, int]:
+    """Per-sample Δ distance between the rep and baseline models of the same seed, on the samples both attacked
+    successfully (pairs pooled over seeds)."""
+    if samples is None or samples.empty:
+        return float("nan"), float("nan"), float("nan"), 0
+    s = samples
+    for col, value in keys.items():
+        if col in s.columns:
+            s = s[s[col].astype(str) == str(value)]
+    if "success" in s.columns:
+        s = s[s["success"].astype(str).isin(["True", "true", "1"])]
+
+    def side(method_strength):
+        m, st = method_strength
+        sub = s[(s["method"] == m) & (s["_strength"] == st)]
+        return sub.set_index(["seed", "index"])["distance"]
+
+    pairs = pd.concat({"rep": side(rep), "base": side(base)}, axis=1, join="inner").dropna()
+    return t_interval(pairs["rep"] - pairs["base"], level) if len(pairs) else (float("nan"),) * 3 + (0,)
+
+
+def _distance_claims(models: pd.DataFrame, samples: pd.DataFrame | None, base_row: dict, acc_tolerance: float,
+                     level: float) -> list[dict]:
+    """One row per (setting, rep-spectral variant and strength, baseline). A setting is every column of
+    SETTING_COLUMNS that varies in the table; ll-spectral (either definition) is taken at rep's λ where it was run
+    at it, every other baseline at its strength with the largest mean distance (the strongest competitor)."""
+    setting_cols = [c for c in SETTING_COLUMNS if c in models.columns and models[c].nunique() > 1]
+    models = models.assign(_strength=strength_label(models))
+    if samples is not None:
+        samples = samples.assign(_strength=strength_label(samples))
+    rows = []
+    groups = models.groupby(setting_cols, dropna=False) if setting_cols else [((), models)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        keys = dict(zip(setting_cols, key))
+        baselines = [m for m in g.method.unique() if m not in REP_METHODS]
+        if not baselines:
+            continue
+        for rep_method in [m for m in REP_METHODS if m in set(g.method)]:
+            for s_rep in g.loc[g.method == rep_method, "_strength"].unique():
+                g_rep = g[(g.method == rep_method) & (g._strength == s_rep)]
+                for base in baselines:
+                    gb = g[g.method == base]
+                    if base in SAME_LAMBDA and "lam" in g.columns and (gb.lam == g_rep.lam.iloc[0]).any():
+                        gb = gb[gb.lam == g_rep.lam.iloc[0]]
+                    s_base = max(gb._strength.unique(),
+                                 key=lambda s: np.nan_to_num(gb.loc[gb._strength == s, "mean_distance"].mean(),
+                                                             nan=-np.inf))
+                    gb = gb[gb._strength == s_base]
+                    rows.append(_compare(g_rep, gb, (rep_method, s_rep), (base, s_base), keys, samples, base_row,
+                                         acc_tolerance, level, several=g.loc[g.method == base, "_strength"].nunique()
+                                         > 1))
+    return rows
+
+
+def _compare(g_rep: pd.DataFrame, g_base: pd.DataFrame, rep: tuple[str, str], base: tuple[str, str], keys: dict,
+             samples, base_row: dict, acc_tolerance: float, level: float, several: bool) -> dict:
+    paired = pd.merge(g_rep[["seed", "mean_distance", "test_acc"]], g_base[["seed", "mean_distance", "test_acc"]],
+                      on="seed", suffixes=("_rep", "_base"))
+    acc = t_interval(paired.test_acc_rep - paired.test_acc_base, level)
+    rep_has = np.isfinite(g_rep.mean_distance.astype(float)).any()
+    base_has = np.isfinite(g_base.mean_distance.astype(float)).any()
+    notes = []
+    if rep_has and base_has:
+        dist = t_interval(paired.mean_distance_rep - paired.mean_distance_base, level)
+        v = verdict((dist[1], dist[2]), (acc[1], acc[2]), acc_tolerance)
+    else:
+        dist = (float("nan"),) * 3 + (0,)
+        if not rep_has and base_has:
+            v = "fails"
+            notes.append("rep-spectral predicts one class (no decision boundary)")
+        else:
+            v = verdict(None, (acc[1], acc[2]), acc_tolerance)
+            notes.append("baseline predicts one class: judged on accuracy only")
+    if acc[3] < 2:
+        notes.append(f"{acc[3]} paired seed(s): no interval")
+    per = _per_sample(samples, keys, rep, base, level)
+    setting = [f"{c}={val}" for c, val in keys.items()]
+    return {**base_row, "setting": ", ".join(setting) or "all", "rep": _name(*rep),
+            "baseline": _name(*base) + (" (its most robust strength)" if several and base[0] not in SAME_LAMBDA
+                                        else ""),
+            "n_seeds": int(acc[3]),
+            "distance rep": _mean_sem(g_rep.mean_distance), "distance baseline": _mean_sem(g_base.mean_distance),
+            "distance_baseline_mean": float(paired.mean_distance_base.mean()) if len(paired) else float("nan"),
+            "accuracy rep": _mean_sem(g_rep.test_acc), "accuracy baseline": _mean_sem(g_base.test_acc),
+            "distance_diff": dist[0], "distance_diff_ci_low": dist[1], "distance_diff_ci_high": dist[2],
+            "acc_diff": acc[0], "acc_diff_ci_low": acc[1], "acc_diff_ci_high": acc[2],
+            "sample_diff": per[0], "sample_diff_ci_low": per[1], "sample_diff_ci_high": per[2], "n_pairs": per[3],
+            "verdict": v, "note": "; ".join(notes)}
+
+
+def _metric_claims(summary: pd.DataFrame, base_row: dict) -> list[dict]:
+    s = summary.set_index("method")
+    rows = []
+    for col in [c for c in s.columns if "lambda_max" in c or "log_volume" in c]:
+        for rep_method in [m for m in REP_METHODS if m in s.index]:
+            for base in [m for m in s.index if m not in REP_METHODS]:
+                lower = bool(s.loc[rep_method, col] < s.loc[base, col])
+                rows.append({**base_row, "test": f"{base_row['test']}: {col}", "setting": "all", "rep": rep_method,
+                             "baseline": base, "n_seeds": int(s.loc[rep_method].get("n_seeds", 1)),
+                             "value rep": f"{s.loc[rep_method, col]:.4g}", "value baseline": f"{s.loc[base, col]:.4g}",
+                             "verdict": "holds" if lower else "fails",
+                             "note": "one model per method: point comparison, no interval"})
+    return rows
+
+
+def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = LEVEL) -> pd.DataFrame:
+    """Every claim that the figure tables under `fig_root` can test, one row per (setting, rep-spectral variant,
+    baseline), with the paired intervals and the verdict of the module docstring. A claim whose figure has not
+    been produced (or whose manifest does not say it ran to the end) gets one row saying so; nothing is hidden."""
+    check_tolerance(acc_tolerance, level)
+    root = Path(fig_root)
+    rows: list[dict] = []
+    for claim, fig, what in CLAIM_SOURCES:
+        folder = root / fig
+        man = _manifest(folder)
+        base_row = {"claim": claim, "figure": fig, "test": what, "profile": man.get("profile", "?"),
+                    "data": "; ".join(sorted(set(map(str, man.get("data_sources", []) or ["?"]))))[:160]}
+        missing = {**base_row, "setting": "not produced", "profile": "-", "data": "-", "verdict": "inconclusive",
+                   "rep": "-", "baseline": "-", "note": "figure not produced: nothing to test"}
+        if man and man.get("status", "ok") != "ok":
+            rows.append({**missing, "note": f"the figure's last run {man.get('status')}: its tables are not used"})
+            continue
+        try:
+            if claim == 3:
+                new = _metric_claims(pd.read_csv(folder / "summary.csv"), base_row)
+            else:
+                samples_path = folder / "samples.csv"
+                samples = pd.read_csv(samples_path) if samples_path.exists() else None
+                new = _distance_claims(pd.read_csv(folder / "models.csv"), samples, base_row, acc_tolerance, level)
+        except FileNotFoundError:
+            new = [missing]
+        rows += new or [{**missing, "note": "no rep-spectral / baseline pair in the table"}]
+    out = pd.DataFrame(rows)
+    out.insert(1, "statement", out["claim"].map(CLAIMS))
+    return out
+
+
+def claims_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per claim, test and setting: the verdict against all baselines together (fails if any comparison fails, holds
+    if all hold, else inconclusive) and which baselines each verdict came from."""
+    rows = []
+    for (claim, test, setting, rep), g in table.groupby(["claim", "test", "setting", "rep"], sort=False, dropna=False):
+        vs = list(g.verdict)
+        overall = ("fails" if "fails" in vs else "holds" if all(v == "holds" for v in vs) else "inconclusive")
+        by = {v: ", ".join(g.loc[g.verdict == v, "baseline"].astype(str)) for v in VERDICTS}
+        rows.append({"claim": claim, "test": test, "setting": setting, "rep": rep, "profile": g.profile.iloc[0],
+                     "verdict": overall, **{f"{v} vs": by[v] for v in VERDICTS}})
+    return pd.DataFrame(rows)
+
+
+def _interval(mean, lo, hi, digits: int = 3) -> str:
+    if not np.isfinite(mean):
+        return ""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{mean:+.{digits}g} (no interval)"
+    return f"{mean:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
+
+
+def rule_text(acc_tolerance: float = ACC_TOLERANCE, level: float = LEVEL) -> str:
+    """The verdict rule in words, with the tolerance and level, for the top of the tables."""
+    return (f"Verdict rule (paired by seed; {level:.0%} Student-t intervals of the mean difference rep − baseline "
+            f"over seeds; accuracy tolerance {acc_tolerance * 100:g} points): **holds** when the distance interval "
+            f"lies above 0 and the accuracy interval does not reach below −{acc_tolerance * 100:g} points; **fails** "
+            f"when the distance interval lies below 0 or the whole accuracy interval lies below "
+            f"−{acc_tolerance * 100:g} points; **inconclusive** otherwise. The per-sample Δ (samples both models "
+            f"classify correctly and both attacks broke, pooled over seeds) is shown, not used. Metric rows (claim 3) "
+            f"are point comparisons of one model per method.")
+
+
+def claims_markdown(table: pd.DataFrame, acc_tolerance: float = ACC_TOLERANCE, level: float = LEVEL) -> str:
+    """The rule, the summary per setting, and the full table of paired comparisons, as Markdown."""
+    summary = claims_summary(table)
+    out = [rule_text(acc_tolerance, level), "",
+           "| claim | test | setting | rep-spectral | profile | verdict | holds vs | fails vs | inconclusive vs |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        out.append(f"| {r.claim} | {r.test} | {r.setting} | {r.rep if isinstance(r.rep, str) else ''} | {r.profile} "
+                   f"| **{r.verdict}** | {r['holds vs']} | {r['fails vs']} | {r['inconclusive vs']} |")
+    out += ["", "Paired comparisons (Δ = rep − baseline; mean [interval]):", "",
+            "| claim | test | setting | rep | baseline | seeds | distance rep | distance baseline | Δ distance "
+            "| accuracy rep | accuracy baseline | Δ accuracy | per-sample Δ (pairs) | verdict | note |",
+            "|" + "---|" * 15]
+    for _, r in table.iterrows():
+        def get(c):
+            v = r.get(c)
+            return "" if v is None or (isinstance(v, float) and np.isnan(v)) else v
+        if r.claim == 3:  # metric rows: values, no distance
+            d_rep, d_base, dd = get("value rep"), get("value baseline"), ""
+        else:
+            d_rep, d_base = get("distance rep"), get("distance baseline")
+            dd = _interval(*(float(r.get(c, np.nan)) for c in ("distance_diff", "distance_diff_ci_low",
+                                                                 "distance_diff_ci_high")))
+        da = _interval(*(float(r.get(c, np.nan)) for c in ("acc_diff", "acc_diff_ci_low", "acc_diff_ci_high")))
+        ps = _interval(*(float(r.get(c, np.nan)) for c in ("sample_diff", "sample_diff_ci_low",
+                                                             "sample_diff_ci_high")))
+        if ps and get("n_pairs") != "":
+            ps += f" ({int(r['n_pairs'])})"
+        seeds = get("n_seeds")
+        seeds = int(seeds) if seeds != "" else ""
+        out.append(f"| {r.claim} | {r.test} | {r.setting} | {get('rep')} | {get('baseline')} | {seeds} | {d_rep} "
+                   f"| {d_base} | {dd} | {get('accuracy rep')} | {get('accuracy baseline')} | {da} | {ps} "
+                   f"| **{r.verdict}** | {get('note')} |")
+    return "\n".join(out) + "\n"
