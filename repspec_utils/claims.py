@@ -80,8 +80,8 @@ def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, int]:
 
 
 def verdict(dist_ci: tuple[float, float] | None, acc_ci: tuple[float, float], acc_tolerance: float) -> str:
-    """The three-way rule of the module docstring (one of VERDICTS). `dist_ci` None: the distance is not compared (the baseline has
-    no decision boundary), the accuracy decides alone."""
+    """The three-way rule of the module docstring (one of VERDICTS). `dist_ci` None: the distance is not compared
+    (the baseline has no decision boundary), the accuracy decides alone."""
     a_lo, a_hi = acc_ci
     if np.isfinite(a_hi) and a_hi < -acc_tolerance:
         return "fails"

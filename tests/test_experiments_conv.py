@@ -214,4 +214,5 @@ def test_claims_compare_rep_with_none_and_every_baseline(tmp_path):
     l2sp = strong.loc[[b for b in strong.index if b.startswith("l2sp")][0]]
     assert l2sp.name.startswith("l2sp α=0.01 β=0.01") and l2sp.verdict == "holds"  # the strength used is named
     # rep λ=0.001 (1.7) against ll at λ=0.001 (1.6): holds
-    assert weak.loc["ll λ=0.001", "verdict"] == "holds" and weak.loc["ll λ=0.001", "distance baseline"].startswith("1.6")
+    ll = weak.loc["ll λ=0.001"]
+    assert ll.verdict == "holds" and ll["distance baseline"].startswith("1.6")
