@@ -1,0 +1,137 @@
+"""fp32 vs bf16 on this CPU, printed as ratios measured in one run (interleaved, medians; not a test).
+
+1. The MNIST 784→2000→10 GELU MLP's training step at batch 1024 (`train.train_step`, rep-spectral at λ 1e-3, and
+   unregularised): fp32 vs the task loss under bfloat16 autocast (`amp=True`, what `TrainConfig.precision='bf16'`
+   runs); the penalty, master weights and optimiser state stay fp32 in both.
+2. One epoch (60000 samples, 59 steps of 1024, rep-spectral) in each precision.
+3. Tangent Attack (T = 40) samples per minute on that model, `precision='fp32'` vs `'bf16'` (bf16 queries, fp32
+   final bisection and success check), on the same samples; and the two mean distances.
+
+The model is trained for `--warm-steps` steps on MNIST when the files are there (bash scripts/fetch_data.sh), else
+on random data (said in the output). bf16 is fast only where the CPU has AVX-512 BF16 or AMX (checked and printed).
+
+Run: python benchmarks/bench_precision.py [--threads 1] [--repeat 10] [--n-attack 12]
+Runtime: about 3 minutes with one thread. Writes nothing unless --out FILE (a CSV of the printed rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from repspec_utils import attacks, spectral  # noqa: E402
+from repspec_utils.models import MLP  # noqa: E402
+from repspec_utils.train import OBJECTIVES, TrainConfig, bf16_supported_here, make_optimizer, train_step  # noqa: E402
+
+
+def compare(fns: dict, repeat: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, timed round-robin in a shuffled order each round."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
+    for _ in range(repeat):
+        rng.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def data(n: int = 60000):
+    """(X, Y, source): MNIST train images in [0, 1] when present, else uniform noise with random labels."""
+    try:
+        from repspec_utils.data import get_data
+
+        train, _ = get_data("mnist", flatten=True)
+        return train.x[:n], train.y[:n], train.source
+    except Exception as exc:  # noqa: BLE001 - a benchmark falls back and says so
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), f"random data ({exc})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the figure runs use 1 per worker)")
+    ap.add_argument("--repeat", type=int, default=10, help="timed rounds of the step comparison (median)")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per precision (median)")
+    ap.add_argument("--n-attack", type=int, default=12, help="samples attacked per precision")
+    ap.add_argument("--warm-steps", type=int, default=300)
+    ap.add_argument("--out", type=Path, default=None, help="also write the rows to this CSV")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); bf16 in hardware: {bf16_supported_here()}")
+    X, Y, source = data()
+    print(f"data: {source}, {len(X)} samples")
+    model = MLP(784, [2000], 10, seed=0)
+    cfg = TrainConfig(dataset="mnist", model={"kind": "mlp", "widths": [2000]}, lr=0.1, weight_decay=1e-4)
+    opt = make_optimizer(cfg, model)
+    penalty = spectral.SpectralPenalty(spectral.spectral_layers(model, "rep"))
+    objective = OBJECTIVES["supervised"]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(args.warm_steps):  # a briefly trained model, so the attack sees a real boundary
+        idx = torch.randint(0, len(X), (1024,), generator=gen)
+        train_step(model, opt, objective, X[idx], Y[idx], None, penalty, 1e-3, amp=True)
+    xb, yb = X[:1024], Y[:1024]
+    rows = []
+
+    def step(amp, pen):
+        return lambda: train_step(model, opt, objective, xb, yb, None, pen, 1e-3 if pen else 0.0, amp=amp)
+
+    t = compare({"fp32 none": step(False, None), "bf16 none": step(True, None),
+                 "fp32 rep": step(False, penalty), "bf16 rep": step(True, penalty)}, args.repeat)
+    print(f"1. training step, batch 1024 (median of {args.repeat}, interleaved):")
+    for m in ("none", "rep"):
+        r = t[f"fp32 {m}"] / t[f"bf16 {m}"]
+        print(f"   {m:>5}: fp32 {t[f'fp32 {m}'] * 1e3:7.1f} ms   bf16 {t[f'bf16 {m}'] * 1e3:7.1f} ms   fp32/bf16 {r:.2f}x")
+        rows.append({"what": f"step {m}", "fp32": t[f"fp32 {m}"], "bf16": t[f"bf16 {m}"], "ratio": r})
+
+    def epoch(amp):
+        def run():
+            perm = torch.randperm(len(X), generator=gen)
+            for i in range(0, len(X), 1024):
+                idx = perm[i:i + 1024]
+                train_step(model, opt, objective, X[idx], Y[idx], None, penalty, 1e-3, amp=amp)
+        return run
+
+    e = compare({"fp32": epoch(False), "bf16": epoch(True)}, args.epochs, warmup=0)
+    r = e["fp32"] / e["bf16"]
+    print(f"2. epoch ({len(X)} samples, rep-spectral): fp32 {e['fp32']:.1f} s   bf16 {e['bf16']:.1f} s   "
+          f"fp32/bf16 {r:.2f}x")
+    rows.append({"what": "epoch rep", "fp32": e["fp32"], "bf16": e["bf16"], "ratio": r})
+
+    model.eval()
+    with torch.no_grad():
+        correct = (model(X[-5000:]).argmax(1) == Y[-5000:]).nonzero().flatten()[:args.n_attack]
+    xa, ya = X[-5000:][correct], Y[-5000:][correct]
+    res, secs = {}, {}
+    for prec in ("fp32", "bf16", "fp32 again"):  # fp32 twice: the first run also warms up
+        t0 = time.perf_counter()
+        res[prec] = attacks.tangent_attack(model, xa, ya, T=40, progress=False, precision=prec.split()[0])
+        secs[prec] = time.perf_counter() - t0
+    fp32_s = min(secs["fp32"], secs["fp32 again"])
+    spm = {p: len(xa) / s * 60 for p, s in (("fp32", fp32_s), ("bf16", secs["bf16"]))}
+    d32 = res["fp32"].distance[res["fp32"].success].mean().item()
+    d16 = res["bf16"].distance[res["bf16"].success].mean().item()
+    ok16 = bool(res["bf16"].success.all())
+    print(f"3. Tangent Attack T=40, {len(xa)} samples: fp32 {spm['fp32']:.1f} samples/min   bf16 {spm['bf16']:.1f} "
+          f"samples/min   bf16/fp32 {spm['bf16'] / spm['fp32']:.2f}x; mean distance fp32 {d32:.4f} bf16 {d16:.4f} "
+          f"({(d16 / d32 - 1) * 100:+.2f} %), every bf16 point adversarial for the fp32 model: {ok16}")
+    rows.append({"what": "TA samples/min", "fp32": spm["fp32"], "bf16": spm["bf16"], "ratio": spm["bf16"] / spm["fp32"]})
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
