@@ -49,15 +49,24 @@ def xor_configs(widths: Sequence[int] = (3, 8), noisy: bool = False, methods=("n
 
 def sin_configs(widths: Sequence[Sequence[int]] = ([8], [20], [8, 8, 8], [20, 20, 20]), methods=("none", "ll", "rep"),
                 seeds=(0, 1, 2, 3, 4), epochs: int = 15000, burn_in: int = 10500, lam: float = 1e-3,
-                lr: float = 0.05, weight_decay: float = 1e-5, deep_ablation=(1, 2)) -> list[TrainConfig]:
-    """SPEC §6 sin boundary: shallow and deep MLPs; deep nets also get rep on the first 1 or 2 layers only."""
+                lr: float = 0.05, weight_decay: float = 1e-5, deep_ablation=(1, 2),
+                deep_inits=("normal",)) -> list[TrainConfig]:
+    """SPEC §6 sin boundary: shallow and deep MLPs; deep nets also get rep on the first 1 or 2 layers only, once per
+    init of `deep_inits` ('normal': N(0, 0.01²), SPEC §6; 'torch': PyTorch's default, a labelled deviation)."""
+    from .models import INITS
+
+    bad = [i for i in deep_inits if i not in INITS]
+    if bad or not deep_inits:
+        raise ValueError(f"deep_inits must be a non-empty list of {INITS}, got {list(deep_inits)}")
     out = []
     for w in widths:
         w = [int(v) for v in ([w] if isinstance(w, int) else w)]
-        base = TrainConfig(dataset="sin", model={"kind": "mlp", "widths": w}, lam=lam, lr=lr,
-                           batch_size=64, epochs=epochs, burn_in=burn_in)
-        ablation = [None, *deep_ablation] if len(w) > 1 else None
-        out += _grid(base, methods, seeds, [weight_decay], max_layers=ablation)
+        for init in (deep_inits if len(w) > 1 else ["normal"]):
+            spec = {"kind": "mlp", "widths": w, **({"init": init} if init != "normal" else {})}
+            base = TrainConfig(dataset="sin", model=spec, lam=lam, lr=lr, batch_size=64, epochs=epochs,
+                               burn_in=burn_in)
+            ablation = [None, *deep_ablation] if len(w) > 1 else None
+            out += _grid(base, methods, seeds, [weight_decay], max_layers=ablation)
     return out
 
 
@@ -97,7 +106,10 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
 def settings(cfg: TrainConfig) -> dict:
     """The setting columns of a config (one row of a tidy table)."""
     widths = cfg.model.get("widths")
-    return {"dataset": cfg.dataset, "width": "-".join(map(str, widths)) if widths else cfg.model["kind"],
+    width = "-".join(map(str, widths)) if widths else cfg.model["kind"]
+    if cfg.model.get("init", "normal") != "normal":  # a non-default init is a different model: its own column value
+        width += f" ({cfg.model['init']} init)"
+    return {"dataset": cfg.dataset, "width": width,
             "method": cfg.method, "lam": cfg.lam, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
             "max_layer": -1 if cfg.max_layer is None else cfg.max_layer, "epochs": cfg.epochs,
             "burn_in": cfg.burn_in,
@@ -205,10 +217,12 @@ def across_seeds(models: pd.DataFrame, value: str = "mean_distance", by: Sequenc
 
 def method_variant(table: pd.DataFrame) -> pd.Series:
     """The method of each row with the layer ablation folded in (sin deep nets, SPEC §6): 'rep1' / 'rep2' =
-    rep-spectral on the first 1 / 2 hidden layers only (max_layer), else the method ('none', 'll', 'rep')."""
+    rep-spectral on the first 1 / 2 hidden layers only (max_layer), 'rep_ub1' / 'rep_ub2' the same for the authors'
+    rep-spectral with its activation term, else the method ('none', 'll', 'rep', ...)."""
     max_layer = table["max_layer"].fillna(-1).astype(int)
-    ablated = (table["method"] == "rep") & (max_layer >= 1)
-    return table["method"].where(~ablated, "rep" + max_layer.astype(str)).rename("variant")
+    method = table["method"].astype(str)
+    ablated = method.isin(["rep", "rep_ub"]) & (max_layer >= 1)
+    return method.where(~ablated, method + max_layer.astype(str)).rename("variant")
 
 
 def field_table(results: Sequence[TrainResult], points, metric: bool = True) -> pd.DataFrame:

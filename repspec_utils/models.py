@@ -83,6 +83,19 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+INITS = ("normal", "torch")  # N(0, init_std²) everywhere (the paper's) | PyTorch's nn.Linear default
+
+
+def _torch_default_init_(layers: Sequence[nn.Linear], generator: torch.Generator | None) -> None:
+    """PyTorch's nn.Linear initialisation, drawn from `generator`: kaiming_uniform_(a=√5) for the weight, which is
+    U(−1/√fan_in, 1/√fan_in), and the same uniform for the bias (as nn.Linear.reset_parameters)."""
+    with torch.no_grad():
+        for layer in layers:
+            bound = 1.0 / math.sqrt(layer.in_features)
+            for t in (layer.weight, layer.bias):
+                t.copy_((torch.rand(t.shape, generator=generator, dtype=t.dtype) * 2 - 1) * bound)
+
+
 def _normal_init_(tensors: Sequence[torch.Tensor], std: float, generator: torch.Generator | None) -> None:
     with torch.no_grad():
         for t in tensors:
@@ -90,7 +103,9 @@ def _normal_init_(tensors: Sequence[torch.Tensor], std: float, generator: torch.
 
 
 class MLP(RepModel):
-    """MLP with a_l = φ(W_l a_{l-1} + b_l)/√n_l, Φ = a_{L-1}, F = W_L Φ + b_L; all params N(0, init_std²)."""
+    """MLP with a_l = φ(W_l a_{l-1} + b_l)/√n_l, Φ = a_{L-1}, F = W_L Φ + b_L; all params N(0, init_std²)
+    (init='normal', SPEC §6), or init='torch': PyTorch's nn.Linear default, U(±1/√fan_in) (a labelled deviation,
+    for deep nets that do not leave the N(0, 0.01²) saddle)."""
 
     def __init__(
         self,
@@ -100,8 +115,11 @@ class MLP(RepModel):
         activation: str = "gelu",
         init_std: float = 0.01,
         seed: int | None = None,
+        init: str = "normal",
     ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
         widths = [int(w) for w in ([widths] if isinstance(widths, int) else widths)]
         if d_in <= 0 or n_classes <= 0 or not widths or min(widths) <= 0:
             raise ValueError(f"MLP needs positive sizes, got d_in={d_in}, widths={widths}, n_classes={n_classes}")
@@ -111,7 +129,11 @@ class MLP(RepModel):
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.readout = nn.Linear(widths[-1], n_classes)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        _normal_init_(list(self.parameters()), init_std, gen)
+        self.init = init
+        if init == "torch":
+            _torch_default_init_([*self.hidden, self.readout], gen)
+        else:
+            _normal_init_(list(self.parameters()), init_std, gen)
 
     def _last_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """φ(z_{L-1}) before its 1/√n_{L-1} scaling: (B, n_{L-1})."""
@@ -149,9 +171,10 @@ class BatchedMLP(nn.Module):
         n_classes: int,
         activation: str = "gelu",
         init_std: float = 0.01,
+        init: str = "normal",
     ):
         super().__init__()
-        members = [MLP(d_in, widths, n_classes, activation, init_std, seed=s) for s in seeds]
+        members = [MLP(d_in, widths, n_classes, activation, init_std, seed=s, init=init) for s in seeds]
         self.d_in, self.widths, self.n_classes, self.activation = d_in, members[0].widths, n_classes, activation
         self.act = get_activation(activation)
         self.n_models = len(members)

@@ -522,6 +522,7 @@ class _BatchedRun:
             spec.get("n_classes", int(self.train_ds.n_classes)),
             spec.get("activation", "gelu"),
             spec.get("init_std", 0.01),
+            spec.get("init", "normal"),
         ).to(device)
         self.cfgs, self.device = cfgs, device
         self.params = [*self.net.weights, *self.net.biases]

@@ -35,6 +35,52 @@ def test_method_variant():
     assert E.method_variant(table).tolist() == ["none", "ll", "rep", "rep1", "rep2"]
     assert PL.method_order(["rep", "rep2", "none", "rep1", "ll"]) == ["none", "ll", "rep1", "rep2", "rep"]
     assert PL.method_label("rep1") == "rep-spectral (layer 1)" and PL.method_color("rep2") != PL.method_color("rep")
+    ub = pd.DataFrame({"method": ["rep_ub", "rep_ub", "ll_readout"], "max_layer": [-1, 2, -1]})
+    assert E.method_variant(ub).tolist() == ["rep_ub", "rep_ub2", "ll_readout"]  # the authors' rep, ablated too
+    assert PL.method_label("rep_ub2").endswith("(layers 1–2)") and PL.method_label("rep_ub") != PL.method_label("rep")
+
+
+def test_torch_default_init_matches_nn_linear():
+    """init='torch' draws nn.Linear's default distribution U(±1/√fan_in) for weights and biases, from the seed;
+    the default stays N(0, init_std²) (the committed models' init)."""
+    net = MLP(200, [300, 300], 10, seed=3, init="torch")
+    for layer in [*net.hidden, net.readout]:
+        bound = 1 / np.sqrt(layer.in_features)
+        assert layer.bias.abs().max() <= bound and layer.weight.abs().max() <= bound
+        assert layer.weight.abs().max() > 0.99 * bound  # thousands of draws reach the edge
+        # uniform on (−b, b): standard deviation b/√3 (nn.Linear's own layer as the reference)
+        ref = torch.nn.Linear(layer.in_features, layer.out_features)
+        assert layer.weight.std().item() == pytest.approx(ref.weight.std().item(), rel=0.05)
+        assert layer.weight.std().item() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    again = MLP(200, [300, 300], 10, seed=3, init="torch")
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), again.parameters()))
+    normal = MLP(200, [300], 10, seed=3)
+    assert normal.hidden[0].weight.std().item() == pytest.approx(0.01, rel=0.05)
+    with pytest.raises(ValueError, match="unknown init"):
+        MLP(2, [3], 2, init="xavier")
+
+
+def test_sin_deep_inits_are_separate_models():
+    cfgs = E.sin_configs(widths=[[8], [8, 8, 8]], seeds=[0], methods=["none", "rep"], deep_ablation=[1],
+                         deep_inits=["normal", "torch"], epochs=4, burn_in=2)
+    widths = [E.settings(c)["width"] for c in cfgs]
+    assert widths.count("8") == 2 and widths.count("8-8-8") == 3 and widths.count("8-8-8 (torch init)") == 3
+    from repspec_utils import cache
+    torch_cfg = next(c for c in cfgs if c.model.get("init") == "torch")
+    normal_cfg = next(c for c in cfgs if c.model["widths"] == [8, 8, 8] and "init" not in c.model
+                      and c.method == torch_cfg.method and c.max_layer == torch_cfg.max_layer)
+    assert cache.make_key(kind="train", cfg=torch_cfg) != cache.make_key(kind="train", cfg=normal_cfg)
+    with pytest.raises(ValueError, match="deep_inits"):
+        E.sin_configs(deep_inits=["kaiming"])
+
+
+def test_batched_members_use_the_init():
+    from repspec_utils.models import BatchedMLP
+
+    b = BatchedMLP([4, 5], 2, [8, 8], 2, init="torch")
+    for i, s in enumerate([4, 5]):
+        single = MLP(2, [8, 8], 2, seed=s, init="torch")
+        assert torch.equal(b.weights[0][i], single.hidden[0].weight)
 
 
 def test_field_table_matches_autograd():
