@@ -26,6 +26,7 @@ seed give the same result (the draws of one sample depend on the batch it is att
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -149,6 +150,15 @@ class _Oracle:
 
 
 PRECISIONS = ("fp32", "bf16")
+
+
+class BF16AttackWarning(UserWarning):
+    """A hard-label attack run with bf16 queries: its distances are biased upward (figures/validation_bf16)."""
+
+
+BF16_ATTACK_NOTE = ("bf16 queries round every input to 8 mantissa bits, which swallows the boundary attacks' small "
+                    "probes: the attack stops short of the boundary and overstates the distance (measured in "
+                    "figures/validation_bf16); use precision='fp32' for results, bf16 only to time the machinery")
 
 
 def check_precision(precision: str) -> str:
@@ -345,7 +355,8 @@ def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: 
                      max_halvings: int, seed: int, pool, progress: bool | None,
                      precision: str = "fp32") -> AttackResult:
     check_inputs(x, box)
-    check_precision(precision)
+    if check_precision(precision) == "bf16":
+        warnings.warn(BF16_ATTACK_NOTE, BF16AttackWarning, stacklevel=3)
     check_budget(max_queries, x.shape[0])
     vmin, vmax = check_box(box)
     if T < 0 or max_batch < 1 or not 0 < tol < 1:
