@@ -405,7 +405,8 @@ def plot_geometry_maps(grid: pd.DataFrame, points, labels, *, methods: Sequence 
     fig, axes = plt.subplots(3, len(keys), figsize=(panel_size * len(keys) + 1.0, 3 * panel_size + 0.4),
                              squeeze=False, constrained_layout=True)
     for j, k in enumerate(keys):
-        plot_decision_boundary(axes[0, j], xx, yy, sub[k]["margin"], points, labels, title=f"(a) {method_label(k)}")
+        plot_decision_boundary(axes[0, j], xx, yy, sub[k]["margin"], points, labels,
+                               title=textwrap.fill(f"(a) {method_label(k)}", 30))
     fields = [("(b)", np.exp(grid["log_volume"].to_numpy()), r"volume element $\sqrt{\det g}$"),
               ("(c)", grid["lambda_max"].to_numpy(), r"$\lambda_{\max}(g) = \Vert J_\Phi\Vert_2^2$")]
     for i, (tag, values, cbar_label) in enumerate(fields, start=1):
@@ -415,7 +416,7 @@ def plot_geometry_maps(grid: pd.DataFrame, points, labels, *, methods: Sequence 
         for j, k in enumerate(keys):
             mesh = plot_field_2d(axes[i, j], xx, yy, values.loc[sub[k].index], log=True, points=points,
                                  labels=labels, boundary=sub[k]["margin"], cbar=False, vmin=lo, vmax=hi,
-                                 title=f"{tag} {method_label(k)}")
+                                 title=textwrap.fill(f"{tag} {method_label(k)}", 30))
         fig.colorbar(mesh, ax=axes[i, :], label=cbar_label, shrink=0.9, pad=0.02)
     for ax in axes.ravel():
         ax.grid(False)
@@ -532,7 +533,7 @@ def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, d
         for j, k in enumerate(keys):
             ax = axes[i, j]
             mesh = plot_field_2d(ax, a, b, first[k][col].to_numpy(), log=log, cbar=False, vmin=lo, vmax=hi,
-                                 title=f"{tag} {method_label(k)}")
+                                 title=textwrap.fill(f"{tag} {method_label(k)}", 30))
             pred = first[k]["pred"].to_numpy().reshape(n, n)
             for c in np.unique(pred) if len(np.unique(pred)) > 1 else []:  # each class region's outline, once
                 ax.contour(a, b, (pred == c).astype(float), levels=[0.5], colors="white", linewidths=0.7)
