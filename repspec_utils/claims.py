@@ -231,7 +231,9 @@ def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = 
     for claim, fig, what in CLAIM_SOURCES:
         folder = root / fig
         man = _manifest(folder)
-        base_row = {"claim": claim, "figure": fig, "test": what, "profile": man.get("profile", "?"),
+        profile = man.get("profile", "?") + "".join(f" {k}={v}" for k, v in (man.get("deviations") or {}).items()
+                                                   if k not in ("out_dir", "executed_dir"))  # as in the footers
+        base_row = {"claim": claim, "figure": fig, "test": what, "profile": profile,
                     "data": "; ".join(sorted(set(map(str, man.get("data_sources", []) or ["?"]))))[:160]}
         missing = {**base_row, "setting": "not produced", "profile": "-", "data": "-", "verdict": "inconclusive",
                    "rep": "-", "baseline": "-", "note": "figure not produced: nothing to test"}

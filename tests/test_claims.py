@@ -154,6 +154,13 @@ def test_a_baseline_without_distance_competes_on_accuracy_only(tmp_path):
     assert _row(claims_table(tmp_path), "appC_mnist_sweeps", "none").verdict == "fails"
 
 
+def test_profile_names_its_deviations(tmp_path):
+    """A run with overrides (e.g. fewer attacked samples) is labelled with them, as its footer is."""
+    _write(tmp_path, "fig4_mnist", _models({"none": [1.0, 1.1, 1.2], "rep": [1.5, 1.6, 1.7]}, {"none": 1.0, "rep": 1.0}),
+           manifest={"profile": "cpu", "status": "ok", "deviations": {"n_attack": 50}})
+    assert set(claims_table(tmp_path).query("figure == 'fig4_mnist'").profile) == {"cpu n_attack=50"}
+
+
 def test_failed_run_tables_are_not_used(tmp_path):
     _write(tmp_path, "fig2_xor_distance", _models({"none": [1.0, 1.0], "rep": [2.0, 2.1]}, {"none": 1.0, "rep": 1.0}),
            manifest={"profile": "smoke", "status": "failed"})
