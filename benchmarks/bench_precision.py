@@ -17,7 +17,6 @@ Runtime: about 3 minutes with one thread. Writes nothing unless --out FILE (a CS
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
@@ -25,25 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_train import compare  # noqa: E402  (interleaved medians, the timer of every benchmark here)
 from repspec_utils import attacks, spectral  # noqa: E402
 from repspec_utils.models import MLP  # noqa: E402
 from repspec_utils.train import OBJECTIVES, TrainConfig, bf16_supported_here, make_optimizer, train_step  # noqa: E402
-
-
-def compare(fns: dict, repeat: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each function, timed round-robin in a shuffled order each round."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {k: [] for k in fns}
-    order, rng = list(fns), random.Random(0)
-    for _ in range(repeat):
-        rng.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def data(n: int = 60000):
@@ -87,7 +71,7 @@ def main() -> None:
         return lambda: train_step(model, opt, objective, xb, yb, None, pen, 1e-3 if pen else 0.0, amp=amp)
 
     t = compare({"fp32 none": step(False, None), "bf16 none": step(True, None),
-                 "fp32 rep": step(False, penalty), "bf16 rep": step(True, penalty)}, args.repeat)
+                 "fp32 rep": step(False, penalty), "bf16 rep": step(True, penalty)}, args.repeat, warmup=2)
     print(f"1. training step, batch 1024 (median of {args.repeat}, interleaved):")
     for m in ("none", "rep"):
         r = t[f"fp32 {m}"] / t[f"bf16 {m}"]

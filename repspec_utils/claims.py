@@ -29,6 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from .experiments import strength_label
+from .reproduce import profile_label
 
 ACC_TOLERANCE = 0.005  # accuracy may be at most 0.5 points worse (the interval's lower end) for "holds"
 LEVEL = 0.95
@@ -231,9 +232,8 @@ def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = 
     for claim, fig, what in CLAIM_SOURCES:
         folder = root / fig
         man = _manifest(folder)
-        profile = man.get("profile", "?") + "".join(f" {k}={v}" for k, v in (man.get("deviations") or {}).items()
-                                                   if k not in ("out_dir", "executed_dir"))  # as in the footers
-        base_row = {"claim": claim, "figure": fig, "test": what, "profile": profile,
+        base_row = {"claim": claim, "figure": fig, "test": what,
+                    "profile": profile_label(man.get("profile", "?"), man.get("deviations")),  # as in the footers
                     "data": "; ".join(sorted(set(map(str, man.get("data_sources", []) or ["?"]))))[:160]}
         missing = {**base_row, "setting": "not produced", "profile": "-", "data": "-", "verdict": "inconclusive",
                    "rep": "-", "baseline": "-", "note": "figure not produced: nothing to test"}

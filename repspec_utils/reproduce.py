@@ -318,6 +318,12 @@ def record(fig_dir: str | os.PathLike, **fields: Any) -> dict:
     return rec
 
 
+def profile_label(profile: str, deviations: Mapping[str, Any] | None) -> str:
+    """'cpu' plus the parameters a run changed from its profile ('cpu n_attack=50'): the footers' and the claims
+    table's name for what produced a figure."""
+    return profile + "".join(f" {k}={v!r}" for k, v in (deviations or {}).items())
+
+
 class NotebookRun:
     """A notebook's run: checked `params`, `profile`, `label` (profile + any deviations from it), `fig_dir`,
     `info()` for figure footers, `record()` for the manifest, `save_table()` for tidy CSVs."""
@@ -329,7 +335,7 @@ class NotebookRun:
         expected = {**notebook_defaults(notebook), **load_profile(notebook, self.profile)}
         self.deviations = {k: v for k, v in params.items()
                            if k not in RUNNER_PARAMS and v != expected.get(k)}
-        self.label = self.profile + "".join(f" {k}={v!r}" for k, v in self.deviations.items())
+        self.label = profile_label(self.profile, self.deviations)
         self.fig_dir = figure_dir(params["out_dir"], notebook)
 
     def info(self, **extra: Any) -> dict[str, Any]:

@@ -34,12 +34,10 @@ ATTACK_TOLERANCE = 0.01  # relative difference of a model's mean distance, bf16 
 
 
 def _configs(p: dict, seeds, methods):
-    from repspec_utils import experiments
+    """The fp32 Fig 4 configs for `seeds` × `methods` (warm_mnist_cache's, so the same cache keys)."""
+    from warm_mnist_cache import profile_configs
 
-    return experiments.mnist_configs("mnist", methods=list(methods), seeds=list(seeds), lams=[p["lam"]],
-                                     weight_decays=[p["weight_decay"]], epochs=p["epochs"], burn_in=p["burn_in"],
-                                     lr=p["lr"], batch_size=p["batch_size"], width=p["width"],
-                                     n_train=p["n_train"] or None, precision="fp32")
+    return profile_configs({**p, "seeds": list(seeds), "methods": list(methods), "precision": "fp32"})
 
 
 def _attack(cfg, n: int, T: int, precision: str):

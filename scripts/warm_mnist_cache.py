@@ -27,7 +27,8 @@ def _params(notebook: str, profile: str, overrides: list[str]) -> dict:
     return reproduce.profile_params(notebook, profile, reproduce.parse_set(overrides))
 
 
-def _configs(p: dict):
+def profile_configs(p: dict):
+    """The Fig 4 / Fig 5 configs of a notebook's parameters (the same keys the notebooks compute)."""
     from repspec_utils import experiments
 
     return experiments.mnist_configs("mnist", methods=p["methods"], seeds=p["seeds"], lams=[p["lam"]],
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
     p = _params(args.notebook, args.profile, args.set)
-    configs = _configs(p)
+    configs = profile_configs(p)
     print(f"{len(configs)} models, {len(p['seeds'])} seeds, {p['epochs']} epochs, precision {p['precision']}, "
           f"{args.workers} workers", flush=True)
     # jobs with dependencies: (priority, kind, index, needs)
