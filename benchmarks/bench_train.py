@@ -23,7 +23,9 @@ import torch
 
 from repspec_utils import spectral
 from repspec_utils.models import MLP
-from repspec_utils.train import OBJECTIVES, TrainConfig, make_optimizer, train_batched, train_step
+from repspec_utils.batched import train_batched
+from repspec_utils.registry import OBJECTIVES
+from repspec_utils.train import TrainConfig, make_optimizer, train_step
 
 
 def timeit(fn, repeat: int = 20, warmup: int = 3) -> float:

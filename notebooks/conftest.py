@@ -4,7 +4,7 @@
 The kernel inherits this process's environment, so it is set here, once, before any kernel starts:
 - REPSPEC_PROGRESS=0, MPLBACKEND=Agg: no progress bars, no GUI / inline images.
 - REPSPEC_FIGURES: a per-session temp folder, so tests never touch <repo>/figures (the notebooks'
-  `out_dir = ""` default resolves to it through `reproduce.figure_dir`).
+  `out_dir = ""` default resolves to it through `notebook.figure_dir`).
 - REPSPEC_CACHE: a per-session temp folder. Notebooks in one session still share models (e.g. MNIST
   training reused by the re-trained-readout figure), but a test never passes on a stale entry written by
   older code under an unchanged key. To iterate fast locally, point REPSPEC_TEST_CACHE at a folder you keep.

@@ -25,11 +25,12 @@ seed give the same result (the draws of one sample depend on the batch it is att
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -349,11 +350,32 @@ def _hsj_step(x0: Tensor, xb: Tensor, u: Tensor, size: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 # The shared hard-label skeleton
 # ----------------------------------------------------------------------------------------------------
-def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: Tensor | None, box, *,
-                     T: int, max_queries, max_batch: int, tol: float, gamma: float, init_probes: int,
-                     max_probes: int, noise_std: float, init_tries: int, fallback_tries: int,
-                     max_halvings: int, seed: int, pool, progress: bool | None,
-                     precision: str = "fp32") -> AttackResult:
+@dataclass(frozen=True)
+class BoundaryOptions:
+    """The settings shared by the hard-label boundary attacks (`tangent_attack`, `hop_skip_jump`), defined once:
+    their keyword arguments are exactly these fields (see `_DOC_ARGS`)."""
+
+    T: int = 40
+    max_queries: Any = None
+    max_batch: int = 8192
+    tol: float = 1e-5
+    gamma: float = 1.0
+    init_probes: int = 100
+    max_probes: int = 10000
+    noise_std: float = 0.5
+    init_tries: int = 50
+    fallback_tries: int = 20
+    max_halvings: int = 30
+    seed: int = 0
+    pool: Any = None
+    progress: bool | None = None
+    precision: str = "fp32"
+
+
+def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: Tensor | None, box,
+                     opts: BoundaryOptions) -> AttackResult:
+    (T, max_queries, max_batch, tol, gamma, init_probes, max_probes, noise_std, init_tries, fallback_tries,
+     max_halvings, seed, pool, progress, precision) = (getattr(opts, f.name) for f in fields(opts))
     check_inputs(x, box)
     if check_precision(precision) == "bf16":
         warnings.warn(BF16_ATTACK_NOTE, BF16AttackWarning, stacklevel=3)
@@ -415,6 +437,8 @@ def _trange(T: int, name: str, progress: bool | None):
     return range(1, T + 1)
 
 
+
+
 _DOC_ARGS = """
     model: logits (B, C) from inputs (B, *x.shape[1:]); only the argmax is used. x: (N, ...) inside box.
     y: labels to move away from (N,) (default: the model's prediction, one query per sample).
@@ -428,34 +452,29 @@ _DOC_ARGS = """
 """
 
 
-def tangent_attack(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1.0), *, T: int = 40,
-                   max_queries=None, max_batch: int = 8192, tol: float = 1e-5, gamma: float = 1.0,
-                   init_probes: int = 100, max_probes: int = 10000, noise_std: float = 0.5, init_tries: int = 50,
-                   fallback_tries: int = 20, max_halvings: int = 30, seed: int = 0, pool=None,
-                   progress: bool | None = None, precision: str = "fp32") -> AttackResult:
+def _with_options_signature(fn: Callable) -> Callable:
+    """Give `fn(model, x, y=None, box=(0, 1), **options)` the signature that lists BoundaryOptions' fields as
+    keyword-only parameters (what help(), IDEs and inspect show), and their description in the docstring."""
+    head = list(inspect.signature(fn).parameters.values())[:4]
+    opts = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+            for f in fields(BoundaryOptions)]
+    fn.__signature__ = inspect.Signature(head + opts, return_annotation=AttackResult)
+    fn.__doc__ += _DOC_ARGS
+    return fn
+
+
+@_with_options_signature
+def tangent_attack(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1.0), **options) -> AttackResult:
     """Tangent Attack (Ma et al. 2021, hemisphere, L2, untargeted, hard-label): x (N, ...) -> AttackResult."""
-    return _boundary_attack(_tangent_step, "tangent", model, x, y, box, T=T, max_queries=max_queries,
-                            max_batch=max_batch, tol=tol, gamma=gamma, init_probes=init_probes,
-                            max_probes=max_probes, noise_std=noise_std, init_tries=init_tries,
-                            fallback_tries=fallback_tries, max_halvings=max_halvings, seed=seed, pool=pool,
-                            progress=progress, precision=precision)
+    return _boundary_attack(_tangent_step, "tangent", model, x, y, box, BoundaryOptions(**options))
 
 
-def hop_skip_jump(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1.0), *, T: int = 40,
-                  max_queries=None, max_batch: int = 8192, tol: float = 1e-5, gamma: float = 1.0,
-                  init_probes: int = 100, max_probes: int = 10000, noise_std: float = 0.5, init_tries: int = 50,
-                  fallback_tries: int = 20, max_halvings: int = 30, seed: int = 0, pool=None,
-                  progress: bool | None = None, precision: str = "fp32") -> AttackResult:
+@_with_options_signature
+def hop_skip_jump(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1.0), **options) -> AttackResult:
     """HopSkipJump (Chen et al. 2020, L2, untargeted, geometric step ‖x_b − x‖/√t): x (N, ...) -> AttackResult."""
-    return _boundary_attack(_hsj_step, "hsj", model, x, y, box, T=T, max_queries=max_queries,
-                            max_batch=max_batch, tol=tol, gamma=gamma, init_probes=init_probes,
-                            max_probes=max_probes, noise_std=noise_std, init_tries=init_tries,
-                            fallback_tries=fallback_tries, max_halvings=max_halvings, seed=seed, pool=pool,
-                            progress=progress, precision=precision)
+    return _boundary_attack(_hsj_step, "hsj", model, x, y, box, BoundaryOptions(**options))
 
 
-tangent_attack.__doc__ += _DOC_ARGS
-hop_skip_jump.__doc__ += _DOC_ARGS
 
 
 # ----------------------------------------------------------------------------------------------------

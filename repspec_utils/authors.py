@@ -9,7 +9,7 @@ baseline" should say which one it used:
 - ``rep_ub``: on XOR and sin their rep-spectral adds, for every nonlinear layer of Φ, the minibatch mean of
   max_j φ′(z_j)² (z: that layer's pre-activations), an upper-bound term on the Jacobian, weighted by the same λ.
 
-Both are registered as penalties of the one ``train()``: the trainer adds ``cfg.lam × penalty(...)``.
+Both are registered in ``registry.METHODS`` for the one ``train()``: the trainer adds ``cfg.lam × penalty(...)``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 
 from . import spectral
 from .models import activation_derivative
+from .registry import METHODS
 
 READOUT_ONLY = "ll_readout"
 WITH_ACTIVATION_TERM = "rep_ub"
@@ -102,17 +103,13 @@ class RepUBPenalty:
         self._hooks = []
 
 
+@METHODS.register(READOUT_ONLY, doc="ll-spectral as the authors' code applies it to one-hidden-layer MLPs: "
+                  "σ_max(W_readout)² only")
 def make_ll_readout(cfg, model: nn.Module, example_x: torch.Tensor):
     return spectral.SpectralPenalty(readout_layers(model), mode=cfg.spectral_mode, n_iter=cfg.n_power_iter)
 
 
+@METHODS.register(WITH_ACTIVATION_TERM, model_kinds=("mlp",),
+                  doc="rep-spectral plus the authors' activation term, which needs an elementwise nonlinearity in Φ")
 def make_rep_ub(cfg, model: nn.Module, example_x: torch.Tensor):
     return RepUBPenalty(model, cfg.max_layer, mode=cfg.spectral_mode, n_iter=cfg.n_power_iter)
-
-
-def check_model(method: str, model: nn.Module) -> None:
-    """ValueError when `method` cannot apply to `model` (run by train's config check before any training)."""
-    if method == READOUT_ONLY:
-        readout_layers(model)
-    elif method == WITH_ACTIVATION_TERM:
-        nonlinear_layers(model)

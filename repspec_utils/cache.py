@@ -7,14 +7,14 @@ import io
 import itertools
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .files import REPO_ROOT, atomic_write_bytes
+
 _MAGIC = b"REPSPEC1"
 # Bump when a change to the code alters what a cached object would contain.
 CACHE_VERSION = 1
@@ -53,24 +53,6 @@ def make_key(**parts: Any) -> str:
     """A 20-hex-digit key: sha256 of the canonical JSON of everything that determines the object."""
     blob = json.dumps({"_v": CACHE_VERSION, **_canonical(parts)}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """Write bytes so that readers see the old file or the complete new one, never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached files and figures are ordinary readable files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(obj: Any, path: str | Path) -> None:

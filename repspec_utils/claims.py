@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .experiments import strength_label
-from .reproduce import profile_label
+from .notebook import profile_label
+from .tables import strength_label
 
 ACC_TOLERANCE = 0.005  # accuracy may be at most 0.5 points worse (the interval's lower end) for "holds"
 LEVEL = 0.95

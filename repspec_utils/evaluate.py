@@ -118,7 +118,7 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
         path = cache.cache_root() / "attacks" / f"{key}.pt"
         stored = cache.load(path)
         if stored is not None:
-            seconds = stored.pop("seconds", None)  # absent in entries cached before times were stored
+            seconds = stored.pop("seconds")
             cache.note_compute("attack", key, seconds)
             table = pd.DataFrame(stored)[COLUMNS]
             table.attrs["seconds"] = seconds

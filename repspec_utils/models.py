@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import MODELS
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "relu": F.relu,
@@ -155,6 +157,17 @@ class MLP(RepModel):
         """The hidden Linear layers, or only the first `max_layer` of them (the layer ablation)."""
         return _first_layers(list(self.hidden), max_layer)
 
+    @torch.no_grad()
+    def set_layers(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> "MLP":
+        """Copy weights and biases into the layers (hidden layers in order, then the readout); returns self."""
+        layers = [*self.hidden, self.readout]
+        if len(weights) != len(layers) or len(biases) != len(layers):
+            raise ValueError(f"this MLP has {len(layers)} layers, got {len(weights)} weights / {len(biases)} biases")
+        for layer, W, b in zip(layers, weights, biases):
+            layer.weight.copy_(W)
+            layer.bias.copy_(b)
+        return self
+
 
 class BatchedMLP(nn.Module):
     """M independent MLPs with stacked parameters W_l: (M, n_l, n_{l-1}); (B, d) or (M, B, d) -> (M, B, C).
@@ -216,10 +229,7 @@ class BatchedMLP(nn.Module):
     def member(self, i: int) -> MLP:
         """Model i as a standalone `MLP` (a copy of its parameters)."""
         m = MLP(self.d_in, self.widths, self.n_classes, self.activation).to(self.weights[0].dtype)
-        with torch.no_grad():
-            for layer, W, b in zip([*m.hidden, m.readout], self.weights, self.biases):
-                layer.weight.copy_(W[i])
-                layer.bias.copy_(b[i])
+        m.set_layers([W[i] for W in self.weights], [b[i] for b in self.biases])
         return m
 
 
@@ -335,14 +345,14 @@ class RefitModel(RepModel):
         return self.base.feature_layers(max_layer)
 
 
-MODEL_KINDS = {"mlp": MLP, "cifar_resnet18": cifar_resnet18, "resnet50_transfer": resnet50_transfer}
+MODELS.register("mlp", MLP, sized_by_data=True)  # d_in and n_classes default to the training data's
+MODELS.register("cifar_resnet18", cifar_resnet18)
+MODELS.register("resnet50_transfer", resnet50_transfer)
 
 
 def build_model(spec: dict) -> RepModel:
-    """A model from a plain dict (the form stored in cache keys and profiles), e.g.
-    {'kind': 'mlp', 'd_in': 784, 'widths': [2000], 'n_classes': 10, 'activation': 'gelu', 'seed': 0}."""
+    """A model from a plain dict (the form stored in cache keys and profiles): registry.MODELS[spec['kind']]
+    called with the other entries, e.g. {'kind': 'mlp', 'd_in': 784, 'widths': [2000], 'n_classes': 10, 'seed': 0}."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
-    return MODEL_KINDS[kind](**spec)
+    return MODELS.get(kind)(**spec)

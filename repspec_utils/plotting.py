@@ -7,10 +7,8 @@ code commit (`footer_text`), so a reader can tell a CPU-scale rerun from a paper
 
 from __future__ import annotations
 
-import os
 import subprocess
 import textwrap
-import uuid
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -22,6 +20,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import geometry
+from .files import atomic_path
 
 # seaborn "colorblind" palette entries, fixed per method so that every figure agrees
 _CB = sns.color_palette("colorblind").as_hex()
@@ -39,8 +38,8 @@ METHOD_COLORS = {"none": _CB[7], "ll": _CB[1], "rep": _CB[0], "l2sp": _CB[2], "b
                  "rep_stages2": _CB[6], "rep_stages3": _CB[3], "ll_readout": _CB[5], "rep_ub": _CB[3],
                  "rep_ub1": _CB[4], "rep_ub2": _CB[2]}
 # baselines first, the paper's method last (Fig 8 order); rep1 / rep2: the sin deep-net layer ablation
-# (experiments.method_variant); rep_stages<k>: rep-spectral on a ResNet's stem + first k stages
-# (experiments.method_setting). A key may carry a strength suffix: 'rep λ=0.01' is drawn as rep, labelled
+# (tables.method_variant); rep_stages<k>: rep-spectral on a ResNet's stem + first k stages
+# (tables.method_setting). A key may carry a strength suffix: 'rep λ=0.01' is drawn as rep, labelled
 # 'rep-spectral λ=0.01'.
 _ALL_ORDER = ("none", "l2sp", "bss", "ll", "ll_readout", "rep_ub1", "rep_ub2", "rep_ub", "rep1", "rep2", "rep_stages0", "rep_stages1", "rep_stages2",
               "rep_stages3", "rep")
@@ -160,7 +159,7 @@ def add_footer(fig: plt.Figure, text: str, fontsize: float = 6.0):
 
 
 def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, info: Mapping | None = None, dpi: int = 150) -> tuple[Path, Path]:
-    """Write `<out_dir>/<name>.png` (dpi 150) and `.pdf` atomically (temp file + os.replace), with the footer of
+    """Write `<out_dir>/<name>.png` (dpi 150) and `.pdf` atomically (`files.atomic_path`), with the footer of
     `info` if given; returns (png_path, pdf_path)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,13 +168,9 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, info: Mapping |
     paths = []
     for ext in ("png", "pdf"):
         final = out_dir / f"{name}.{ext}"
-        tmp = out_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{ext}.tmp"
         metadata = {"CreationDate": None} if ext == "pdf" else {"Software": None}  # byte-stable reruns
-        try:
+        with atomic_path(final, fsync=False) as tmp:
             fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata=metadata)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         paths.append(final)
     return paths[0], paths[1]
 
@@ -391,7 +386,7 @@ def plot_boundaries(ax, xx, yy, margins: Mapping, *, reference=None, reference_l
 
 def plot_geometry_maps(grid: pd.DataFrame, points, labels, *, methods: Sequence | None = None, col: str = "method",
                        panel_size: float = 2.3):
-    """Figure 3 from an `experiments.grid_table` holding one model per method: row (a) decision regions and boundary,
+    """Figure 3 from an `tables.grid_table` holding one model per method: row (a) decision regions and boundary,
     row (b) √det g, row (c) λ_max(g), both log colour scales shared along the row (one colour bar per row), with the
     training points and (white) the decision boundary. Returns (fig, axes (3, k))."""
     keys = method_order(methods if methods is not None else grid[col].unique())
@@ -509,7 +504,7 @@ def plot_method_lines(
 
 def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, digits: Sequence[int] = (7, 6, 1),
                       panel_size: float = 2.3):
-    """The MNIST metric-plane figure from an `experiments.metric_plane_table`: row (a) log √det g and row (b) λ_max(g)
+    """The MNIST metric-plane figure from an `tables.metric_plane_table`: row (a) log √det g and row (b) λ_max(g)
     (log colour) on the plane grid per method (the smallest seed), colour scales shared along each row, the three digits
     marked, the digit triangle dashed and the predicted-class boundaries in white; row (c) both along the triangle's
     edges (mean over seeds) for all methods. Returns (fig, map axes (2, k), edge axes (2,))."""

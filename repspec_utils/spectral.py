@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-METHODS = ("none", "rep", "ll")
+LAYER_SETS = ("none", "rep", "ll")  # which layers spectral_layers returns
 
 
 # ----------------------------------------------------------------------------------------------- power iteration
@@ -374,6 +374,7 @@ class SpectralPenalty:
             raise ValueError("layers must be either all stacked (M, m, n) with the same M, or none stacked")
         self.n_models: int | None = n_stacked.pop() if n_stacked else None
         self._vectors: list[Tensor | None] = [None] * len(self._ops)
+        self._last: list[Tensor] | None = None  # σ_max² per layer of the latest penalty() / accumulate_grad()
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -425,6 +426,8 @@ class SpectralPenalty:
             else:  # not started yet: report a converged estimate without storing it
                 v = self._converged_vector(i, A.detach())
             terms.append(op.sigma2(A, v))  # power: ‖A v‖² with v detached, gradient 2σ u vᴴ
+        if advance:
+            self._last = [t.detach() for t in terms]
         return terms
 
     def penalty(self) -> Tensor:
@@ -454,6 +457,7 @@ class SpectralPenalty:
             raise ValueError("accumulate_grad needs mode='power' and matrix layers (Linear, 1x1 conv, weights); "
                              "use penalty().backward() for convs and mode='exact'")
         total = torch.zeros(())
+        last = []
         for i, op in enumerate(self._ops):
             param = _weight(self.layers[i])
             W = op.matrices()
@@ -466,8 +470,20 @@ class SpectralPenalty:
                 grad.addr_(y, v, alpha=2 * scale)
             else:
                 grad.baddbmm_(y.unsqueeze(-1), v.unsqueeze(-2), alpha=2 * scale)
-            total = total.to(y.device) + _sqnorm(y).sum()
+            last.append(_sqnorm(y))
+            total = total.to(y.device) + last[-1].sum()
+        self._last = last
         return total
+
+    @torch.no_grad()
+    def last_sigmas(self) -> Tensor:
+        """The σ_max estimates that entered the latest `penalty()` or `accumulate_grad()` call (the weights and
+        vectors of that step): (n_layers,), or (M, n_layers) for stacked layers."""
+        if self._last is None:
+            raise ValueError("last_sigmas: no penalty() or accumulate_grad() call yet")
+        if not self._last:
+            return torch.zeros(0)
+        return torch.stack(self._last, dim=-1).clamp_min(0).sqrt()
 
     @torch.no_grad()
     def sigmas(self) -> Tensor:
@@ -507,8 +523,8 @@ class SpectralPenalty:
 def spectral_layers(model: nn.Module, method: str, max_layer: int | None = None) -> list[nn.Module]:
     """Layers to penalise: 'rep' → `model.feature_layers(max_layer)` (Φ's layers; MLP: the first `max_layer`
     hidden layers, ResNet: stem + the first `max_layer` stages), 'll' → those plus `model.readout`, 'none' → []."""
-    if method not in METHODS:
-        raise ValueError(f"unknown spectral method {method!r}; choose one of {METHODS}")
+    if method not in LAYER_SETS:
+        raise ValueError(f"unknown spectral method {method!r}; choose one of {LAYER_SETS}")
     if method == "none":
         return []
     layers = list(model.feature_layers() if max_layer is None else model.feature_layers(max_layer))

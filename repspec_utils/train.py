@@ -1,7 +1,7 @@
 """One training function for every recipe: burn-in, method branches, spectral penalty, cache and resume.
 
 Schedule (SPEC §3): the unregularised model is trained to the burn-in epoch B and saved; every method
-(none / ll / rep / ...) continues from that same checkpoint to the final epoch E with a fresh optimiser.
+(any of registry.METHODS) continues from that same checkpoint to the final epoch E with a fresh optimiser.
 Both phases are cached under a hash of everything that determines them, checkpointed atomically at epoch
 boundaries, and resume after an interruption to the same weights as an uninterrupted run.
 """
@@ -24,12 +24,10 @@ from torch import nn
 from . import cache, spectral
 from .attacks import PRECISIONS
 from .data import get_data
-from .models import MODEL_KINDS, RepModel, build_model
+from .models import build_model
+from .registry import AUGMENTATIONS, DATASETS, METHODS, MODELS, OBJECTIVES
 
-METHODS = ("none", "ll", "rep")  # the paper's; the authors' variants (ll_readout, rep_ub) are in PENALTIES
-OBJECTIVES: dict[str, Callable] = {}
-AUGMENTATIONS: dict[str, Callable] = {}
-PENALTIES: dict[str, Callable] = {}
+PAPER_METHODS = ("none", "ll", "rep")  # the paper's (SPEC §2); every registered method is in registry.METHODS
 
 
 @dataclass(frozen=True)
@@ -87,15 +85,11 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------- checks
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError for a config that cannot train, before any data is loaded or work is done."""
-    from .data import DATASET_NAMES as DATASETS
-
-    if cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {sorted(DATASETS)}")
-    methods = set(METHODS) | set(PENALTIES)
-    if cfg.method not in methods:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(methods)}")
+    DATASETS.check(cfg.dataset)
+    METHODS.check(cfg.method)
     if not isinstance(cfg.model, dict) or "kind" not in cfg.model:
         raise ValueError(f"model must be a dict with a 'kind', got {cfg.model!r}")
+    MODELS.check(cfg.model["kind"])
     widths = cfg.model.get("widths")
     if widths is not None and min([widths] if isinstance(widths, int) else widths) <= 0:
         raise ValueError(f"every width must be positive, got widths={widths}")
@@ -110,18 +104,18 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.n_power_iter >= 1, f"n_power_iter must be >= 1, got {cfg.n_power_iter}"),
         (cfg.spectral_mode in ("power", "exact"), f"spectral_mode must be 'power' or 'exact', got {cfg.spectral_mode!r}"),
         (cfg.lr_schedule in ("constant", "cosine"), f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}"),
-        (cfg.augment in AUGMENTATIONS, f"unknown augment {cfg.augment!r}; choose one of {sorted(AUGMENTATIONS)}"),
-        (cfg.objective in OBJECTIVES, f"unknown objective {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}"),
+        (cfg.augment in AUGMENTATIONS, f"unknown augment {cfg.augment!r}; choose one of {AUGMENTATIONS.names()}"),
+        (cfg.objective in OBJECTIVES, f"unknown objective {cfg.objective!r}; choose one of {OBJECTIVES.names()}"),
         (cfg.n_train is None or cfg.n_train > 0, f"n_train must be positive, got {cfg.n_train}"),
         (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {cfg.precision!r}"),
-        (cfg.method != "rep_ub" or cfg.model.get("kind") == "mlp",
-         f"method 'rep_ub' needs a model whose Φ has an elementwise nonlinearity (kind 'mlp'), got kind "
-         f"{cfg.model.get('kind')!r}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
-    build_model_check(cfg.model)
+    kinds = METHODS.meta(cfg.method).get("model_kinds")
+    if kinds is not None and cfg.model["kind"] not in kinds:
+        raise ValueError(f"method {cfg.method!r} works on model kinds {list(kinds)} only, got kind "
+                         f"{cfg.model['kind']!r} ({METHODS.meta(cfg.method).get('doc', '')})")
     if cfg.precision == "bf16":
         warn_if_slow_bf16()
 
@@ -140,16 +134,6 @@ def warn_if_slow_bf16() -> None:
 
         warnings.warn("precision 'bf16' on a CPU without AVX-512 BF16 or AMX: bfloat16 matmuls are emulated "
                       "there and will be slower than fp32, not faster", RuntimeWarning, stacklevel=3)
-
-
-def build_model_check(spec: dict) -> None:
-    """ValueError unless spec['kind'] is a model of models.MODEL_KINDS or a registered plug-in."""
-    kinds = {*MODEL_KINDS, *MODEL_BUILDERS}
-    if spec["kind"] not in kinds:
-        raise ValueError(f"unknown model kind {spec['kind']!r}; choose one of {sorted(kinds)}")
-
-
-MODEL_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {}
 
 
 @contextlib.contextmanager
@@ -175,9 +159,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def make_model(cfg: TrainConfig, train_ds) -> nn.Module:
     """The initial model of a config (seeded by cfg.seed); MLP sizes default to the data's."""
     spec = dict(cfg.model)
-    if spec["kind"] in MODEL_BUILDERS:
-        return MODEL_BUILDERS[spec["kind"]]({**spec, "seed": cfg.seed})
-    if spec["kind"] == "mlp":
+    if MODELS.meta(spec["kind"]).get("sized_by_data"):
         spec.setdefault("d_in", int(train_ds.x[0].numel()))
         spec.setdefault("n_classes", int(train_ds.n_classes))
     spec.setdefault("seed", cfg.seed)
@@ -200,17 +182,31 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
 
 def make_penalty(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor):
     """The regulariser object of cfg.method (None for 'none'): exposes penalty(), state_dict(), load_state_dict()."""
-    if cfg.method == "none":
-        return None
-    if cfg.method in PENALTIES:
-        return PENALTIES[cfg.method](cfg, model, example_x)
+    return METHODS.get(cfg.method)(cfg, model, example_x)
+
+
+@METHODS.register("none", doc="no spectral term")
+def make_none(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> None:
+    """METHODS['none']: no penalty (weight decay is a separate axis)."""
+    return None
+
+
+def _spectral_penalty(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> spectral.SpectralPenalty:
     layers = spectral.spectral_layers(model, cfg.method, max_layer=cfg.max_layer)
-    return spectral.SpectralPenalty(
-        layers,
-        input_shapes=spectral.conv_input_sizes(model, example_x),
-        mode=cfg.spectral_mode,
-        n_iter=cfg.n_power_iter,
-    )
+    return spectral.SpectralPenalty(layers, input_shapes=spectral.conv_input_sizes(model, example_x),
+                                    mode=cfg.spectral_mode, n_iter=cfg.n_power_iter)
+
+
+@METHODS.register("rep", doc="rep-spectral: Σ σ_max(W_l)² over the weight layers of Φ (SPEC §2)")
+def make_rep(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> spectral.SpectralPenalty:
+    """METHODS['rep']: Σ σ_max² over `model.feature_layers(cfg.max_layer)`, never the readout."""
+    return _spectral_penalty(cfg, model, example_x)
+
+
+@METHODS.register("ll", doc="ll-spectral: Σ σ_max(W_l)² over every weight layer, readout included (SPEC §2)")
+def make_ll(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> spectral.SpectralPenalty:
+    """METHODS['ll']: Σ σ_max² over Φ's layers and the readout."""
+    return _spectral_penalty(cfg, model, example_x)
 
 
 def make_monitor(model: nn.Module, example_x: torch.Tensor):
@@ -246,10 +242,16 @@ def supervised_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: tor
     return F.cross_entropy(logits, y), feats, (logits.argmax(1) == y).sum().item()
 
 
-OBJECTIVES["supervised"] = supervised_loss
-AUGMENTATIONS["none"] = lambda x, gen: x
+OBJECTIVES.register("supervised", supervised_loss)
 
 
+@AUGMENTATIONS.register("none")
+def no_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The batch unchanged."""
+    return x
+
+
+@AUGMENTATIONS.register("cifar")
 def cifar_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """RandomCrop(32, padding=4, fill 0) + horizontal flip on a (B, C, H, W) batch, as one tensor op."""
     b, c, h, w = x.shape
@@ -264,8 +266,6 @@ def cifar_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     out = xp.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]
     return out.permute(0, 3, 1, 2).contiguous()
 
-
-AUGMENTATIONS["cifar"] = cifar_augment
 
 
 @torch.no_grad()
@@ -380,11 +380,8 @@ def _run_phase(
     return history
 
 
-def _note_training(key: str, base_key: str, wall: float, burn_in_seconds: float | None, history: list) -> None:
-    """Ledger entries of one trained model: its branch under `key`, its burn-in once under `base_key`. Entries
-    cached before the burn-in time was stored take it from the burn-in rows' epoch times."""
-    if burn_in_seconds is None:
-        burn_in_seconds = sum(r.get("epoch_time", 0.0) for r in history if r.get("phase") == "burn-in")
+def _note_training(key: str, base_key: str, wall: float, burn_in_seconds: float) -> None:
+    """Ledger entries of one trained model: its branch under `key`, its burn-in once under `base_key`."""
     cache.note_compute("burn-in", base_key, burn_in_seconds)
     cache.note_compute("train", key, max(wall - burn_in_seconds, 0.0))
 
@@ -450,7 +447,7 @@ def train(
     base_key = _phase_key(cfg, "base")
     if done is not None:
         model.load_state_dict(done["model"])
-        _note_training(key, base_key, done["wall_time"], done.get("burn_in_seconds"), done["history"])
+        _note_training(key, base_key, done["wall_time"], done["burn_in_seconds"])
         return TrainResult(model, pd.DataFrame(done["history"]), cfg, key, done["wall_time"], done["data_source"])
 
     t0 = time.perf_counter()
@@ -471,292 +468,8 @@ def train(
     wall = base["wall_time"] + time.perf_counter() - t1
     result = {"model": model.state_dict(), "history": history, "wall_time": wall, "data_source": data[0].source,
               "config": dataclasses.asdict(cfg), "burn_in_seconds": base["wall_time"]}
-    _note_training(key, base_key, wall, base["wall_time"], history)
+    _note_training(key, base_key, wall, base["wall_time"])
     if use_cache:
         cache.save(result, final_path)
         (root / key / "resume.pt").unlink(missing_ok=True)
     return TrainResult(model, pd.DataFrame(history), cfg, key, wall, data[0].source)
-
-
-# ------------------------------------------------------------------ batched engine for the 2-D experiments
-# Tiny nets (XOR, sin) are dominated by Python overhead: all seeds x methods x settings of one architecture
-# train together as one BatchedMLP, each member with its own seed, data order, weight decay and penalty.
-BATCH_VARYING = ("seed", "method", "lam", "weight_decay", "max_layer")
-PERM_CHUNK = 500
-
-
-def _member_activation_mask(cfg: TrainConfig, n_layers: int) -> list[float]:
-    """Per-hidden-layer weight of the authors' activation term (rep_ub): λ on the Φ layers rep_ub penalises."""
-    if cfg.method != "rep_ub":
-        return [0.0] * (n_layers - 1)
-    return _member_layer_mask(cfg, n_layers)[:-1]  # rep_ub's spectral mask, without the readout
-
-
-def _member_layer_mask(cfg: TrainConfig, n_layers: int) -> list[float]:
-    """Per-layer penalty weight of one member: λ on the layers its method penalises (readout last)."""
-    if cfg.method == "none":
-        return [0.0] * n_layers
-    if cfg.method == "ll":
-        return [cfg.lam] * n_layers
-    if cfg.method == "ll_readout":
-        return [0.0] * (n_layers - 1) + [cfg.lam]
-    k = n_layers - 1 if cfg.max_layer is None else int(cfg.max_layer)
-    if not 1 <= k <= n_layers - 1:
-        raise ValueError(f"max_layer must be in 1..{n_layers - 1}, got {cfg.max_layer}")
-    return [cfg.lam] * k + [0.0] * (n_layers - k)
-
-
-class _BatchedRun:
-    """State of one BatchedMLP run: params, momentum buffers, power-iteration vectors, per-member settings."""
-
-    def __init__(self, cfgs: list[TrainConfig], data, device: torch.device):
-        from .models import BatchedMLP
-
-        first = cfgs[0]
-        spec = dict(first.model)
-        self.train_ds, self.test_ds = data
-        self.net = BatchedMLP(
-            [c.seed for c in cfgs],
-            spec.get("d_in", int(self.train_ds.x[0].numel())),
-            spec["widths"],
-            spec.get("n_classes", int(self.train_ds.n_classes)),
-            spec.get("activation", "gelu"),
-            spec.get("init_std", 0.01),
-            spec.get("init", "normal"),
-        ).to(device)
-        self.cfgs, self.device = cfgs, device
-        self.params = [*self.net.weights, *self.net.biases]
-        n_layers = len(self.net.weights)
-        self.coef = torch.tensor([_member_layer_mask(c, n_layers) for c in cfgs], device=device)
-        self.act_coef = torch.tensor([_member_activation_mask(c, n_layers) for c in cfgs], device=device)
-        self.activation = spec.get("activation", "gelu")
-        self.any_activation_term = bool(self.act_coef.any())
-        self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device)
-        self.warm_start()
-        self.reset_optimizer()
-
-    def warm_start(self) -> None:
-        """Persistent right singular vectors of every stacked layer from a converged, seeded power iteration."""
-        self.vs = [spectral.power_iteration_converged(W.detach(), generator=torch.Generator().manual_seed(l))[1]
-                   for l, W in enumerate(self.net.weights)]
-
-    def reset_optimizer(self) -> None:
-        self.bufs = [torch.zeros_like(p) for p in self.params]
-
-    def state(self) -> dict:
-        return {"params": [p.detach().clone() for p in self.params], "bufs": self.bufs, "vs": self.vs}
-
-    def load(self, state: dict) -> None:
-        with torch.no_grad():
-            for p, q in zip(self.params, state["params"]):
-                p.copy_(q)
-        self.bufs, self.vs = state["bufs"], state["vs"]
-
-    def penalty_per_member(self, n_iter: int) -> torch.Tensor:
-        """Σ_l coef[m, l]·σ_max(W_l[m])², each σ by persistent power iteration: (M,)."""
-        total = 0.0
-        for l, W in enumerate(self.net.weights):
-            with torch.no_grad():
-                _, self.vs[l] = spectral.power_iteration(W.detach(), self.vs[l], n_iter)
-            total = total + self.coef[:, l] * (W @ self.vs[l].unsqueeze(-1)).squeeze(-1).pow(2).sum(-1)
-        return total
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float, momentum: float, regularize: bool, n_iter: int):
-        from .authors import activation_term
-
-        with_act = regularize and self.any_activation_term
-        logits, preacts = self.net.forward_with_preacts(xb) if with_act else (self.net(xb), None)
-        m, b, c = logits.shape
-        ce = F.cross_entropy(logits.reshape(m * b, c), yb.reshape(-1), reduction="none").view(m, b).mean(1)
-        loss = ce.sum()
-        if regularize:
-            loss = loss + self.penalty_per_member(n_iter).sum()
-        if with_act:  # the authors' rep-spectral term Σ_l λ·mean_b max_j φ′(z_l)², per member
-            terms = torch.stack([activation_term([z], self.activation) for z in preacts], dim=-1)  # (M, L-1)
-            loss = loss + (self.act_coef * terms).sum()
-        grads = torch.autograd.grad(loss, self.params)
-        with torch.no_grad():
-            for p, g, buf in zip(self.params, grads, self.bufs):
-                wd = self.wd.view(-1, *([1] * (p.dim() - 1)))
-                buf.mul_(momentum).add_(g + wd * p)
-                p.sub_(lr * buf)
-        return ce.detach(), (logits.argmax(-1) == yb).float().mean(1)
-
-    @torch.no_grad()
-    def log_row(self, epoch: int, phase_of: Callable[[int], str], ce: torch.Tensor, acc: torch.Tensor) -> list[dict]:
-        sig = torch.stack([torch.linalg.matrix_norm(W, ord=2) for W in self.net.weights], 1)
-        test_acc = (self.net(self.test_ds.x.to(self.device)).argmax(-1) == self.test_ds.y.to(self.device)).float().mean(1)
-        return [
-            {"member": i, "epoch": epoch, "phase": phase_of(i), "train_loss": ce[i].item(), "train_acc": acc[i].item(),
-             "test_acc": test_acc[i].item(), **{f"sigma_{l}": sig[i, l].item() for l in range(sig.shape[1])}}
-            for i in range(len(self.cfgs))
-        ]
-
-
-def _check_batchable(cfgs: list[TrainConfig]) -> None:
-    for c in cfgs:
-        validate(c)
-        if c.model.get("kind") != "mlp" or c.objective != "supervised" or c.augment != "none":
-            raise ValueError("train_batched handles supervised MLPs without augmentation only; use train()")
-        if c.method not in (*METHODS, authors.READOUT_ONLY, authors.WITH_ACTIVATION_TERM) or c.precision != "fp32":
-            raise ValueError(f"train_batched handles the spectral methods in fp32 only (got method {c.method!r}, "
-                             f"precision {c.precision!r}); use train()")
-    shared = lambda c: dataclasses.replace(c, **{k: getattr(cfgs[0], k) for k in BATCH_VARYING})  # noqa: E731
-    for c in cfgs[1:]:
-        if shared(c) != shared(cfgs[0]):
-            raise ValueError(f"train_batched needs configs that differ only in {BATCH_VARYING}; got {c} vs {cfgs[0]}")
-
-
-def _member_perms(seeds: list[int], block: int, n: int) -> torch.Tensor:
-    """Per-member data orders for the PERM_CHUNK epochs of `block`, (M, PERM_CHUNK, n): a function of
-    (seed, epoch) only, so a member's batches do not depend on which other members share its run."""
-    return torch.stack([
-        torch.rand(PERM_CHUNK, n, generator=epoch_generator(s, block, stream=1)).argsort(dim=1) for s in seeds
-    ])
-
-
-def _run_batched_phase(run: _BatchedRun, start: int, end: int, regularize: bool, folder: Path, progress: bool,
-                       history: list[dict], phase_of, log_every: int, checkpoint_every_s: float, use_cache: bool,
-                       on_epoch_end=None) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    cfg0 = run.cfgs[0]
-    resume = folder / "resume.pt"
-    state = cache.load(resume) if use_cache else None
-    epoch = start
-    if state is not None:
-        run.load(state["run"])
-        epoch, history = state["epoch"], state["history"]
-    x, y = run.train_ds.x.to(run.device), run.train_ds.y.to(run.device)
-    n, bs = len(x), min(cfg0.batch_size, len(x))
-    seeds = [c.seed for c in run.cfgs]
-    perm_cache: dict[int, torch.Tensor] = {}
-    last_save = time.monotonic()
-    bar = tqdm(total=end - start, initial=epoch - start, disable=not progress, leave=False,
-               desc=f"{'branch' if regularize else 'burn-in'} x{len(run.cfgs)}")
-    while epoch < end:
-        if bs < n:
-            block = epoch // PERM_CHUNK
-            if block not in perm_cache:
-                perm_cache = {block: _member_perms(seeds, block, n).to(run.device)}
-            perm = perm_cache[block][:, epoch % PERM_CHUNK]
-        for i in range(math.ceil(n / bs)):
-            if bs < n:
-                idx = perm[:, i * bs : (i + 1) * bs]
-                xb, yb = x[idx], y[idx]
-            else:
-                xb, yb = x, y.expand(len(run.cfgs), -1)
-            ce, acc = run.step(xb, yb, cfg0.lr, cfg0.momentum, regularize and i % cfg0.reg_every == 0, cfg0.n_power_iter)
-        epoch += 1
-        bar.update(1)
-        if epoch % log_every == 0 or epoch == end:
-            history = history + run.log_row(epoch, phase_of, ce, acc)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-        if use_cache and epoch < end and time.monotonic() - last_save >= checkpoint_every_s:
-            cache.save({"run": run.state(), "epoch": epoch, "history": history}, resume)
-            last_save = time.monotonic()
-    bar.close()
-    return history
-
-
-def train_batched(
-    configs: list[TrainConfig],
-    *,
-    device: str | torch.device | None = "cpu",
-    progress: bool | None = None,
-    use_cache: bool = True,
-    log_every: int = 100,
-    checkpoint_every_s: float = 30.0,
-    on_epoch_end: Callable[[int], None] | None = None,
-) -> list[TrainResult]:
-    """Train many small MLP configs (differing only in seed, method, λ, weight decay, max_layer) as one
-    batched computation, with the same burn-in/branch schedule as `train`. One TrainResult per config."""
-    configs = list(configs)
-    _check_batchable(configs)
-    with torch_threads(1):
-        return _train_batched(configs, device, progress, use_cache, log_every, checkpoint_every_s, on_epoch_end)
-
-
-def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_every_s, on_epoch_end):
-    progress = cache.progress_enabled(progress)
-    device = resolve_device(device)
-    root = cache.cache_root() / "train-batched"
-    keys = [cache.make_key(kind="train-batched", cfg=c) for c in configs]
-    results: list[TrainResult | None] = [None] * len(configs)
-    data = load_training_data(configs[0])
-    todo = []
-    for i, (c, k) in enumerate(zip(configs, keys)):
-        done = cache.load(root / k / "final.pt") if use_cache else None
-        if done is None:
-            todo.append(i)
-        else:
-            results[i] = _batched_result(c, k, done, data)
-    if not todo:
-        return results  # type: ignore[return-value]
-    t0 = time.perf_counter()
-    todo_cfgs = [configs[i] for i in todo]
-    # burn-in: one member per distinct (seed, weight decay); shared by every method branching from it
-    base_of = {i: configs[i].replace(method="none", lam=0.0, max_layer=None) for i in todo}
-    base_key_of = {i: cache.make_key(kind="train-batched-base", cfg=b, until=b.burn_in) for i, b in base_of.items()}
-    base_keys = list(dict.fromkeys(base_key_of.values()))
-    base_cfgs = [base_of[next(i for i in todo if base_key_of[i] == k)] for k in base_keys]
-    group = cache.make_key(kind="group", keys=sorted(base_keys))
-    base_states = [cache.load(root / k / "burn_in.pt") if use_cache else None for k in base_keys]
-    missing = [j for j, s in enumerate(base_states) if s is None]
-    if missing:
-        run = _BatchedRun([base_cfgs[j] for j in missing], data, device)
-        hist = _run_batched_phase(run, 0, base_cfgs[0].burn_in, False, root / ("base-" + group), progress, [],
-                                  lambda i: "burn-in", log_every, checkpoint_every_s, use_cache, on_epoch_end)
-        for pos, j in enumerate(missing):
-            base_states[j] = {"params": [p[pos].detach().clone() for p in run.params],
-                              "history": [{**r, "member": None} for r in hist if r["member"] == pos]}
-            if use_cache:
-                cache.save(base_states[j], root / base_keys[j] / "burn_in.pt")
-        if use_cache:
-            (root / ("base-" + group) / "resume.pt").unlink(missing_ok=True)
-    t_base = time.perf_counter() - t0
-    run = _BatchedRun(todo_cfgs, data, device)
-    start_states = [base_states[base_keys.index(base_key_of[i])] for i in todo]
-    with torch.no_grad():
-        for l, p in enumerate(run.params):
-            p.copy_(torch.stack([s["params"][l] for s in start_states]))
-    run.warm_start()
-    branch_group = cache.make_key(kind="group", keys=sorted(keys[i] for i in todo))
-    hist = _run_batched_phase(run, todo_cfgs[0].burn_in, todo_cfgs[0].epochs, True, root / ("branch-" + branch_group),
-                              progress, [], lambda i: todo_cfgs[i].method, log_every, checkpoint_every_s, use_cache,
-                              on_epoch_end)
-    wall = (time.perf_counter() - t0) / len(todo)  # amortised per model
-    for pos, i in enumerate(todo):
-        done = {"params": [p[pos].detach().cpu().clone() for p in run.params],
-                "history": start_states[pos]["history"] + [{**r, "member": None} for r in hist if r["member"] == pos],
-                "wall_time": wall, "data_source": data[0].source, "config": dataclasses.asdict(configs[i]),
-                "burn_in_time_total": t_base}
-        if use_cache:
-            cache.save(done, root / keys[i] / "final.pt")
-        results[i] = _batched_result(configs[i], keys[i], done, data)
-    if use_cache:
-        (root / ("branch-" + branch_group) / "resume.pt").unlink(missing_ok=True)
-    return results  # type: ignore[return-value]
-
-
-def _batched_result(cfg: TrainConfig, key: str, done: dict, data) -> TrainResult:
-    from .models import MLP
-
-    spec = dict(cfg.model)
-    model = MLP(spec.get("d_in", int(data[0].x[0].numel())), spec["widths"],
-                spec.get("n_classes", int(data[0].n_classes)), spec.get("activation", "gelu"))
-    with torch.no_grad():
-        for layer, l in zip([*model.hidden, model.readout], range(len(model.hidden) + 1)):
-            layer.weight.copy_(done["params"][l])
-            layer.bias.copy_(done["params"][l + len(model.hidden) + 1])
-    hist = pd.DataFrame(done["history"]).drop(columns=["member"], errors="ignore")
-    cache.note_compute("train", key, done["wall_time"])  # amortised share of the batch, burn-in included
-    return TrainResult(model, hist, cfg, key, done["wall_time"], done["data_source"])
-
-
-# plug-ins that register objectives, augmentations, penalties and models with the registries above
-from . import authors, ssl, transfer  # noqa: E402,F401
-
-PENALTIES[authors.READOUT_ONLY] = authors.make_ll_readout
-PENALTIES[authors.WITH_ACTIVATION_TERM] = authors.make_rep_ub

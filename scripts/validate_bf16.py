@@ -43,13 +43,13 @@ def _configs(p: dict, seeds, methods):
 def _attack(cfg, n: int, T: int, precision: str):
     import torch
 
-    from repspec_utils import experiments
+    from repspec_utils import tables
     from repspec_utils.train import train
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    table = experiments.robustness_table([train(cfg, progress=False)], n=n, attack_kwargs={"T": T}, progress=False,
-                                         precision=precision)
+    table = tables.robustness_table([train(cfg, progress=False)], n=n, attack_kwargs={"T": T}, progress=False,
+                                    precision=precision)
     return table.assign(attack_precision=precision), time.perf_counter() - t0
 
 
@@ -63,9 +63,9 @@ def _markdown(df) -> str:
 
 
 def _scale(p: dict, seeds, methods, n) -> str:
-    from repspec_utils import reproduce
+    from repspec_utils import notebook
 
-    committed = reproduce.profile_params("fig4_mnist", "cpu", {})
+    committed = notebook.profile_params("fig4_mnist", "cpu", {})
     same = all(committed[c] == p[c] for c in ("epochs", "burn_in", "lam", "weight_decay", "width", "n_train", "lr"))
     return (f"seeds {list(seeds)}, methods {list(methods)}, {p['epochs']} epochs (burn-in {p['burn_in']}), "
             f"λ {p['lam']:g}, wd {p['weight_decay']:g}, width {p['width']}"
@@ -79,17 +79,17 @@ def check_attack(p: dict, seeds, methods, n: int, workers: int, out: Path) -> di
     from repspec_utils import plotting
 
     configs = _configs(p, seeds, methods)
-    t0, tables = time.perf_counter(), []
+    t0, parts = time.perf_counter(), []
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         jobs = {pool.submit(_attack, c, n, p["attack_T"], prec): (c, prec) for prec in ("fp32", "bf16")
                 for c in configs}
         for f in cf.as_completed(jobs):
             c, prec = jobs[f]
             table, seconds = f.result()
-            tables.append(table.assign(attack_seconds=seconds))
+            parts.append(table.assign(attack_seconds=seconds))
             print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {c.method} seed {c.seed}: {prec} attack "
                   f"({seconds / 60:.1f} min)", flush=True)
-    samples = pd.concat(tables, ignore_index=True)
+    samples = pd.concat(parts, ignore_index=True)
     samples.to_csv(out / "attack_samples.csv", index=False)
     ok = samples[samples.success.astype(bool)]
     wide = ok.pivot_table(index=["method", "seed", "index"], columns="attack_precision", values="distance").dropna()
@@ -126,15 +126,15 @@ def check_attack(p: dict, seeds, methods, n: int, workers: int, out: Path) -> di
 def check_training(p: dict, seeds, methods, out: Path) -> dict:
     import pandas as pd
 
-    from repspec_utils import experiments
+    from repspec_utils import evaluate, recipes
     from repspec_utils.train import train
 
     t0 = time.perf_counter()
     rows = []
     for c in _configs(p, seeds, methods):
         r = train(c, progress=False)
-        _, test_ds = experiments.load_training_data(c)
-        rows.append({"method": c.method, "seed": c.seed, "test_acc": experiments.accuracy(r.model.eval(), test_ds)})
+        _, test_ds = recipes.load_training_data(c)
+        rows.append({"method": c.method, "seed": c.seed, "test_acc": evaluate.accuracy(r.model.eval(), test_ds)})
     fp32 = pd.DataFrame(rows)
     bf16 = pd.read_csv(out / "bf16_trained_models.csv")
     bf16 = bf16[bf16.method.isin(methods)]
@@ -186,7 +186,7 @@ def write_readme(out: Path, manifest: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from repspec_utils import plotting, reproduce
+    from repspec_utils import notebook, plotting, reproduce
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("check", choices=("attack", "training"))
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    p = reproduce.profile_params("fig4_mnist", "cpu", reproduce.parse_set(args.set))
+    p = notebook.profile_params("fig4_mnist", "cpu", reproduce.parse_set(args.set))
     seeds = args.seeds or ([0, 1] if args.check == "attack" else list(p["seeds"]))
     methods = args.methods or (["none", "rep"] if args.check == "attack" else list(p["methods"]))
     if len(set(seeds)) != len(seeds) or (args.check == "training" and len(seeds) < 3):

@@ -21,17 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _params(notebook: str, profile: str, overrides: list[str]) -> dict:
-    from repspec_utils import reproduce
+def _params(name: str, profile: str, overrides: list[str]) -> dict:
+    from repspec_utils import notebook, reproduce
 
-    return reproduce.profile_params(notebook, profile, reproduce.parse_set(overrides))
+    return notebook.profile_params(name, profile, reproduce.parse_set(overrides))
 
 
 def profile_configs(p: dict):
     """The Fig 4 / Fig 5 configs of a notebook's parameters (the same keys the notebooks compute)."""
-    from repspec_utils import experiments
+    from repspec_utils import recipes
 
-    return experiments.mnist_configs("mnist", methods=p["methods"], seeds=p["seeds"], lams=[p["lam"]],
+    return recipes.mnist_configs("mnist", methods=p["methods"], seeds=p["seeds"], lams=[p["lam"]],
                                      weight_decays=[p["weight_decay"]], epochs=p["epochs"], burn_in=p["burn_in"],
                                      lr=p["lr"], batch_size=p["batch_size"], width=p["width"],
                                      n_train=p["n_train"] or None, precision=p["precision"])
@@ -44,13 +44,13 @@ def _init_worker() -> None:
 
 
 def _job(kind: str, cfg, p: dict) -> tuple[str, float]:
-    from repspec_utils import experiments
+    from repspec_utils import tables
     from repspec_utils.train import train
 
     t0 = time.perf_counter()
     result = train(cfg, progress=False)
     if kind != "train":
-        experiments.robustness_table([result], n=p["n_attack"], attack_kwargs={"T": p["attack_T"]},
+        tables.robustness_table([result], n=p["n_attack"], attack_kwargs={"T": p["attack_T"]},
                                      readout="refit" if kind == "refit" else "original", progress=False,
                                      precision=p["precision"])
     return f"{kind} {cfg.method} seed {cfg.seed}", time.perf_counter() - t0

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from repspec_utils import authors, cache
 from repspec_utils.models import MLP, activation_derivative
-from repspec_utils.train import OBJECTIVES, TrainConfig, make_optimizer, make_penalty, train_step, validate
+from repspec_utils.registry import OBJECTIVES
+from repspec_utils.train import TrainConfig, make_optimizer, make_penalty, train_step, validate
 
 
 def _net(seed=0, d_in=4, width=6):

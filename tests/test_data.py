@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from repspec_utils import data as D
+from repspec_utils.data import cifar as DC, mnist as DM
+from repspec_utils.data.__main__ import main as data_main
 
-REPO = Path(D.__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
@@ -31,12 +33,12 @@ def _flip_byte(p: Path, offset: int = 20) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_memo(monkeypatch):
     # the in-process verification memo must not leak between tests
-    monkeypatch.setattr(D, "_VERIFIED", {})
+    monkeypatch.setattr(DM, "_VERIFIED", {})
 
 
 def _real_raw(name: str) -> Path:
     raw = D.mnist_raw_dir(name)
-    table = D._MNIST_LIKE[name][1]
+    table = DM.MNIST_LIKE[name][1]
     if not all((raw / f).is_file() for f in table):
         pytest.skip(f"{name} not fetched into {raw}: run `bash scripts/fetch_data.sh` first")
     return raw
@@ -87,10 +89,10 @@ def test_unknown_name_errors_before_work(tmp_path):
     root = tmp_path / "never_created"
     with pytest.raises(ValueError) as ei:
         D.get_data("imagenet", root=root)
-    for n in D.DATASET_NAMES:
+    for n in D.dataset_names():
         assert n in str(ei.value)
     assert not root.exists()
-    assert D._normalize_name("Fashion-MNIST") == "fashion_mnist"
+    assert D.core.normalize_name("Fashion-MNIST") == "fashion_mnist"
 
 
 def test_array_dataset_contract():
@@ -148,13 +150,13 @@ def _fake_raw(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_verify_detects_corruption_and_uses_stamp(tmp_path, monkeypatch):
     raw, table = _fake_raw(tmp_path)
     D.verify_raw_files(raw, table, label="fake")
-    assert (raw / D.STAMP_NAME).is_file()
+    assert (raw / DM.STAMP_NAME).is_file()
     # a second check trusts the stamp (size + mtime unchanged): no hashing at all
-    monkeypatch.setattr(D, "_VERIFIED", {})
-    monkeypatch.setattr(D, "_md5", lambda p: (_ for _ in ()).throw(AssertionError("re-hashed")))
+    monkeypatch.setattr(DM, "_VERIFIED", {})
+    monkeypatch.setattr(DM, "md5_file", lambda p: (_ for _ in ()).throw(AssertionError("re-hashed")))
     D.verify_raw_files(raw, table, label="fake")
     monkeypatch.undo()
-    monkeypatch.setattr(D, "_VERIFIED", {})
+    monkeypatch.setattr(DM, "_VERIFIED", {})
     bad = raw / "train-labels-idx1-ubyte"
     _flip_byte(bad)  # changes mtime -> stamp no longer matches -> re-hash -> mismatch
     with pytest.raises(D.DataIntegrityError) as ei:
@@ -199,7 +201,7 @@ def test_prepare_copies_gz_and_plain_and_verifies(tmp_path, monkeypatch):
         else:
             with gzip.open(src / (name + ".gz"), "wb") as f:
                 f.write(content)
-    monkeypatch.setitem(D._MNIST_LIKE, "fashion_mnist", ("FashionMNIST", table, "Fashion-MNIST"))
+    monkeypatch.setitem(DM.MNIST_LIKE, "fashion_mnist", ("FashionMNIST", table, "Fashion-MNIST"))
     raw = D.prepare_fashion_mnist(tmp_path / "root", source=src)
     assert raw == tmp_path / "root" / "FashionMNIST" / "raw"
     assert {n: _md5(raw / n) for n in table} == table
@@ -214,9 +216,9 @@ def test_prepare_copies_gz_and_plain_and_verifies(tmp_path, monkeypatch):
 
 
 def test_cli_missing_and_verify(tmp_path, capsys):
-    assert D.main(["missing", "mnist", "fashion_mnist", "--root", str(tmp_path)]) == 0
+    assert data_main(["missing", "mnist", "fashion_mnist", "--root", str(tmp_path)]) == 0
     assert capsys.readouterr().out.split() == ["mnist", "fashion_mnist"]
-    assert D.main(["verify", "mnist", "--root", str(tmp_path)]) == 1
+    assert data_main(["verify", "mnist", "--root", str(tmp_path)]) == 1
     assert "bash scripts/fetch_data.sh" in capsys.readouterr().err
 
 
@@ -258,8 +260,8 @@ def test_synthetic_cifar_roundtrip(synthetic_root):
     assert tr.class_counts().tolist() == [20] * 10 and te.class_counts().tolist() == [5] * 10
     assert tr.synthetic and te.synthetic and tr.source.startswith("SYNTHETIC STAND-IN")
     assert tr.box == (0.0, 1.0) and 0.0 <= tr.x.min() and tr.x.max() <= 1.0 and tr.x.std() > 0.05
-    folder = synthetic_root / "cifar10_synthetic" / "v1-seed1-n200-50" / D.SYNTHETIC_BASE_FOLDER
-    assert "NOT REAL DATA" in (folder / D.SYNTHETIC_README).read_text()
+    folder = synthetic_root / "cifar10_synthetic" / "v1-seed1-n200-50" / DC.SYNTHETIC_BASE_FOLDER
+    assert "NOT REAL DATA" in (folder / DC.SYNTHETIC_README).read_text()
     # the loader is a torchvision CIFAR10 subclass and sees the same pixels
     ds = D.SyntheticCIFAR10(str(folder.parent), train=True)
     assert isinstance(ds, CIFAR10) and ds.classes[0] == "airplane"
@@ -273,7 +275,7 @@ def test_synthetic_cifar_roundtrip(synthetic_root):
     assert _md5(again / "data_batch_3") == _md5(folder / "data_batch_3")
     D.make_synthetic_cifar10(synthetic_root / "again", n_train=100, n_test=20, seed=1)
     assert D.SyntheticCIFAR10(str(synthetic_root / "again"), train=False).data.shape[0] == 20
-    assert sorted(p.name for p in (synthetic_root / "again").iterdir()) == [D.SYNTHETIC_BASE_FOLDER]
+    assert sorted(p.name for p in (synthetic_root / "again").iterdir()) == [DC.SYNTHETIC_BASE_FOLDER]
     # a model of the class means is not enough (the task is not trivial) but classes differ
     flat = tr.x.reshape(200, -1)
     means = torch.stack([flat[tr.y == c].mean(0) for c in range(10)])
@@ -282,7 +284,7 @@ def test_synthetic_cifar_roundtrip(synthetic_root):
 
 def test_synthetic_cifar_md5_mismatch_detected(synthetic_root):
     D.get_data("cifar10_synthetic", root=synthetic_root, n_train=100, n_test=20, seed=2)
-    folder = synthetic_root / "cifar10_synthetic" / "v1-seed2-n100-20" / D.SYNTHETIC_BASE_FOLDER
+    folder = synthetic_root / "cifar10_synthetic" / "v1-seed2-n100-20" / DC.SYNTHETIC_BASE_FOLDER
     bad = folder / "data_batch_2"
     _flip_byte(bad, offset=500)
     with pytest.raises(D.DataIntegrityError) as ei:

@@ -8,7 +8,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from repspec_utils import experiments as E  # noqa: E402
+from repspec_utils import recipes as R  # noqa: E402
+from repspec_utils import tables as E  # noqa: E402
 from repspec_utils import plotting as PL  # noqa: E402
 from repspec_utils import train  # noqa: E402
 from repspec_utils.train import TrainConfig  # noqa: E402
@@ -16,24 +17,24 @@ from repspec_utils.train import TrainConfig  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ data
 def test_cifar_data_routes_sizes_and_subsets():
-    assert E.cifar_data("cifar10") == {"dataset": "cifar10", "data_kwargs": {}, "n_train": None}
-    assert E.cifar_data("cifar10", n_train=1000) == {"dataset": "cifar10", "data_kwargs": {}, "n_train": 1000}
-    assert E.cifar_data("cifar10_synthetic", n_train=300, n_test=0) == \
+    assert R.cifar_data("cifar10") == {"dataset": "cifar10", "data_kwargs": {}, "n_train": None}
+    assert R.cifar_data("cifar10", n_train=1000) == {"dataset": "cifar10", "data_kwargs": {}, "n_train": 1000}
+    assert R.cifar_data("cifar10_synthetic", n_train=300, n_test=0) == \
         {"dataset": "cifar10_synthetic", "data_kwargs": {"n_train": 300}, "n_train": None}
-    small = E.cifar_data("cifar10_synthetic", image_size=16, n_train=64, n_test=32)
+    small = R.cifar_data("cifar10_synthetic", image_size=16, n_train=64, n_test=32)
     assert small == {"dataset": "transfer_cifar10_synthetic",
                      "data_kwargs": {"image_size": 16, "n_train": 64, "n_test": 32}, "n_train": None}
     # a test subset of real CIFAR-10 needs the subsetting loader, even at 32 px
-    assert E.cifar_data("cifar10", n_test=500)["dataset"] == "transfer_cifar10"
+    assert R.cifar_data("cifar10", n_test=500)["dataset"] == "transfer_cifar10"
     with pytest.raises(ValueError, match="dataset must be one of"):
-        E.cifar_data("mnist")
+        R.cifar_data("mnist")
     with pytest.raises(ValueError, match="image_size"):
-        E.cifar_data("cifar10", image_size=4)
+        R.cifar_data("cifar10", image_size=4)
 
 
 def test_synthetic_cifar_through_the_configs_is_labelled(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "data"))
-    cfg = E.cifar_configs("cifar10_synthetic", seeds=[0], image_size=16, n_train=20, n_test=10)[0]
+    cfg = R.cifar_configs("cifar10_synthetic", seeds=[0], image_size=16, n_train=20, n_test=10)[0]
     train_ds, test_ds = train.load_training_data(cfg)
     assert train_ds.x.shape == (20, 3, 16, 16) and test_ds.x.shape == (10, 3, 16, 16)
     assert train_ds.synthetic and test_ds.synthetic and train_ds.source.startswith("SYNTHETIC STAND-IN")
@@ -41,7 +42,7 @@ def test_synthetic_cifar_through_the_configs_is_labelled(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------------- configs
 def test_cifar_configs_follow_the_recipe():
-    cfgs = E.cifar_configs(seeds=[0, 1], weight_decays=[0.0, 1e-4])
+    cfgs = R.cifar_configs(seeds=[0, 1], weight_decays=[0.0, 1e-4])
     assert len(cfgs) == 2 * 2 * 4  # weight decays x seeds x (None, ll, rep, rep on 2 stages)
     for c in cfgs:
         train.validate(c)
@@ -56,7 +57,7 @@ def test_cifar_configs_follow_the_recipe():
 
 
 def test_barlow_configs():
-    cfgs = E.barlow_configs(seeds=[3], lams=[0.01, 0.001])
+    cfgs = R.barlow_configs(seeds=[3], lams=[0.01, 0.001])
     assert [(c.method, c.lam) for c in cfgs] == [("none", 0.0), ("rep", 0.01), ("rep", 0.001)]
     for c in cfgs:
         train.validate(c)
@@ -65,7 +66,7 @@ def test_barlow_configs():
 
 
 def test_transfer_configs_paper_recipe():
-    cfgs = E.transfer_configs("stanford_dogs", seeds=[0])
+    cfgs = R.transfer_configs("stanford_dogs", seeds=[0])
     got = [(c.method, c.lam, c.method_kwargs, c.reg_every, c.reg_epoch_end_step) for c in cfgs]
     assert got == [("none", 0.0, {}, 1, False),
                    ("l2sp", 1.0, {"alpha": 0.1, "beta": 0.01}, 1, False),
@@ -75,19 +76,19 @@ def test_transfer_configs_paper_recipe():
                    ("rep", 0.01, {}, 160, True), ("rep", 0.001, {}, 160, True)]
     assert {(c.epochs, c.lr, c.burn_in, c.batch_size, c.backbone_lr_mult) for c in cfgs} == {(50, 0.005, 30, 64, 0.2)}
     # overrides apply; None keeps the recipe; reg_every only changes the spectral methods
-    cf = E.transfer_configs("cifar10", seeds=[0], epochs=None, lr=None, reg_every=7, burn_in=5)
+    cf = R.transfer_configs("cifar10", seeds=[0], epochs=None, lr=None, reg_every=7, burn_in=5)
     assert {(c.epochs, c.lr, c.burn_in) for c in cf} == {(50, 0.01, 5)}
     assert {c.method: c.reg_every for c in cf} == {"none": 1, "l2sp": 1, "bss": 1, "ll": 7, "rep": 7}
     with pytest.raises(ValueError, match="unknown transfer methods"):
-        E.transfer_configs("cifar10", methods=("none", "dropout"))
+        R.transfer_configs("cifar10", methods=("none", "dropout"))
     with pytest.raises(ValueError, match="standin_weights"):
-        E.transfer_configs("standin")
+        R.transfer_configs("standin")
 
 
 def test_transfer_configs_standin(tmp_path):
     weights = tmp_path / "backbone.pt"
     weights.write_bytes(b"not a real checkpoint; configs only hash it")
-    cfgs = E.transfer_configs("standin", seeds=[0, 1], spectral_lams=[0.01], bss_lams=[0.001], l2sp_alphas=[0.1],
+    cfgs = R.transfer_configs("standin", seeds=[0, 1], spectral_lams=[0.01], bss_lams=[0.001], l2sp_alphas=[0.1],
                               standin_weights=weights, epochs=4, burn_in=2, lr=0.1, reg_every=None, n_per_class=7)
     assert len(cfgs) == 2 * 5 and {c.dataset for c in cfgs} == {"transfer_standin"}
     assert {(c.epochs, c.burn_in, c.lr, c.data_kwargs["n_per_class"]) for c in cfgs} == {(4, 2, 0.1, 7)}
@@ -161,7 +162,7 @@ def test_l2sp_strengths_stay_separate_models(tmp_path, monkeypatch):
     base = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [16], "init_std": 0.3}, lr=0.5,
                        batch_size=64, epochs=2, burn_in=1)
     cfgs = [base, *[base.replace(method="l2sp", lam=1.0, method_kwargs={"alpha": a, "beta": 0.01}) for a in (1.0, 0.1)]]
-    results = E.train_all(cfgs, progress=False, device="cpu")
+    results = R.train_all(cfgs, progress=False, device="cpu")
     samples = E.robustness_table(results, n=2, attack_kwargs={"T": 2, "init_probes": 10}, progress=False)
     models = E.per_model(samples)
     assert len(models) == 3 and sorted(models.method_kwargs.fillna("")) == ["", "alpha=0.1, beta=0.01",

@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from repspec_utils import cache  # noqa: E402
-from repspec_utils import experiments as E  # noqa: E402
+from repspec_utils import recipes as R  # noqa: E402
+from repspec_utils import tables as E  # noqa: E402
 from repspec_utils import geometry as G  # noqa: E402
 from repspec_utils import plotting as PL  # noqa: E402
 from repspec_utils.models import MLP  # noqa: E402

@@ -10,7 +10,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from repspec_utils import experiments as E  # noqa: E402
+from repspec_utils import recipes as R  # noqa: E402
+from repspec_utils import tables as E  # noqa: E402
 from repspec_utils import geometry as G  # noqa: E402
 from repspec_utils import plotting as PL  # noqa: E402
 from repspec_utils.models import MLP  # noqa: E402
@@ -61,7 +62,7 @@ def test_torch_default_init_matches_nn_linear():
 
 
 def test_sin_deep_inits_are_separate_models():
-    cfgs = E.sin_configs(widths=[[8], [8, 8, 8]], seeds=[0], methods=["none", "rep"], deep_ablation=[1],
+    cfgs = R.sin_configs(widths=[[8], [8, 8, 8]], seeds=[0], methods=["none", "rep"], deep_ablation=[1],
                          deep_inits=["normal", "torch"], epochs=4, burn_in=2)
     widths = [E.settings(c)["width"] for c in cfgs]
     assert widths.count("8") == 2 and widths.count("8-8-8") == 3 and widths.count("8-8-8 (torch init)") == 3
@@ -71,7 +72,7 @@ def test_sin_deep_inits_are_separate_models():
                       and c.method == torch_cfg.method and c.max_layer == torch_cfg.max_layer)
     assert cache.make_key(kind="train", cfg=torch_cfg) != cache.make_key(kind="train", cfg=normal_cfg)
     with pytest.raises(ValueError, match="deep_inits"):
-        E.sin_configs(deep_inits=["kaiming"])
+        R.sin_configs(deep_inits=["kaiming"])
 
 
 def test_batched_members_use_the_init():

@@ -8,9 +8,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from repspec_utils import notebook as nbk
 from repspec_utils import reproduce as rp
 
-NOTEBOOKS = rp.notebooks()
+NOTEBOOKS = nbk.notebooks()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -32,7 +33,7 @@ def _write_notebook(folder: Path, stem: str, params_src: str, n_param_cells: int
     nb.cells.append(nbformat.v4.new_markdown_cell("# Toy"))
     for _ in range(n_param_cells):
         nb.cells.append(nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}))
-    nb.cells.append(nbformat.v4.new_code_cell(f'P = reproduce.notebook_params(globals(), "{stem}")'))
+    nb.cells.append(nbformat.v4.new_code_cell(f'from repspec_utils import notebook\nP = notebook.notebook_params(globals(), "{stem}")'))
     nb.cells.append(nbformat.v4.new_code_cell(rest))
     path = folder / f"{stem}.ipynb"
     nbformat.write(nb, path)
@@ -47,73 +48,73 @@ def toy(tmp_path, monkeypatch):
     _write_notebook(nbdir, "toy", PARAMS_SRC)
     (profdir / "toy.yaml").write_text("smoke: {}\ncpu:\n  epochs: 100\n  lam: 1.0e-2\npaper:\n  epochs: 15000\n"
                                       "  seeds: [400, 401, 402]\n")
-    monkeypatch.setattr(rp, "NOTEBOOK_DIR", nbdir)
-    monkeypatch.setattr(rp, "PROFILE_DIR", profdir)
+    monkeypatch.setattr(nbk, "NOTEBOOK_DIR", nbdir)
+    monkeypatch.setattr(nbk, "PROFILE_DIR", profdir)
     return tmp_path
 
 
 def test_parameters_cell_parsed(toy):
-    assert rp.notebook_defaults("toy") == {"lam": 0.001, "seeds": [400, 401], "method": "rep", "flag": True,
+    assert nbk.notebook_defaults("toy") == {"lam": 0.001, "seeds": [400, 401], "method": "rep", "flag": True,
                                            "epochs": 10, "extra": None, "profile": "smoke", "out_dir": ""}
-    assert rp.parameter_help("toy")["lam"] == "regularization strength"
+    assert nbk.parameter_help("toy")["lam"] == "regularization strength"
 
 
 def test_unknown_notebook_and_profile(toy):
     with pytest.raises(ValueError, match="unknown notebook 'nope'.*valid notebooks: toy"):
-        rp.load_profile("nope", "cpu")
+        nbk.load_profile("nope", "cpu")
     with pytest.raises(ValueError, match="unknown profile 'fast'.*smoke, cpu, paper"):
-        rp.load_profile("toy", "fast")
-    assert rp.load_profile("toy", "cpu") == {"epochs": 100, "lam": 0.01}
-    assert rp.load_profile("toy", "smoke") == {}
+        nbk.load_profile("toy", "fast")
+    assert nbk.load_profile("toy", "cpu") == {"epochs": 100, "lam": 0.01}
+    assert nbk.load_profile("toy", "smoke") == {}
 
 
 @pytest.mark.parametrize("name, value", [("epochs", "ten"), ("epochs", 1.5), ("epochs", True), ("lam", "0.1"),
                                          ("method", 3), ("flag", 1), ("seeds", 400), ("seeds", [400, "a"])])
 def test_wrong_type_names_the_parameter(toy, name, value):
-    with pytest.raises(rp.ParameterError, match=f"parameter '{name}"):
-        rp.check_params({name: value}, "toy")
+    with pytest.raises(nbk.ParameterError, match=f"parameter '{name}"):
+        nbk.check_params({name: value}, "toy")
     with pytest.raises(TypeError):  # ParameterError is both a ValueError and a TypeError
         rp.plan("toy", "cpu", {name: value})
 
 
 def test_conform_and_unknown_parameter(toy):
-    assert rp.check_params({"lam": 0, "seeds": (1, 2), "extra": "anything"}, "toy") == \
+    assert nbk.check_params({"lam": 0, "seeds": (1, 2), "extra": "anything"}, "toy") == \
         {"lam": 0.0, "seeds": [1, 2], "extra": "anything"}
-    with pytest.raises(rp.ParameterError, match="no parameter 'lr'.*lam, seeds"):
-        rp.check_params({"lr": 0.1}, "toy")
-    with pytest.raises(rp.ParameterError, match="write 1.0e-3"):
-        rp.check_params({"lam": "1e-3"}, "toy")  # what PyYAML makes of `lam: 1e-3`
-    with pytest.raises(rp.ParameterError, match="'profile' must be one of"):
-        rp.check_params({"profile": "fast"}, "toy")
+    with pytest.raises(nbk.ParameterError, match="no parameter 'lr'.*lam, seeds"):
+        nbk.check_params({"lr": 0.1}, "toy")
+    with pytest.raises(nbk.ParameterError, match="write 1.0e-3"):
+        nbk.check_params({"lam": "1e-3"}, "toy")  # what PyYAML makes of `lam: 1e-3`
+    with pytest.raises(nbk.ParameterError, match="'profile' must be one of"):
+        nbk.check_params({"profile": "fast"}, "toy")
 
 
 def test_profile_type_error_names_file_and_parameter(toy):
     (toy / "profiles" / "toy.yaml").write_text("smoke: {}\ncpu: {epochs: ten}\npaper: {}\n")
-    with pytest.raises(rp.ParameterError, match=r"toy\.yaml, profile 'cpu'.*parameter 'epochs'"):
-        rp.load_profile("toy", "cpu")
+    with pytest.raises(nbk.ParameterError, match=r"toy\.yaml, profile 'cpu'.*parameter 'epochs'"):
+        nbk.load_profile("toy", "cpu")
     (toy / "profiles" / "toy.yaml").write_text("smoke: {}\ncpu: {}\n")
     with pytest.raises(ValueError, match="exactly the profiles smoke, cpu, paper"):
-        rp.load_profile("toy", "cpu")
+        nbk.load_profile("toy", "cpu")
 
 
 def test_parameters_cell_form_enforced(toy):
     _write_notebook(toy / "notebooks", "two", PARAMS_SRC, n_param_cells=2)
     with pytest.raises(ValueError, match="exactly one code cell tagged 'parameters', found 2"):
-        rp.notebook_defaults("two")
+        nbk.notebook_defaults("two")
     _write_notebook(toy / "notebooks", "derived", PARAMS_SRC + "steps = epochs * 10\n")
     with pytest.raises(ValueError, match="line 9: only `name = literal`"):
-        rp.notebook_defaults("derived")
+        nbk.notebook_defaults("derived")
     _write_notebook(toy / "notebooks", "noprofile", "epochs = 1\nout_dir = ''\n")
     with pytest.raises(ValueError, match="must define profile"):
-        rp.notebook_defaults("noprofile")
+        nbk.notebook_defaults("noprofile")
 
 
 def test_plan_overrides(toy):
     todo = rp.plan(["toy"], "paper", {"lam": 1})
     assert todo["toy"]["epochs"] == 15000 and todo["toy"]["lam"] == 1.0 and todo["toy"]["profile"] == "paper"
-    with pytest.raises(rp.ParameterError, match="no selected notebook has parameter.*lr"):
+    with pytest.raises(nbk.ParameterError, match="no selected notebook has parameter.*lr"):
         rp.plan(None, "cpu", {"lr": 0.1})
-    with pytest.raises(rp.ParameterError, match="runner's own options"):
+    with pytest.raises(nbk.ParameterError, match="runner's own options"):
         rp.plan(None, "cpu", {"out_dir": "/tmp"})
 
 
@@ -133,23 +134,23 @@ def test_parse_set():
 
 
 def test_notebook_params_in_namespace(toy):
-    ns = {**rp.notebook_defaults("toy"), "lam": 1, "out_dir": str(toy / "figs")}
-    run = rp.notebook_params(ns, "toy")
+    ns = {**nbk.notebook_defaults("toy"), "lam": 1, "out_dir": str(toy / "figs")}
+    run = nbk.notebook_params(ns, "toy")
     assert ns["lam"] == 1.0 and isinstance(ns["lam"], float)  # conformed value written back
     assert run.fig_dir == toy / "figs" / "toy" and run.fig_dir.is_dir()
     assert run.deviations == {"lam": 1.0} and run.label == "smoke lam=1.0"
     run.record(data_sources=["a"], seeds=[1])
     rec = run.record(data_sources=["a", "b"], seeds=[2])
     assert rec["data_sources"] == ["a", "b"] and rec["seeds"] == [1, 2]
-    with pytest.raises(rp.ParameterError, match="parameter 'epochs'"):
-        rp.notebook_params({**ns, "epochs": "ten"}, "toy")
+    with pytest.raises(nbk.ParameterError, match="parameter 'epochs'"):
+        nbk.notebook_params({**ns, "epochs": "ten"}, "toy")
 
 
 def test_footer_and_manifest_say_how_long_the_results_took(toy):
     from repspec_utils import cache
 
     cache.note_compute("attack", "left over from another notebook", 5.0)
-    run = rp.notebook_params({**rp.notebook_defaults("toy"), "out_dir": str(toy / "figs")}, "toy")
+    run = nbk.notebook_params({**nbk.notebook_defaults("toy"), "out_dir": str(toy / "figs")}, "toy")
     assert "compute" not in run.info()  # the ledger starts empty with the notebook
     cache.note_compute("burn-in", "b", 600.0)
     for key in ("m1", "m2"):
@@ -160,12 +161,12 @@ def test_footer_and_manifest_say_how_long_the_results_took(toy):
     info = run.info(attacked=50)
     assert info["compute"] == "training 50.0 min (2 models + 1 burn-ins), attacks ≥ 1.5 min (3 runs, 1 without a " \
                               "recorded time)"
-    rec = json.loads((run.fig_dir / rp.RECORD_FILE).read_text())
+    rec = json.loads((run.fig_dir / nbk.RECORD_FILE).read_text())
     assert rec["compute"]["train"] == {"seconds": 2400.0, "entries": 2, "unrecorded": 0}
-    assert rp.format_compute({"refit": {"seconds": 30.0, "entries": 3, "unrecorded": 0}}) == "re-fits 30 s (3 re-fits)"
-    assert rp.format_compute({"attack": {"seconds": 0.0, "entries": 4, "unrecorded": 4}}) == \
+    assert nbk.format_compute({"refit": {"seconds": 30.0, "entries": 3, "unrecorded": 0}}) == "re-fits 30 s (3 re-fits)"
+    assert nbk.format_compute({"attack": {"seconds": 0.0, "entries": 4, "unrecorded": 4}}) == \
         "attacks: time not recorded (4 runs)"
-    assert rp.format_compute({"metric": {"seconds": 630.0, "entries": 3, "unrecorded": 0},
+    assert nbk.format_compute({"metric": {"seconds": 630.0, "entries": 3, "unrecorded": 0},
                               "sigma-trace": {"seconds": 90.0, "entries": 4, "unrecorded": 0}}) == \
         "metric 10.5 min (3 models), σ traces 1.5 min (4 runs)"
 
@@ -174,12 +175,12 @@ def test_uncreatable_folders_fail_before_running(toy, monkeypatch):
     blocker = toy / "blocker"
     blocker.write_text("a file, not a folder")
     executed = toy / "executed"
-    with pytest.raises(rp.OutputDirError, match="figure output folder .*blocker/figs"):
+    with pytest.raises(nbk.OutputDirError, match="figure output folder .*blocker/figs"):
         rp.run_notebooks(["toy"], "smoke", out_dir=blocker / "figs", executed_dir=executed)
-    with pytest.raises(rp.OutputDirError, match="executed-notebook folder .*blocker/ex"):
+    with pytest.raises(nbk.OutputDirError, match="executed-notebook folder .*blocker/ex"):
         rp.run_notebooks(["toy"], "smoke", out_dir=toy / "figs", executed_dir=blocker / "ex")
     monkeypatch.setenv("REPSPEC_CACHE", str(blocker / "cache"))
-    with pytest.raises(rp.OutputDirError, match=r"cache folder \(\$REPSPEC_CACHE\) .*blocker/cache"):
+    with pytest.raises(nbk.OutputDirError, match=r"cache folder \(\$REPSPEC_CACHE\) .*blocker/cache"):
         rp.run_notebooks(["toy"], "smoke", out_dir=toy / "figs", executed_dir=executed)
     assert not executed.exists() or not any(executed.iterdir())  # nothing ran
 
@@ -205,9 +206,9 @@ def test_there_are_notebooks():
 def test_notebook_form(nb):
     """One literal-only parameters cell with profile='smoke' and out_dir='', checked by the next code cell;
     stored without outputs; a python3 kernelspec."""
-    defaults = rp.notebook_defaults(nb)  # exactly one parameters cell, literals only
+    defaults = nbk.notebook_defaults(nb)  # exactly one parameters cell, literals only
     assert defaults["profile"] == "smoke" and defaults["out_dir"] == ""
-    book = nbformat.read(rp.notebook_path(nb), as_version=4)
+    book = nbformat.read(nbk.notebook_path(nb), as_version=4)
     code = [c for c in book.cells if c.cell_type == "code"]
     i = next(k for k, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
     assert f'notebook_params(globals(), "{nb}")' in code[i + 1].source
@@ -225,9 +226,9 @@ def test_papermill_sees_every_parameter(nb, caplog):
     import papermill
 
     with caplog.at_level("WARNING", logger="papermill"):
-        found = papermill.inspect_notebook(str(rp.notebook_path(nb)))
+        found = papermill.inspect_notebook(str(nbk.notebook_path(nb)))
     assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], caplog.text
-    defaults = rp.notebook_defaults(nb)
+    defaults = nbk.notebook_defaults(nb)
     assert set(found) == set(defaults)
     for name, value in defaults.items():
         assert ast.literal_eval(found[name]["default"]) == value, name
@@ -237,22 +238,22 @@ def test_papermill_sees_every_parameter(nb, caplog):
 def test_profiles_match_notebook(nb):
     """profiles/<nb>.yaml exists, has smoke/cpu/paper, every key is a parameter of the right type, and
     smoke equals the stored defaults (it is what nbval runs)."""
-    defaults = rp.notebook_defaults(nb)
-    for profile in rp.PROFILES:
-        values = rp.load_profile(nb, profile)  # raises on unknown keys and wrong types
+    defaults = nbk.notebook_defaults(nb)
+    for profile in nbk.PROFILES:
+        values = nbk.load_profile(nb, profile)  # raises on unknown keys and wrong types
         assert set(values) <= set(defaults)
-    smoke = rp.load_profile(nb, "smoke")
+    smoke = nbk.load_profile(nb, "smoke")
     assert smoke == {k: defaults[k] for k in smoke}, f"{nb}: the smoke profile must equal the notebook defaults"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS)
 def test_every_parameter_type_checked(nb):
-    for name, default in rp.notebook_defaults(nb).items():
+    for name, default in nbk.notebook_defaults(nb).items():
         if default is None or name == "profile":
             continue
         wrong = 12345 if isinstance(default, str) else "ten"
-        with pytest.raises(rp.ParameterError, match=f"parameter '{name}'"):
-            rp.check_params({name: wrong}, nb)
+        with pytest.raises(nbk.ParameterError, match=f"parameter '{name}'"):
+            nbk.check_params({name: wrong}, nb)
 
 
 def test_runner_fig1_smoke(tmp_path, monkeypatch):
@@ -267,7 +268,7 @@ def test_runner_fig1_smoke(tmp_path, monkeypatch):
     for key in ("profile", "parameters", "commit", "wall_time_s", "data_sources", "date", "host", "outputs"):
         assert key in m, key
     assert m["status"] == "ok" and m["profile"] == "smoke" and m["wall_time_s"] > 0
-    assert m["parameters"] == {**rp.notebook_defaults("fig1_tradeoff"), "out_dir": str(tmp_path / "figs")}
+    assert m["parameters"] == {**nbk.notebook_defaults("fig1_tradeoff"), "out_dir": str(tmp_path / "figs")}
     assert m["data_sources"] and {"cpu", "cpu_count", "gpus", "python"} <= set(m["host"])
     assert any(f.endswith(".png") for f in m["outputs"]) and any(f.endswith(".pdf") for f in m["outputs"])
     for f in m["outputs"] + m.get("tables", []):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from repspec_utils import cache, train as T
-from repspec_utils.train import TrainConfig, train, train_batched
+from repspec_utils.batched import train_batched
+from repspec_utils.train import TrainConfig, train
 
 DIGITS = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [32]}, method="rep", lam=0.1,
                      lr=0.5, batch_size=128, epochs=6, burn_in=3, seed=1)

@@ -115,7 +115,7 @@ def test_missing_dataset_folders_say_where_they_looked(tmp_path, monkeypatch):
 def test_missing_weights_files_say_where_they_looked(tmp_path):
     missing = tmp_path / "no_backbone.pt"
     with pytest.raises(FileNotFoundError, match="pretrain_standin_backbone") as err:
-        transfer.build_standin_model({"weights": str(missing)})
+        transfer.build_standin_model(weights=str(missing))
     assert str(missing) in str(err.value)
     with pytest.raises(FileNotFoundError) as err:
         transfer.standin_finetune_config(missing)
@@ -229,6 +229,6 @@ def test_finetuning_steps_on_the_standin(tmp_path, monkeypatch):
     dist = {m: (r.model.hidden[0].weight.detach() - w0).norm().item() for m, r in runs.items()}
     assert dist["l2sp"] < dist["none"]  # L2-SP pulls Φ towards the pretrained weights
     # the head is new: N(0, 1) per the recipe, seeded by the config's seed
-    head = transfer.build_standin_model({"weights": str(path), "seed": 0}).readout.weight
+    head = transfer.build_standin_model(weights=str(path), seed=0).readout.weight
     assert 0.6 < head.std().item() < 1.4 and torch.equal(head, transfer.build_standin_model(
-        {"weights": str(path), "seed": 0}).readout.weight)
+        weights=str(path), seed=0).readout.weight)

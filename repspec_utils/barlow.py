@@ -18,8 +18,8 @@
   global RNG, so the reference path forks the global RNG (`torch.random.fork_rng`) and seeds it with a
   number drawn from the generator; the caller's global RNG state is left untouched.
 
-Importing this module registers OBJECTIVES['barlow'], AUGMENTATIONS['barlow'] and
-MODEL_BUILDERS['barlow_resnet18'] with `repspec_utils.train`. A config then reads, e.g.
+This module registers the objective 'barlow', the augmentation 'barlow' and the model kind 'barlow_resnet18'
+in `registry`. A config then reads, e.g.
 TrainConfig(dataset='cifar10', model={'kind': 'barlow_resnet18'}, objective='barlow', augment='barlow', ...).
 """
 
@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import RepModel, cifar_resnet18
-from .train import AUGMENTATIONS, MODEL_BUILDERS, OBJECTIVES
+from .registry import AUGMENTATIONS, MODELS, OBJECTIVES
 
 __all__ = ["BarlowTwins", "barlow_loss", "standardize", "ViewSpec", "VIEW1", "VIEW2", "augment_view",
            "augment_view_torchvision", "torchvision_view", "barlow_views", "barlow_objective"]
 
 
 # ------------------------------------------------------------------------------------------------- model
+@MODELS.register("barlow_resnet18")
 class BarlowTwins(RepModel):
     """Barlow Twins on a CIFAR ResNet18: Φ = backbone features (B, 512); project(x) = BN(P Φ(x)) (B, 256)."""
 
@@ -69,11 +70,6 @@ class BarlowTwins(RepModel):
     def project(self, x: Tensor) -> Tensor:
         """Batch-standardised projections BN(P Φ(x)): (B, 3, H, W) -> (B, proj_dim)."""
         return self.bn(self.projector(self.features(x)))
-
-
-def _build_barlow(spec: dict) -> BarlowTwins:
-    spec = {k: v for k, v in spec.items() if k != "kind"}
-    return BarlowTwins(**spec)
 
 
 # -------------------------------------------------------------------------------------------------- loss
@@ -303,6 +299,7 @@ def barlow_views(x: Tensor, gen: torch.Generator, impl: str = "batched") -> tupl
 
 
 # ---------------------------------------------------------------------------------------- trainer hooks
+@OBJECTIVES.register("barlow")
 def barlow_objective(model: BarlowTwins, x: Tensor, y: Tensor, gen: torch.Generator):
     """Barlow Twins loss on two views of the batch x (labels unused): returns (loss, Φ(view 1), 0)."""
     v1, v2 = barlow_views(x, gen, getattr(model, "augment", "batched"))
@@ -312,6 +309,9 @@ def barlow_objective(model: BarlowTwins, x: Tensor, y: Tensor, gen: torch.Genera
     return barlow_loss(z1, z2, getattr(model, "lambd", 0.005)), f1, 0
 
 
-OBJECTIVES["barlow"] = barlow_objective
-AUGMENTATIONS["barlow"] = lambda x, gen: x  # the objective makes the two views itself
-MODEL_BUILDERS["barlow_resnet18"] = _build_barlow
+
+
+@AUGMENTATIONS.register("barlow")
+def barlow_augment(x: Tensor, gen: torch.Generator) -> Tensor:
+    """The batch unchanged: the 'barlow' objective makes the two views itself."""
+    return x

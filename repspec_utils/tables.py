@@ -1,106 +1,29 @@
-"""The experiments of SPEC §6 as functions: configs for each recipe, training them all, and tidy result tables.
-
-A notebook calls `*_configs(...)` with its parameters, `train_all(configs)`, then `robustness_table(...)`;
-the returned tables have one row per attacked sample (or per model) with every setting as a column.
-"""
+"""Tidy result tables (SPEC §4, §5): one row per attacked sample, per model, per epoch or per grid point,
+with every setting of the model as a column, and the seed summaries and display keys the figures use."""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import math
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import cache
-from .evaluate import accuracy, evaluate_robustness, refit_readout
-from .train import BATCH_VARYING, torch_threads, TrainConfig, TrainResult, load_training_data, train, train_batched
+from . import cache, geometry
+from .evaluate import accuracy, evaluate_robustness, predict, refit_readout
+from .models import MLP, RefitModel
+from .recipes import SMALL_DATASETS
+from .spectral import conv_sigma, linear_sigma_exact
+from .registry import OBJECTIVES
+from .train import (TrainConfig, TrainResult, epoch_generator, load_training_data, make_model, make_optimizer,
+                    make_penalty, resolve_device, torch_threads, train_step)
 
-SMALL_DATASETS = ("xor", "xor_noisy", "sin")  # 2-D recipes: trained with the batched engine, on one thread
+
 SETTING_COLUMNS = ["dataset", "width", "method", "lam", "weight_decay", "seed", "max_layer", "epochs", "burn_in",
                    "method_kwargs"]  # method_kwargs only where a config has some (L2-SP α, β; BSS k)
-
-
-def _grid(base: TrainConfig, methods, seeds, weight_decays, lams=None, max_layers=None) -> list[TrainConfig]:
-    out = []
-    for wd in weight_decays:
-        for m in methods:
-            for lam in ([0.0] if m == "none" else (lams or [base.lam])):
-                for ml in ((max_layers or [None]) if m in ("rep", "rep_ub") else [None]):
-                    for s in seeds:
-                        out.append(base.replace(method=m, seed=int(s), weight_decay=float(wd), lam=float(lam),
-                                                max_layer=ml))
-    return out
-
-
-def xor_configs(widths: Sequence[int] = (3, 8), noisy: bool = False, methods=("none", "ll", "rep"),
-                seeds=(400, 500, 600, 700, 800), weight_decays=(0.0, 1e-4), epochs: int = 15000,
-                burn_in: int = 10500, lam: float = 1e-3, lr: float = 1.0) -> list[TrainConfig]:
-    """SPEC §6 XOR (clean: full batch of 4; noisy: 80 points, batch 20), lr 1.0, λ 1e-3."""
-    out = []
-    for w in widths:
-        base = TrainConfig(dataset="xor_noisy" if noisy else "xor", model={"kind": "mlp", "widths": [int(w)]},
-                           lam=lam, lr=lr, batch_size=20 if noisy else 4, epochs=epochs, burn_in=burn_in)
-        out += _grid(base, methods, seeds, weight_decays)
-    return out
-
-
-def sin_configs(widths: Sequence[Sequence[int]] = ([8], [20], [8, 8, 8], [20, 20, 20]), methods=("none", "ll", "rep"),
-                seeds=(0, 1, 2, 3, 4), epochs: int = 15000, burn_in: int = 10500, lam: float = 1e-3,
-                lr: float = 0.05, weight_decay: float = 1e-5, deep_ablation=(1, 2),
-                deep_inits=("normal",)) -> list[TrainConfig]:
-    """SPEC §6 sin boundary: shallow and deep MLPs; deep nets also get rep on the first 1 or 2 layers only, once per
-    init of `deep_inits` ('normal': N(0, 0.01²), SPEC §6; 'torch': PyTorch's default, a labelled deviation)."""
-    from .models import INITS
-
-    bad = [i for i in deep_inits if i not in INITS]
-    if bad or not deep_inits:
-        raise ValueError(f"deep_inits must be a non-empty list of {INITS}, got {list(deep_inits)}")
-    out = []
-    for w in widths:
-        w = [int(v) for v in ([w] if isinstance(w, int) else w)]
-        for init in (deep_inits if len(w) > 1 else ["normal"]):
-            spec = {"kind": "mlp", "widths": w, **({"init": init} if init != "normal" else {})}
-            base = TrainConfig(dataset="sin", model=spec, lam=lam, lr=lr, batch_size=64, epochs=epochs,
-                               burn_in=burn_in)
-            ablation = [None, *deep_ablation] if len(w) > 1 else None
-            out += _grid(base, methods, seeds, [weight_decay], max_layers=ablation)
-    return out
-
-
-def mnist_configs(dataset: str = "mnist", methods=("none", "ll", "rep"), seeds=range(10), lams=(1e-3,),
-                  weight_decays=(1e-4,), epochs: int = 200, burn_in: int = 160, lr: float = 0.1,
-                  batch_size: int = 1024, width: int = 2000, n_train: int | None = None,
-                  precision: str = "fp32") -> list[TrainConfig]:
-    """SPEC §6 MNIST / Fashion-MNIST: 784→2000→10 GELU MLP, SGD lr 0.1, batch 1024 (precision: fp32 or bf16)."""
-    base = TrainConfig(dataset=dataset, model={"kind": "mlp", "widths": [int(width)]}, lr=lr, batch_size=batch_size,
-                       epochs=epochs, burn_in=burn_in, n_train=n_train, eval_every=max(1, epochs // 20),
-                       precision=precision)
-    return _grid(base, methods, seeds, weight_decays, lams=list(lams))
-
-
-def _batch_group(cfg: TrainConfig) -> str:
-    shared = dataclasses.replace(cfg, **{k: getattr(TrainConfig("", {}), k) for k in BATCH_VARYING})
-    return cache.make_key(kind="batch-group", cfg=shared)
-
-
-def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, device="auto") -> list[TrainResult]:
-    """Train every config (cached): small MLP groups with the batched engine, the rest one by one."""
-    configs = list(configs)
-    results: list[TrainResult | None] = [None] * len(configs)
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(configs):
-        small = c.model.get("kind") == "mlp" and c.dataset in SMALL_DATASETS
-        if small:
-            groups.setdefault(_batch_group(c), []).append(i)
-        else:
-            results[i] = train(c, progress=progress, device=device)
-    for idx in groups.values():
-        for i, r in zip(idx, train_batched([configs[i] for i in idx], progress=progress)):
-            results[i] = r
-    return results  # type: ignore[return-value]
 
 
 def settings(cfg: TrainConfig) -> dict:
@@ -138,14 +61,12 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
         cache.save({"readout": refit.readout.state_dict(), "acc": acc, "seconds": seconds}, path)
         cache.note_compute("refit", key, seconds)
         return refit, acc
-    cache.note_compute("refit", key, stored.get("seconds"))
-    from copy import deepcopy
+    cache.note_compute("refit", key, stored["seconds"])
 
-    from .models import RefitModel
 
     readout = torch.nn.Linear(stored["readout"]["weight"].shape[1], stored["readout"]["weight"].shape[0])
     readout.load_state_dict(stored["readout"])
-    return RefitModel(deepcopy(result.model), readout).eval(), stored["acc"]
+    return RefitModel(copy.deepcopy(result.model), readout).eval(), stored["acc"]
 
 
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",
@@ -171,10 +92,8 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
             table = evaluate_robustness(model, test_ds, n_attack, seed=seed, attack=attack,
                                         attack_kwargs=attack_kwargs, cache_key=key,
                                         progress=cache.progress_enabled(progress), precision=precision)
-        seconds = table.attrs.get("seconds")
         info = {**settings(r.config), "readout": readout, "test_acc": acc, "n_attacked": n_attack,
-                "data_source": r.data_source, "train_seconds": r.wall_time,
-                "attack_seconds": np.nan if seconds is None else seconds}
+                "data_source": r.data_source, "train_seconds": r.wall_time, "attack_seconds": table.attrs["seconds"]}
         rows.append(table.assign(**info))
     return pd.concat(rows, ignore_index=True)
 
@@ -215,6 +134,17 @@ def across_seeds(models: pd.DataFrame, value: str = "mean_distance", by: Sequenc
                                "count": "n_seeds"})
 
 
+def seed_summary(models: pd.DataFrame, values: Sequence[str] = ("mean_distance", "test_acc"),
+                 by: Sequence[str] | None = None) -> pd.DataFrame:
+    """`across_seeds` of every column in `values`, side by side: one row per setting with <value>_mean / _sd /
+    _sem for each, and n_seeds (the per-model table of `per_model` in, the figures' summary table out)."""
+    out = None
+    for value in values:
+        part = across_seeds(models, value, by)
+        out = part if out is None else out.merge(part)
+    return out
+
+
 def method_variant(table: pd.DataFrame) -> pd.Series:
     """The method of each row with the layer ablation folded in (sin deep nets, SPEC §6): 'rep1' / 'rep2' =
     rep-spectral on the first 1 / 2 hidden layers only (max_layer), 'rep_ub1' / 'rep_ub2' the same for the authors'
@@ -230,9 +160,7 @@ def field_table(results: Sequence[TrainResult], points, metric: bool = True) -> 
     zero set is the decision boundary) and, with metric=True (2-D one-hidden-layer nets, closed form of SPEC §5,
     float64), log_volume = ln √det g and lambda_max = λ_max(g), where g is the metric of Φ = φ(Wx + b)/√n, i.e.
     g = (1/n) Σ_j φ′(z_j)² w_j w_jᵀ: det g carries the 1/n² of that width normalisation."""
-    import copy
 
-    from . import geometry
 
     points = torch.as_tensor(points).to(torch.float64).reshape(-1, 2)
     frames = []
@@ -251,15 +179,10 @@ def field_table(results: Sequence[TrainResult], points, metric: bool = True) -> 
 def grid_table(results: Sequence[TrainResult], lim: float = 3.5, n: int = 40, metric: bool = True) -> pd.DataFrame:
     """`field_table` on the n×n grid over [−lim, lim]², in `geometry.grid_2d` order (a column reshapes to (n, n) per
     model): the data of the decision-boundary and metric maps (Fig 3)."""
-    from . import geometry
 
     return field_table(results, geometry.grid_2d(lim, n, dtype=torch.float64)[2], metric=metric)
 
 
-# The claims table (paired statistics, verdicts) lives in `repspec_utils.claims`.
-
-
-# ------------------------------------------------------------------- MNIST-family figures (Figs 4, 5; App. C–G)
 def _rows_of(table: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
     """Boolean mask of the rows of a tidy table that belong to the model of `cfg` (its setting columns)."""
     mask = np.ones(len(table), dtype=bool)
@@ -273,7 +196,6 @@ def attacked_predictions(results: Sequence[TrainResult], table: pd.DataFrame) ->
     """The class each attacked model (original or re-fitted readout, per the table's `readout`) predicts for each
     row's clean test sample, aligned with the rows of a `robustness_table`: (rows,) int. Equal to `label` where
     only correctly classified samples were attacked."""
-    from .evaluate import predict
 
     pred = np.full(len(table), -1, dtype=np.int64)
     data: dict[str, tuple] = {}
@@ -307,12 +229,6 @@ def sigma_trace(cfg: TrainConfig, n_steps: int, model: torch.nn.Module | None = 
     step sees. Starts from a copy of `model` (e.g. a trained None model, as at the burn-in branch point) or cfg's
     initial model, with a fresh SGD (cfg.lr, momentum, weight decay) and λ·Σσ² on every step. One row per step ×
     layer: step, epoch, layer (index among the penalised layers), shape, sigma_power, sigma_exact, rel_error."""
-    import copy
-    import math
-
-    from .spectral import linear_sigma_exact
-    from .train import epoch_generator, make_model, make_optimizer, make_penalty, resolve_device, supervised_loss
-
     if cfg.method not in ("ll", "rep"):
         raise ValueError(f"sigma_trace needs a spectral method ('ll' or 'rep'), got {cfg.method!r}")
     device = resolve_device(device)
@@ -330,19 +246,14 @@ def sigma_trace(cfg: TrainConfig, n_steps: int, model: torch.nn.Module | None = 
             if step >= n_steps:
                 break
             idx = perm[i * bs : (i + 1) * bs]
-            loss, _, _ = supervised_loss(model, x_all[idx], y_all[idx], None)
-            reg = penalty.penalty()  # advances the persistent vectors by n_power_iter steps
             with torch.no_grad():
-                est = penalty.sigmas()
-                for l, layer in enumerate(penalty.layers):
-                    W = layer.weight.detach()
-                    exact = linear_sigma_exact(W.flatten(1)).item()
-                    rows.append({"step": step, "epoch": epoch, "layer": l, "shape": "×".join(map(str, W.shape)),
-                                 "sigma_power": est[l].item(), "sigma_exact": exact,
-                                 "rel_error": (exact - est[l].item()) / exact})
-            opt.zero_grad(set_to_none=True)
-            (loss + cfg.lam * reg).backward()
-            opt.step()
+                exact = [linear_sigma_exact(layer.weight.detach().flatten(1)).item() for layer in penalty.layers]
+            train_step(model, opt, OBJECTIVES["supervised"], x_all[idx], y_all[idx], None, penalty, cfg.lam)
+            est = penalty.last_sigmas()  # ‖W v‖ of this step, v advanced by n_power_iter steps at these weights
+            for l, layer in enumerate(penalty.layers):
+                rows.append({"step": step, "epoch": epoch, "layer": l,
+                             "shape": "×".join(map(str, layer.weight.shape)), "sigma_power": est[l].item(),
+                             "sigma_exact": exact[l], "rel_error": (exact[l] - est[l].item()) / exact[l]})
             step += 1
         epoch += 1
     cache.note_compute("sigma-trace", f"{cfg}|{n_steps}", time.perf_counter() - start)
@@ -354,9 +265,7 @@ def conv_sigma_table(shapes: Sequence[Sequence[int]], seed: int = 0, dense_max: 
     converged power-iteration path (`spectral.conv_sigma`), and, when c_in·h·w ≤ dense_max, by the SVD of the
     conv's explicit matrix. shapes: (c_in, c_out, k, stride, h) each (input h×h, padding k//2). One row per shape
     with both σ, their relative difference and the seconds each took."""
-    import math
 
-    from .spectral import conv_sigma
 
     rows = []
     gen = torch.Generator().manual_seed(seed)
@@ -398,9 +307,6 @@ def metric_plane_table(results: Sequence[TrainResult], digits: Sequence[int] = (
     (part 'grid', in `geometry.grid_2d` order) and at n_edge points along each edge x1→x2→x3→x1 of the digit
     triangle (part 'edge', position ∈ [0, 3] along the perimeter), with the predicted class of each point.
     One row per model × point: settings, part, a, b, position, lambda_max, log_volume, pred."""
-    from . import geometry
-    from .evaluate import predict
-    from .models import MLP
 
     frames = []
     for r in results:
@@ -441,99 +347,7 @@ def metric_plane_summary(plane: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-# ------------------------------------------------------------------ ResNet18, Barlow Twins, transfer (Figs 6–8)
-CIFAR_DATASETS = ("cifar10", "cifar10_synthetic")
 _STRENGTH_SYMBOLS = {"alpha": "α", "beta": "β", "lam": "λ"}
-
-
-def cifar_data(dataset: str = "cifar10", image_size: int = 32, n_train: int | None = None,
-               n_test: int | None = None) -> dict:
-    """TrainConfig fields (dataset, data_kwargs, n_train) that load CIFAR-10 ('cifar10', real) or its SYNTHETIC
-    STAND-IN ('cifar10_synthetic') as images (N, 3, s, s) in [0, 1]: s = 32 is the data's own size, any other s is a
-    bilinear resize (`transfer.get_transfer_data`, dataset name 'transfer_<dataset>'). n_train / n_test: seeded
-    subsets (None or 0: all; for the synthetic data, how many images to generate, by default 5000 / 1000)."""
-    if dataset not in CIFAR_DATASETS:
-        raise ValueError(f"dataset must be one of {CIFAR_DATASETS}, got {dataset!r}")
-    if int(image_size) < 8:
-        raise ValueError(f"image_size must be >= 8 (ResNet18 halves it three times), got {image_size}")
-    sizes = {k: int(v) for k, v in (("n_train", n_train), ("n_test", n_test)) if v}
-    if int(image_size) != 32 or (dataset == "cifar10" and "n_test" in sizes):
-        return {"dataset": f"transfer_{dataset}", "data_kwargs": {"image_size": int(image_size), **sizes}, "n_train": None}
-    if dataset == "cifar10_synthetic":
-        return {"dataset": dataset, "data_kwargs": sizes, "n_train": None}
-    return {"dataset": dataset, "data_kwargs": {}, "n_train": sizes.get("n_train")}
-
-
-def cifar_configs(dataset: str = "cifar10", methods=("none", "ll", "rep"), seeds=range(10), lam_rep: float = 0.01,
-                  lam_ll: float = 0.005, max_layers=(None, 2), weight_decays=(0.0, 1e-4), epochs: int = 200,
-                  burn_in: int = 160, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
-                  image_size: int = 32, n_train: int | None = None, n_test: int | None = None) -> list[TrainConfig]:
-    """SPEC §6 CIFAR-10 ResNet18 (3×3 stem, no max-pool, circular padding, normalisation inside the model):
-    RandomCrop(32, pad 4) + flip, SGD lr 0.01 constant, batch 1024; ll-spectral λ = lam_ll, rep-spectral λ = lam_rep
-    on the stem and residual stages 1..max_layer for each of max_layers (None: all four; 2: the paper's 2-stage
-    variant), the penalty on every reg_every-th step plus one epoch-end step on λ·R alone. Data: `cifar_data`."""
-    base = TrainConfig(model={"kind": "cifar_resnet18"}, augment="cifar", lr=lr, batch_size=batch_size, epochs=epochs,
-                       burn_in=burn_in, reg_every=reg_every, reg_epoch_end_step=True, eval_every=max(1, epochs // 20),
-                       **cifar_data(dataset, image_size, n_train, n_test))
-    lams = {"none": 0.0, "ll": lam_ll, "rep": lam_rep}
-    return [base.replace(method=m, lam=float(lams[m]), max_layer=None if ml is None else int(ml),
-                         weight_decay=float(wd), seed=int(s))
-            for wd in weight_decays for m in methods for ml in (max_layers if m == "rep" else [None]) for s in seeds]
-
-
-def barlow_configs(dataset: str = "cifar10", lams=(0.01, 0.001), seeds=range(5), epochs: int = 1000,
-                   burn_in: int = 900, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
-                   weight_decay: float = 0.0, image_size: int = 32, n_train: int | None = None,
-                   n_test: int | None = None) -> list[TrainConfig]:
-    """SPEC §6 Barlow Twins on CIFAR-10: ResNet18 backbone (circular padding) + projector Linear 512→256 (no bias) +
-    BatchNorm1d(affine=False), off-diagonal weight 0.005, the two Barlow views at the image size; SGD lr 0.01, batch
-    1024. None, and rep-spectral on the backbone's convs for each λ in lams, every reg_every-th step plus the
-    epoch-end step. The readout is refit downstream (`robustness_table(readout='refit')`). Data: `cifar_data`."""
-    base = TrainConfig(model={"kind": "barlow_resnet18"}, objective="barlow", augment="barlow", lr=lr,
-                       batch_size=batch_size, epochs=epochs, burn_in=burn_in, reg_every=reg_every,
-                       reg_epoch_end_step=True, weight_decay=float(weight_decay), eval_every=0,
-                       **cifar_data(dataset, image_size, n_train, n_test))
-    return [base.replace(method=m, lam=float(lam), seed=int(s))
-            for m, lam in [("none", 0.0), *[("rep", lam) for lam in lams]] for s in seeds]
-
-
-def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll", "rep"), seeds=range(5),
-                     spectral_lams=(0.01, 0.001), bss_lams=(0.01, 0.001), l2sp_alphas=(0.1, 0.01),
-                     l2sp_beta: float = 0.01, reg_every: int | None = None, standin_weights=None,
-                     **overrides) -> list[TrainConfig]:
-    """SPEC §6 transfer, one task: None; L2-SP (lam 1, α in l2sp_alphas, β = l2sp_beta); BSS (η in bss_lams); ll- and
-    rep-spectral (λ in spectral_lams). task 'standin': `transfer.standin_finetune_config` on the stand-in MLP backbone
-    at `standin_weights` (the offline TRANSFER STAND-IN); otherwise `transfer.transfer_config` (ResNet50, ImageNet
-    weights, the task's recipe). Spectral methods regularise every reg_every-th step (None: the recipe; stand-in: 1)
-    plus an epoch-end step, L2-SP and BSS every step. overrides: TrainConfig fields (epochs, burn_in, lr, ...) or
-    stand-in arguments (n_per_class, n_test, target, source); a None value keeps the recipe's."""
-    from . import transfer
-
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    variants = {"none": [("none", 0.0, {})], "ll": [("ll", lam, {}) for lam in spectral_lams],
-                "rep": [("rep", lam, {}) for lam in spectral_lams], "bss": [("bss", lam, {}) for lam in bss_lams],
-                "l2sp": [("l2sp", 1.0, {"alpha": float(a), "beta": float(l2sp_beta)}) for a in l2sp_alphas]}
-    unknown = set(methods) - set(variants)
-    if unknown:
-        raise ValueError(f"unknown transfer methods {sorted(unknown)}; choose from {sorted(variants)}")
-    if task == "standin" and standin_weights is None:
-        raise ValueError("task 'standin' needs standin_weights: the path from transfer.pretrain_standin_backbone()")
-    out = []
-    for m in methods:
-        for method, lam, kwargs in variants[m]:
-            spectral = method in ("ll", "rep")
-            reg = {"reg_epoch_end_step": spectral, "method_kwargs": kwargs}
-            if not spectral:
-                reg["reg_every"] = 1
-            elif reg_every is not None:
-                reg["reg_every"] = int(reg_every)
-            for s in seeds:
-                if task == "standin":
-                    out.append(transfer.standin_finetune_config(standin_weights, method, float(lam), seed=int(s),
-                                                                **{**overrides, **reg}))
-                else:
-                    out.append(transfer.transfer_config(task, method, float(lam), seed=int(s), **{**overrides, **reg}))
-    return out
 
 
 def strength_label(table: pd.DataFrame) -> pd.Series:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from repspec_utils import ssl, train
+from repspec_utils import barlow, registry, train
 from repspec_utils.models import RepModel
 
 
@@ -36,22 +36,22 @@ def test_barlow_loss_matches_double_loop():
     z1 = torch.randn(9, 5, generator=g, dtype=torch.float64) * 3 + 1
     z2 = 0.5 * z1 + torch.randn(9, 5, generator=g, dtype=torch.float64)
     for lambd in (0.005, 0.7):
-        got = ssl.barlow_loss(ssl.standardize(z1), ssl.standardize(z2), lambd)
+        got = barlow.barlow_loss(barlow.standardize(z1), barlow.standardize(z2), lambd)
         assert got.item() == pytest.approx(float(_loss_by_loops(z1, z2, lambd)), rel=1e-10)
     # identical standardised views: C is their correlation matrix, diagonal 1, so only off-diagonal terms remain
-    s = ssl.standardize(z1)
+    s = barlow.standardize(z1)
     corr = s.T @ s / len(s)
-    assert ssl.barlow_loss(s, s, 1.0).item() == pytest.approx(((corr - torch.diag(corr.diagonal())) ** 2).sum().item()
+    assert barlow.barlow_loss(s, s, 1.0).item() == pytest.approx(((corr - torch.diag(corr.diagonal())) ** 2).sum().item()
                                                               + ((corr.diagonal() - 1) ** 2).sum().item())
 
 
 def test_projector_batchnorm_is_the_standardisation():
-    model = ssl.BarlowTwins(seed=0).train()
+    model = barlow.BarlowTwins(seed=0).train()
     assert isinstance(model, RepModel)
     assert model.projector.in_features == 512 and model.projector.out_features == 256 and model.projector.bias is None
     assert not model.bn.affine
     z = torch.randn(16, 256) * 2 + 3
-    torch.testing.assert_close(model.bn(z), ssl.standardize(z), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.bn(z), barlow.standardize(z), rtol=1e-5, atol=1e-5)
     # Φ, its layers and the readout are the backbone's
     assert model.feature_layers() == model.backbone.feature_layers()
     assert len(model.feature_layers(2)) == len(model.backbone.feature_layers(2)) < len(model.feature_layers())
@@ -66,26 +66,26 @@ def test_batched_kernels_match_torchvision_image_by_image():
     x = torch.rand(6, 3, 32, 32, generator=g)
     f = torch.tensor([0.6, 0.9, 1.0, 1.2, 1.4, 0.75])
     h = torch.tensor([-0.1, -0.05, 0.0, 0.03, 0.1, 0.5])
-    cases = [(ssl.adjust_brightness, TF.adjust_brightness, f), (ssl.adjust_contrast, TF.adjust_contrast, f),
-             (ssl.adjust_saturation, TF.adjust_saturation, f), (ssl.adjust_hue, TF.adjust_hue, h)]
+    cases = [(barlow.adjust_brightness, TF.adjust_brightness, f), (barlow.adjust_contrast, TF.adjust_contrast, f),
+             (barlow.adjust_saturation, TF.adjust_saturation, f), (barlow.adjust_hue, TF.adjust_hue, h)]
     for mine, theirs, fac in cases:
         want = torch.stack([theirs(x[i], float(fac[i])) for i in range(6)])
         torch.testing.assert_close(mine(x, fac), want, rtol=0, atol=1e-5)
     sig = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.3])
     want = torch.stack([TF.gaussian_blur(x[i], [3, 3], [float(sig[i])] * 2) for i in range(6)])
-    torch.testing.assert_close(ssl.gaussian_blur(x, sig, 3), want, rtol=0, atol=1e-5)
-    torch.testing.assert_close(ssl.grayscale(x), TF.rgb_to_grayscale(x), rtol=0, atol=1e-6)
-    boxes = torch.cat([ssl.crop_params(20, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), g), torch.tensor([[0, 0, 32, 32]])])
+    torch.testing.assert_close(barlow.gaussian_blur(x, sig, 3), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(barlow.grayscale(x), TF.rgb_to_grayscale(x), rtol=0, atol=1e-6)
+    boxes = torch.cat([barlow.crop_params(20, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), g), torch.tensor([[0, 0, 32, 32]])])
     xs = torch.rand(len(boxes), 3, 32, 32, generator=g)
     want = torch.stack([TF.resized_crop(xs[i], *boxes[i].tolist(), [32, 32], antialias=True) for i in range(len(xs))])
-    torch.testing.assert_close(ssl.resized_crop(xs, boxes, 32), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(barlow.resized_crop(xs, boxes, 32), want, rtol=0, atol=1e-5)
 
 
 def test_crop_params_follow_torchvision_rule():
     from torchvision.transforms import RandomResizedCrop
 
     n, scale, ratio = 4000, (0.08, 1.0), (3 / 4, 4 / 3)
-    boxes = ssl.crop_params(n, 32, 24, scale, ratio, torch.Generator().manual_seed(0))
+    boxes = barlow.crop_params(n, 32, 24, scale, ratio, torch.Generator().manual_seed(0))
     top, left, h, w = boxes.T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 24).all()
     assert len({tuple(b) for b in boxes.tolist()}) > 1000  # per-image parameters
@@ -101,9 +101,9 @@ def test_crop_params_follow_torchvision_rule():
 def test_views_are_seeded_per_image_and_in_the_box(impl):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).expand(8, -1, -1, -1).contiguous()
     global_state = torch.random.get_rng_state()
-    a1, a2 = ssl.barlow_views(x, torch.Generator().manual_seed(5), impl)
-    b1, b2 = ssl.barlow_views(x, torch.Generator().manual_seed(5), impl)
-    c1, _ = ssl.barlow_views(x, torch.Generator().manual_seed(6), impl)
+    a1, a2 = barlow.barlow_views(x, torch.Generator().manual_seed(5), impl)
+    b1, b2 = barlow.barlow_views(x, torch.Generator().manual_seed(5), impl)
+    c1, _ = barlow.barlow_views(x, torch.Generator().manual_seed(6), impl)
     assert torch.equal(torch.random.get_rng_state(), global_state)  # the caller's global RNG is untouched
     assert torch.equal(a1, b1) and torch.equal(a2, b2)
     assert not torch.equal(a1, c1) and not torch.equal(a1, a2)
@@ -115,25 +115,25 @@ def test_views_are_seeded_per_image_and_in_the_box(impl):
 
 
 def test_view_pipelines_are_the_asymmetric_barlow_ones():
-    assert (ssl.VIEW1.blur_p, ssl.VIEW1.solarize_p) == (1.0, 0.0)
-    assert (ssl.VIEW2.blur_p, ssl.VIEW2.solarize_p) == (0.1, 0.2)
-    for v in (ssl.VIEW1, ssl.VIEW2):
+    assert (barlow.VIEW1.blur_p, barlow.VIEW1.solarize_p) == (1.0, 0.0)
+    assert (barlow.VIEW2.blur_p, barlow.VIEW2.solarize_p) == (0.1, 0.2)
+    for v in (barlow.VIEW1, barlow.VIEW2):
         assert v.size is None and v.jitter == (0.4, 0.4, 0.2, 0.1) and v.jitter_p == 0.8 and v.gray_p == 0.2
     # solarisation only in view 2: with p = 1 every value >= 0.5 is inverted
     x = torch.full((4, 3, 32, 32), 0.75)
-    spec = ssl.ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=1.0)
-    torch.testing.assert_close(ssl.augment_view(x, spec, torch.Generator().manual_seed(0)), torch.full_like(x, 0.25))
+    spec = barlow.ViewSpec(scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=1.0)
+    torch.testing.assert_close(barlow.augment_view(x, spec, torch.Generator().manual_seed(0)), torch.full_like(x, 0.25))
 
 
 # ---------------------------------------------------------------------------------------------- training
 def test_registered_with_the_trainer():
-    assert train.OBJECTIVES["barlow"] is ssl.barlow_objective
-    assert "barlow" in train.AUGMENTATIONS and "barlow_resnet18" in train.MODEL_BUILDERS
+    assert registry.OBJECTIVES["barlow"] is barlow.barlow_objective
+    assert "barlow" in registry.AUGMENTATIONS and registry.MODELS["barlow_resnet18"] is barlow.BarlowTwins
     cfg = train.TrainConfig(dataset="cifar10_synthetic", model={"kind": "barlow_resnet18"}, objective="barlow",
                             augment="barlow", method="rep", lam=0.01, epochs=2, burn_in=1)
     train.validate(cfg)
     model = train.make_model(cfg, None)
-    assert isinstance(model, ssl.BarlowTwins) and model.lambd == 0.005
+    assert isinstance(model, barlow.BarlowTwins) and model.lambd == 0.005
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -1,0 +1,188 @@
+"""The experiments of SPEC §6 as configs: one function per recipe (XOR, sin, MNIST / Fashion-MNIST, CIFAR-10
+ResNet18, Barlow Twins, transfer), and `train_all`, which trains a list of configs (cached), the small 2-D MLPs
+with the batched engine.
+
+A notebook calls `*_configs(...)` with its parameters, then `train_all(configs)`, then a `tables` function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+from . import cache, transfer
+from .batched import BATCH_VARYING, train_batched
+from .models import INITS
+from .train import TrainConfig, TrainResult, load_training_data, train  # noqa: F401  (load_training_data: for notebooks)
+
+
+SMALL_DATASETS = ("xor", "xor_noisy", "sin")  # 2-D recipes: trained with the batched engine, on one thread
+
+
+def _grid(base: TrainConfig, methods, seeds, weight_decays, lams=None, max_layers=None) -> list[TrainConfig]:
+    out = []
+    for wd in weight_decays:
+        for m in methods:
+            for lam in ([0.0] if m == "none" else (lams or [base.lam])):
+                for ml in ((max_layers or [None]) if m in ("rep", "rep_ub") else [None]):
+                    for s in seeds:
+                        out.append(base.replace(method=m, seed=int(s), weight_decay=float(wd), lam=float(lam),
+                                                max_layer=ml))
+    return out
+
+
+def xor_configs(widths: Sequence[int] = (3, 8), noisy: bool = False, methods=("none", "ll", "rep"),
+                seeds=(400, 500, 600, 700, 800), weight_decays=(0.0, 1e-4), epochs: int = 15000,
+                burn_in: int = 10500, lam: float = 1e-3, lr: float = 1.0) -> list[TrainConfig]:
+    """SPEC §6 XOR (clean: full batch of 4; noisy: 80 points, batch 20), lr 1.0, λ 1e-3."""
+    out = []
+    for w in widths:
+        base = TrainConfig(dataset="xor_noisy" if noisy else "xor", model={"kind": "mlp", "widths": [int(w)]},
+                           lam=lam, lr=lr, batch_size=20 if noisy else 4, epochs=epochs, burn_in=burn_in)
+        out += _grid(base, methods, seeds, weight_decays)
+    return out
+
+
+def sin_configs(widths: Sequence[Sequence[int]] = ([8], [20], [8, 8, 8], [20, 20, 20]), methods=("none", "ll", "rep"),
+                seeds=(0, 1, 2, 3, 4), epochs: int = 15000, burn_in: int = 10500, lam: float = 1e-3,
+                lr: float = 0.05, weight_decay: float = 1e-5, deep_ablation=(1, 2),
+                deep_inits=("normal",)) -> list[TrainConfig]:
+    """SPEC §6 sin boundary: shallow and deep MLPs; deep nets also get rep on the first 1 or 2 layers only, once per
+    init of `deep_inits` ('normal': N(0, 0.01²), SPEC §6; 'torch': PyTorch's default, a labelled deviation)."""
+    bad = [i for i in deep_inits if i not in INITS]
+    if bad or not deep_inits:
+        raise ValueError(f"deep_inits must be a non-empty list of {INITS}, got {list(deep_inits)}")
+    out = []
+    for w in widths:
+        w = [int(v) for v in ([w] if isinstance(w, int) else w)]
+        for init in (deep_inits if len(w) > 1 else ["normal"]):
+            spec = {"kind": "mlp", "widths": w, **({"init": init} if init != "normal" else {})}
+            base = TrainConfig(dataset="sin", model=spec, lam=lam, lr=lr, batch_size=64, epochs=epochs,
+                               burn_in=burn_in)
+            ablation = [None, *deep_ablation] if len(w) > 1 else None
+            out += _grid(base, methods, seeds, [weight_decay], max_layers=ablation)
+    return out
+
+
+def mnist_configs(dataset: str = "mnist", methods=("none", "ll", "rep"), seeds=range(10), lams=(1e-3,),
+                  weight_decays=(1e-4,), epochs: int = 200, burn_in: int = 160, lr: float = 0.1,
+                  batch_size: int = 1024, width: int = 2000, n_train: int | None = None,
+                  precision: str = "fp32") -> list[TrainConfig]:
+    """SPEC §6 MNIST / Fashion-MNIST: 784→2000→10 GELU MLP, SGD lr 0.1, batch 1024 (precision: fp32 or bf16)."""
+    base = TrainConfig(dataset=dataset, model={"kind": "mlp", "widths": [int(width)]}, lr=lr, batch_size=batch_size,
+                       epochs=epochs, burn_in=burn_in, n_train=n_train, eval_every=max(1, epochs // 20),
+                       precision=precision)
+    return _grid(base, methods, seeds, weight_decays, lams=list(lams))
+
+
+def _batch_group(cfg: TrainConfig) -> str:
+    shared = dataclasses.replace(cfg, **{k: getattr(TrainConfig("", {}), k) for k in BATCH_VARYING})
+    return cache.make_key(kind="batch-group", cfg=shared)
+
+
+def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, device="auto") -> list[TrainResult]:
+    """Train every config (cached): small MLP groups with the batched engine, the rest one by one."""
+    configs = list(configs)
+    results: list[TrainResult | None] = [None] * len(configs)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        small = c.model.get("kind") == "mlp" and c.dataset in SMALL_DATASETS
+        if small:
+            groups.setdefault(_batch_group(c), []).append(i)
+        else:
+            results[i] = train(c, progress=progress, device=device)
+    for idx in groups.values():
+        for i, r in zip(idx, train_batched([configs[i] for i in idx], progress=progress)):
+            results[i] = r
+    return results  # type: ignore[return-value]
+
+
+CIFAR_DATASETS = ("cifar10", "cifar10_synthetic")
+
+
+def cifar_data(dataset: str = "cifar10", image_size: int = 32, n_train: int | None = None,
+               n_test: int | None = None) -> dict:
+    """TrainConfig fields (dataset, data_kwargs, n_train) that load CIFAR-10 ('cifar10', real) or its SYNTHETIC
+    STAND-IN ('cifar10_synthetic') as images (N, 3, s, s) in [0, 1]: s = 32 is the data's own size, any other s is a
+    bilinear resize (`transfer.get_transfer_data`, dataset name 'transfer_<dataset>'). n_train / n_test: seeded
+    subsets (None or 0: all; for the synthetic data, how many images to generate, by default 5000 / 1000)."""
+    if dataset not in CIFAR_DATASETS:
+        raise ValueError(f"dataset must be one of {CIFAR_DATASETS}, got {dataset!r}")
+    if int(image_size) < 8:
+        raise ValueError(f"image_size must be >= 8 (ResNet18 halves it three times), got {image_size}")
+    sizes = {k: int(v) for k, v in (("n_train", n_train), ("n_test", n_test)) if v}
+    if int(image_size) != 32 or (dataset == "cifar10" and "n_test" in sizes):
+        return {"dataset": f"transfer_{dataset}", "data_kwargs": {"image_size": int(image_size), **sizes}, "n_train": None}
+    if dataset == "cifar10_synthetic":
+        return {"dataset": dataset, "data_kwargs": sizes, "n_train": None}
+    return {"dataset": dataset, "data_kwargs": {}, "n_train": sizes.get("n_train")}
+
+
+def cifar_configs(dataset: str = "cifar10", methods=("none", "ll", "rep"), seeds=range(10), lam_rep: float = 0.01,
+                  lam_ll: float = 0.005, max_layers=(None, 2), weight_decays=(0.0, 1e-4), epochs: int = 200,
+                  burn_in: int = 160, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
+                  image_size: int = 32, n_train: int | None = None, n_test: int | None = None) -> list[TrainConfig]:
+    """SPEC §6 CIFAR-10 ResNet18 (3×3 stem, no max-pool, circular padding, normalisation inside the model):
+    RandomCrop(32, pad 4) + flip, SGD lr 0.01 constant, batch 1024; ll-spectral λ = lam_ll, rep-spectral λ = lam_rep
+    on the stem and residual stages 1..max_layer for each of max_layers (None: all four; 2: the paper's 2-stage
+    variant), the penalty on every reg_every-th step plus one epoch-end step on λ·R alone. Data: `cifar_data`."""
+    base = TrainConfig(model={"kind": "cifar_resnet18"}, augment="cifar", lr=lr, batch_size=batch_size, epochs=epochs,
+                       burn_in=burn_in, reg_every=reg_every, reg_epoch_end_step=True, eval_every=max(1, epochs // 20),
+                       **cifar_data(dataset, image_size, n_train, n_test))
+    lams = {"none": 0.0, "ll": lam_ll, "rep": lam_rep}
+    return [base.replace(method=m, lam=float(lams[m]), max_layer=None if ml is None else int(ml),
+                         weight_decay=float(wd), seed=int(s))
+            for wd in weight_decays for m in methods for ml in (max_layers if m == "rep" else [None]) for s in seeds]
+
+
+def barlow_configs(dataset: str = "cifar10", lams=(0.01, 0.001), seeds=range(5), epochs: int = 1000,
+                   burn_in: int = 900, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
+                   weight_decay: float = 0.0, image_size: int = 32, n_train: int | None = None,
+                   n_test: int | None = None) -> list[TrainConfig]:
+    """SPEC §6 Barlow Twins on CIFAR-10: ResNet18 backbone (circular padding) + projector Linear 512→256 (no bias) +
+    BatchNorm1d(affine=False), off-diagonal weight 0.005, the two Barlow views at the image size; SGD lr 0.01, batch
+    1024. None, and rep-spectral on the backbone's convs for each λ in lams, every reg_every-th step plus the
+    epoch-end step. The readout is refit downstream (`robustness_table(readout='refit')`). Data: `cifar_data`."""
+    base = TrainConfig(model={"kind": "barlow_resnet18"}, objective="barlow", augment="barlow", lr=lr,
+                       batch_size=batch_size, epochs=epochs, burn_in=burn_in, reg_every=reg_every,
+                       reg_epoch_end_step=True, weight_decay=float(weight_decay), eval_every=0,
+                       **cifar_data(dataset, image_size, n_train, n_test))
+    return [base.replace(method=m, lam=float(lam), seed=int(s))
+            for m, lam in [("none", 0.0), *[("rep", lam) for lam in lams]] for s in seeds]
+
+
+def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll", "rep"), seeds=range(5),
+                     spectral_lams=(0.01, 0.001), bss_lams=(0.01, 0.001), l2sp_alphas=(0.1, 0.01),
+                     l2sp_beta: float = 0.01, reg_every: int | None = None, standin_weights=None,
+                     **overrides) -> list[TrainConfig]:
+    """SPEC §6 transfer, one task: None; L2-SP (lam 1, α in l2sp_alphas, β = l2sp_beta); BSS (η in bss_lams); ll- and
+    rep-spectral (λ in spectral_lams). task 'standin': `transfer.standin_finetune_config` on the stand-in MLP backbone
+    at `standin_weights` (the offline TRANSFER STAND-IN); otherwise `transfer.transfer_config` (ResNet50, ImageNet
+    weights, the task's recipe). Spectral methods regularise every reg_every-th step (None: the recipe; stand-in: 1)
+    plus an epoch-end step, L2-SP and BSS every step. overrides: TrainConfig fields (epochs, burn_in, lr, ...) or
+    stand-in arguments (n_per_class, n_test, target, source); a None value keeps the recipe's."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    variants = {"none": [("none", 0.0, {})], "ll": [("ll", lam, {}) for lam in spectral_lams],
+                "rep": [("rep", lam, {}) for lam in spectral_lams], "bss": [("bss", lam, {}) for lam in bss_lams],
+                "l2sp": [("l2sp", 1.0, {"alpha": float(a), "beta": float(l2sp_beta)}) for a in l2sp_alphas]}
+    unknown = set(methods) - set(variants)
+    if unknown:
+        raise ValueError(f"unknown transfer methods {sorted(unknown)}; choose from {sorted(variants)}")
+    if task == "standin" and standin_weights is None:
+        raise ValueError("task 'standin' needs standin_weights: the path from transfer.pretrain_standin_backbone()")
+    out = []
+    for m in methods:
+        for method, lam, kwargs in variants[m]:
+            spectral = method in ("ll", "rep")
+            reg = {"reg_epoch_end_step": spectral, "method_kwargs": kwargs}
+            if not spectral:
+                reg["reg_every"] = 1
+            elif reg_every is not None:
+                reg["reg_every"] = int(reg_every)
+            for s in seeds:
+                if task == "standin":
+                    out.append(transfer.standin_finetune_config(standin_weights, method, float(lam), seed=int(s),
+                                                                **{**overrides, **reg}))
+                else:
+                    out.append(transfer.transfer_config(task, method, float(lam), seed=int(s), **{**overrides, **reg}))
+    return out
