@@ -25,7 +25,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found; set PYT
 mkdir -p "$ROOT" || die "cannot create data root $ROOT"
 ROOT="$(cd "$ROOT" && pwd)"
 
-# The md5 tables and the copy/decompress/verify logic live in repspec_utils/data.py (one implementation).
+# The md5 tables and the copy/decompress/verify logic live in repspec_utils/data/mnist.py (one implementation).
 pydata() { PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m repspec_utils.data "$@"; }
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/repspec-fetch.XXXXXX")"
