@@ -374,57 +374,57 @@ class BoundaryOptions:
 
 def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: Tensor | None, box,
                      opts: BoundaryOptions) -> AttackResult:
-    (T, max_queries, max_batch, tol, gamma, init_probes, max_probes, noise_std, init_tries, fallback_tries,
-     max_halvings, seed, pool, progress, precision) = (getattr(opts, f.name) for f in fields(opts))
     check_inputs(x, box)
-    if check_precision(precision) == "bf16":
+    if check_precision(opts.precision) == "bf16":
         warnings.warn(BF16_ATTACK_NOTE, BF16AttackWarning, stacklevel=3)
-    check_budget(max_queries, x.shape[0])
+    check_budget(opts.max_queries, x.shape[0])
     vmin, vmax = check_box(box)
-    if T < 0 or max_batch < 1 or not 0 < tol < 1:
-        raise ValueError(f"need T >= 0, max_batch >= 1 and 0 < tol < 1; got T={T}, max_batch={max_batch}, tol={tol}")
+    if opts.T < 0 or opts.max_batch < 1 or not 0 < opts.tol < 1:
+        raise ValueError(f"need T >= 0, max_batch >= 1 and 0 < tol < 1; got T={opts.T}, max_batch={opts.max_batch}, "
+                         f"tol={opts.tol}")
     n, shape, dev = x.shape[0], tuple(x.shape[1:]), x.device
     dtype = _model_dtype(model, x)
     x0 = x.reshape(n, -1).to(dtype)
     d = x0.shape[1]
     everyone = torch.arange(n, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    gen = torch.Generator(device=dev).manual_seed(int(opts.seed))
     with torch.no_grad(), _eval_mode(model):
-        oracle = _Oracle(model, y, x0, shape, max_batch, max_queries, precision)
-        if pool is None:  # start points of last resort: the other inputs, labelled by y
+        oracle = _Oracle(model, y, x0, shape, opts.max_batch, opts.max_queries, opts.precision)
+        if opts.pool is None:  # start points of last resort: the other inputs, labelled by y
             pool_x, pool_y = x0, oracle.y
         else:
-            pool_x, pool_y = pool[0].reshape(pool[0].shape[0], -1).to(dev, dtype), pool[1].to(dev).long()
-        start, ok = _initial_adversarial(oracle, x0, (vmin, vmax), gen, noise_std, init_tries, pool_x, pool_y,
-                                         fallback_tries)
+            px, py = opts.pool[0], opts.pool[1]
+            pool_x, pool_y = px.reshape(px.shape[0], -1).to(dev, dtype), py.to(dev).long()
+        start, ok = _initial_adversarial(oracle, x0, (vmin, vmax), gen, opts.noise_std, opts.init_tries, pool_x,
+                                         pool_y, opts.fallback_tries)
         xb = start.clone()
         idx = everyone[ok]
-        xb[idx] = _binary_search(oracle, x0, start[idx], idx, tol)
+        xb[idx] = _binary_search(oracle, x0, start[idx], idx, opts.tol)
         best = xb.clone()
         best_d = torch.where(ok, (xb - x0).norm(dim=1), torch.full((n,), math.inf, dtype=dtype, device=dev))
-        n_bisect = math.ceil(math.log2(1 / tol))
-        for t in _trange(T, name, progress):
-            n_t = min(int(init_probes * math.sqrt(t)), max_probes)
+        n_bisect = math.ceil(math.log2(1 / opts.tol))
+        for t in _trange(opts.T, name, opts.progress):
+            n_t = min(int(opts.init_probes * math.sqrt(t)), opts.max_probes)
             idx = everyone[ok & (oracle.left(everyone) >= n_t + 1 + n_bisect)]  # can finish the iteration
             if idx.numel() == 0:
                 break
             dist = (xb[idx] - x0[idx]).norm(dim=1)
-            delta = torch.full_like(dist, 0.1 * (vmax - vmin)) if t == 1 else dist * gamma / d
-            u = _estimate_normal(oracle, xb[idx], idx, n_t, delta, (vmin, vmax), gen, max_batch)
+            delta = torch.full_like(dist, 0.1 * (vmax - vmin)) if t == 1 else dist * opts.gamma / d
+            u = _estimate_normal(oracle, xb[idx], idx, n_t, delta, (vmin, vmax), gen, opts.max_batch)
             size = dist / math.sqrt(t)
 
             def propose(rows, scale):
                 k = idx[rows]
                 return step(x0[k], xb[k], u[rows], size[rows] * scale.to(dtype)).clamp(vmin, vmax)
 
-            cand, moved = _step_search(oracle, idx, propose, xb[idx], max_halvings)
+            cand, moved = _step_search(oracle, idx, propose, xb[idx], opts.max_halvings)
             k = idx[moved]
-            xb[k] = _binary_search(oracle, x0, cand[moved], k, tol)
+            xb[k] = _binary_search(oracle, x0, cand[moved], k, opts.tol)
             dk = (xb[k] - x0[k]).norm(dim=1)
             better = dk < best_d[k]
             best[k[better]], best_d[k[better]] = xb[k[better]], dk[better]
-        if precision != "fp32":  # every returned point adversarial for the fp32 model, its distance in fp32
-            best, best_d, ok = _finalize_fp32(oracle, x0, best, start, ok, (vmin, vmax), tol)
+        if opts.precision != "fp32":  # every returned point adversarial for the fp32 model, its distance in fp32
+            best, best_d, ok = _finalize_fp32(oracle, x0, best, start, ok, (vmin, vmax), opts.tol)
     return AttackResult(x_adv=best.view(n, *shape), distance=best_d, queries=oracle.queries.clone(),
                         success=ok.clone())
 
@@ -435,8 +435,6 @@ def _trange(T: int, name: str, progress: bool | None):
 
         return tqdm(range(1, T + 1), desc=name, leave=False)
     return range(1, T + 1)
-
-
 
 
 _DOC_ARGS = """
@@ -473,8 +471,6 @@ def tangent_attack(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.
 def hop_skip_jump(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1.0), **options) -> AttackResult:
     """HopSkipJump (Chen et al. 2020, L2, untargeted, geometric step ‖x_b − x‖/√t): x (N, ...) -> AttackResult."""
     return _boundary_attack(_hsj_step, "hsj", model, x, y, box, BoundaryOptions(**options))
-
-
 
 
 # ----------------------------------------------------------------------------------------------------

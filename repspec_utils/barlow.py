@@ -309,8 +309,6 @@ def barlow_objective(model: BarlowTwins, x: Tensor, y: Tensor, gen: torch.Genera
     return barlow_loss(z1, z2, getattr(model, "lambd", 0.005)), f1, 0
 
 
-
-
 @AUGMENTATIONS.register("barlow")
 def barlow_augment(x: Tensor, gen: torch.Generator) -> Tensor:
     """The batch unchanged: the 'barlow' objective makes the two views itself."""

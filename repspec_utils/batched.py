@@ -74,14 +74,10 @@ class _BatchedRun:
         self.activation = spec.get("activation", "gelu")
         self.any_activation_term = bool(self.act_coef.any())
         self.wd = torch.tensor([c.weight_decay for c in cfgs], device=device)
-        # one SpectralPenalty over the stacked weights: σ_max² per member and layer, persistent vectors
+        # one SpectralPenalty over the stacked weights: σ_max² per member and layer, persistent vectors, each
+        # warm-started by a converged, seeded power iteration at its first use (the first regularised step)
         self.penalty = spectral.SpectralPenalty(list(self.net.weights), mode="power", n_iter=first.n_power_iter)
-        self.warm_start()
         self.reset_optimizer()
-
-    def warm_start(self) -> None:
-        """Persistent right singular vectors of every stacked layer from a converged, seeded power iteration."""
-        self.penalty.warm_start()
 
     def reset_optimizer(self) -> None:
         self.bufs = [torch.zeros_like(p) for p in self.params]
@@ -259,7 +255,6 @@ def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_e
     with torch.no_grad():
         for l, p in enumerate(run.params):
             p.copy_(torch.stack([s["params"][l] for s in start_states]))
-    run.warm_start()
     branch_group = cache.make_key(kind="group", keys=sorted(keys[i] for i in todo))
     hist = _run_batched_phase(run, todo_cfgs[0].burn_in, todo_cfgs[0].epochs, True, root / ("branch-" + branch_group),
                               progress, [], lambda i: todo_cfgs[i].method, log_every, checkpoint_every_s, use_cache,

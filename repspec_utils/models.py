@@ -355,4 +355,4 @@ def build_model(spec: dict) -> RepModel:
     called with the other entries, e.g. {'kind': 'mlp', 'd_in': 784, 'widths': [2000], 'n_classes': 10, 'seed': 0}."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    return MODELS.get(kind)(**spec)
+    return MODELS.lookup(kind)(**spec)

@@ -13,10 +13,13 @@ from typing import Iterable, Sequence
 from . import cache, transfer
 from .batched import BATCH_VARYING, train_batched
 from .models import INITS
+from .registry import DATASETS
 from .train import TrainConfig, TrainResult, load_training_data, train  # noqa: F401  (load_training_data: for notebooks)
 
 
-SMALL_DATASETS = ("xor", "xor_noisy", "sin")  # 2-D recipes: trained with the batched engine, on one thread
+# the generated 2-D problems (xor, xor_noisy, sin; registered with kind="toy" in data.toy): trained with the
+# batched engine, on one thread
+SMALL_DATASETS = DATASETS.where(kind="toy")
 
 
 def _grid(base: TrainConfig, methods, seeds, weight_decays, lams=None, max_layers=None) -> list[TrainConfig]:

@@ -17,7 +17,7 @@ A plug-in module registers with a decorator, the way torchvision registers its m
 
 `import repspec_utils` imports every plug-in module (see the package `__init__`), so every name is registered
 whatever is imported first. The valid names of a table are `TABLE.names()`; an unknown name raises a
-ValueError that lists them (`TABLE.get(name)`).
+ValueError that lists them (`TABLE.lookup(name)`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return add if obj is None else add(obj)
 
-    def get(self, name: str) -> T:  # type: ignore[override]
-        """The object registered as `name`; ValueError naming the valid names if there is none."""
+    def lookup(self, name: str) -> T:
+        """The object registered as `name`; ValueError naming the valid names if there is none (`get` keeps the
+        Mapping meaning: None or a default)."""
         self.check(name)
         return self._items[name]
 

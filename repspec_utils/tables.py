@@ -62,8 +62,6 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
         cache.note_compute("refit", key, seconds)
         return refit, acc
     cache.note_compute("refit", key, stored["seconds"])
-
-
     readout = torch.nn.Linear(stored["readout"]["weight"].shape[1], stored["readout"]["weight"].shape[0])
     readout.load_state_dict(stored["readout"])
     return RefitModel(copy.deepcopy(result.model), readout).eval(), stored["acc"]
@@ -160,8 +158,6 @@ def field_table(results: Sequence[TrainResult], points, metric: bool = True) -> 
     zero set is the decision boundary) and, with metric=True (2-D one-hidden-layer nets, closed form of SPEC §5,
     float64), log_volume = ln √det g and lambda_max = λ_max(g), where g is the metric of Φ = φ(Wx + b)/√n, i.e.
     g = (1/n) Σ_j φ′(z_j)² w_j w_jᵀ: det g carries the 1/n² of that width normalisation."""
-
-
     points = torch.as_tensor(points).to(torch.float64).reshape(-1, 2)
     frames = []
     for r in results:
@@ -179,7 +175,6 @@ def field_table(results: Sequence[TrainResult], points, metric: bool = True) -> 
 def grid_table(results: Sequence[TrainResult], lim: float = 3.5, n: int = 40, metric: bool = True) -> pd.DataFrame:
     """`field_table` on the n×n grid over [−lim, lim]², in `geometry.grid_2d` order (a column reshapes to (n, n) per
     model): the data of the decision-boundary and metric maps (Fig 3)."""
-
     return field_table(results, geometry.grid_2d(lim, n, dtype=torch.float64)[2], metric=metric)
 
 
@@ -196,7 +191,6 @@ def attacked_predictions(results: Sequence[TrainResult], table: pd.DataFrame) ->
     """The class each attacked model (original or re-fitted readout, per the table's `readout`) predicts for each
     row's clean test sample, aligned with the rows of a `robustness_table`: (rows,) int. Equal to `label` where
     only correctly classified samples were attacked."""
-
     pred = np.full(len(table), -1, dtype=np.int64)
     data: dict[str, tuple] = {}
     for r in results:
@@ -265,8 +259,6 @@ def conv_sigma_table(shapes: Sequence[Sequence[int]], seed: int = 0, dense_max: 
     converged power-iteration path (`spectral.conv_sigma`), and, when c_in·h·w ≤ dense_max, by the SVD of the
     conv's explicit matrix. shapes: (c_in, c_out, k, stride, h) each (input h×h, padding k//2). One row per shape
     with both σ, their relative difference and the seconds each took."""
-
-
     rows = []
     gen = torch.Generator().manual_seed(seed)
     for c_in, c_out, k, stride, h in shapes:
@@ -307,7 +299,6 @@ def metric_plane_table(results: Sequence[TrainResult], digits: Sequence[int] = (
     (part 'grid', in `geometry.grid_2d` order) and at n_edge points along each edge x1→x2→x3→x1 of the digit
     triangle (part 'edge', position ∈ [0, 3] along the perimeter), with the predicted class of each point.
     One row per model × point: settings, part, a, b, position, lambda_max, log_volume, pred."""
-
     frames = []
     for r in results:
         _, test_ds = load_training_data(r.config)

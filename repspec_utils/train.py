@@ -27,8 +27,6 @@ from .data import get_data
 from .models import build_model
 from .registry import AUGMENTATIONS, DATASETS, METHODS, MODELS, OBJECTIVES
 
-PAPER_METHODS = ("none", "ll", "rep")  # the paper's (SPEC §2); every registered method is in registry.METHODS
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -90,6 +88,8 @@ def validate(cfg: TrainConfig) -> None:
     if not isinstance(cfg.model, dict) or "kind" not in cfg.model:
         raise ValueError(f"model must be a dict with a 'kind', got {cfg.model!r}")
     MODELS.check(cfg.model["kind"])
+    AUGMENTATIONS.check(cfg.augment)
+    OBJECTIVES.check(cfg.objective)
     widths = cfg.model.get("widths")
     if widths is not None and min([widths] if isinstance(widths, int) else widths) <= 0:
         raise ValueError(f"every width must be positive, got widths={widths}")
@@ -104,8 +104,6 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.n_power_iter >= 1, f"n_power_iter must be >= 1, got {cfg.n_power_iter}"),
         (cfg.spectral_mode in ("power", "exact"), f"spectral_mode must be 'power' or 'exact', got {cfg.spectral_mode!r}"),
         (cfg.lr_schedule in ("constant", "cosine"), f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}"),
-        (cfg.augment in AUGMENTATIONS, f"unknown augment {cfg.augment!r}; choose one of {AUGMENTATIONS.names()}"),
-        (cfg.objective in OBJECTIVES, f"unknown objective {cfg.objective!r}; choose one of {OBJECTIVES.names()}"),
         (cfg.n_train is None or cfg.n_train > 0, f"n_train must be positive, got {cfg.n_train}"),
         (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {cfg.precision!r}"),
     ]
@@ -182,7 +180,7 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
 
 def make_penalty(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor):
     """The regulariser object of cfg.method (None for 'none'): exposes penalty(), state_dict(), load_state_dict()."""
-    return METHODS.get(cfg.method)(cfg, model, example_x)
+    return METHODS.lookup(cfg.method)(cfg, model, example_x)
 
 
 @METHODS.register("none", doc="no spectral term")
@@ -191,22 +189,14 @@ def make_none(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> No
     return None
 
 
-def _spectral_penalty(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> spectral.SpectralPenalty:
+@METHODS.register("rep", doc="rep-spectral: Σ σ_max(W_l)² over the weight layers of Φ (SPEC §2)")
+@METHODS.register("ll", doc="ll-spectral: Σ σ_max(W_l)² over every weight layer, readout included (SPEC §2)")
+def make_spectral(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> spectral.SpectralPenalty:
+    """METHODS['rep'] and METHODS['ll']: Σ σ_max² over `spectral.spectral_layers(model, cfg.method, cfg.max_layer)`
+    (rep: Φ's layers, never the readout; ll: those and the readout)."""
     layers = spectral.spectral_layers(model, cfg.method, max_layer=cfg.max_layer)
     return spectral.SpectralPenalty(layers, input_shapes=spectral.conv_input_sizes(model, example_x),
                                     mode=cfg.spectral_mode, n_iter=cfg.n_power_iter)
-
-
-@METHODS.register("rep", doc="rep-spectral: Σ σ_max(W_l)² over the weight layers of Φ (SPEC §2)")
-def make_rep(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> spectral.SpectralPenalty:
-    """METHODS['rep']: Σ σ_max² over `model.feature_layers(cfg.max_layer)`, never the readout."""
-    return _spectral_penalty(cfg, model, example_x)
-
-
-@METHODS.register("ll", doc="ll-spectral: Σ σ_max(W_l)² over every weight layer, readout included (SPEC §2)")
-def make_ll(cfg: TrainConfig, model: nn.Module, example_x: torch.Tensor) -> spectral.SpectralPenalty:
-    """METHODS['ll']: Σ σ_max² over Φ's layers and the readout."""
-    return _spectral_penalty(cfg, model, example_x)
 
 
 def make_monitor(model: nn.Module, example_x: torch.Tensor):
@@ -265,7 +255,6 @@ def cifar_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]
     out = xp.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]
     return out.permute(0, 3, 1, 2).contiguous()
-
 
 
 @torch.no_grad()

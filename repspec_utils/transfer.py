@@ -142,7 +142,6 @@ def make_bss(cfg: TrainConfig, model: nn.Module, example_x: Tensor) -> BSS:
     return BSS(k=kw["k"])
 
 
-
 def pretrain_standin_backbone(source: str = "mnist", widths: Sequence[int] = (512,), *, epochs: int = 5,
                               lr: float = 0.5, batch_size: int = 256, init_std: float = 0.05,
                               n_train: int | None = None, seed: int = 0, path: str | Path | None = None,
@@ -191,8 +190,6 @@ def build_standin_model(weights: str | Path, n_classes: int = 10, head_init_std:
         model.readout.bias.zero_()
     model.pretrained_on = blob["pretrained_on"]
     return model
-
-
 
 
 def standin_finetune_config(weights: str | Path, method: str = "none", lam: float = 0.0, *, n_per_class: int = 100,

@@ -156,7 +156,7 @@ def test_registry_errors_list_the_names_and_refuse_a_clash():
     table.register("a", len)
     with pytest.raises(ValueError, match="already registered"):
         table.register("a", print)
-    assert table.names() == ("a",) and table.get("a") is len
+    assert table.names() == ("a",) and table.lookup("a") is len and table.get("b") is None
     with pytest.raises(TypeError):
         table["b"] = len  # read-only mapping: entries come through register()
 

