@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from .notebook import profile_label
-from .tables import strength_label
+from .tables import bound_gains, strength_label
 
 ACC_TOLERANCE = 0.005  # accuracy may be at most 0.5 points worse (the interval's lower end) for "holds"
 LEVEL = 0.95
@@ -44,6 +44,8 @@ CLAIMS = {
     4: "ResNet18 on CIFAR-10: same ordering without an accuracy loss",
     5: "Barlow Twins: modest robustness gain downstream at comparable accuracy",
     6: "Transfer: rep-spectral improves distance over None, L2-SP, BSS and ll",
+    7: "(a question of ours, not a claim of the paper) rep-spectral raises the certified radius more than it raises "
+       "the attack distance",
 }
 # (claim, figure folder, what it tests); the per-model tables are <figure>/models.csv, per sample samples.csv
 CLAIM_SOURCES = [
@@ -52,7 +54,9 @@ CLAIM_SOURCES = [
     (2, "fig5_mnist_refit", "MNIST, re-trained readout"),
     (3, "fig3_xor_geometry", "XOR metric"), (3, "appD_mnist_metric_plane", "MNIST metric plane"),
     (4, "fig6_cifar_resnet", "CIFAR-10 ResNet18"), (5, "fig7_barlow", "Barlow Twins"), (6, "fig8_transfer", "transfer"),
+    (7, "bounds_sandwich", "certified radius vs attack distance"),
 ]
+BOUND_ATTACKS = {"ta_distance": "Tangent Attack", "fmn_distance": "FMN"}
 SETTING_COLUMNS = ("width", "weight_decay", "max_layer", "readout", "dataset")
 
 
@@ -222,6 +226,37 @@ def _metric_claims(summary: pd.DataFrame, base_row: dict) -> list[dict]:
     return rows
 
 
+def bound_claims(models: pd.DataFrame, base_row: dict, level: float = LEVEL) -> list[dict]:
+    """Claim 7 from a `tables.sandwich_models` table: per data set, rep-spectral variant, baseline and attack, the
+    paired (same seed and setting) difference Δ = ln(certified-radius gain) − ln(attack-distance gain) over the
+    baseline, with a Student-t interval: **holds** (the certificate gains more) when the interval lies above 0,
+    **fails** (the attack distance gains more) when below, else inconclusive."""
+    rows = []
+    for dataset, g in models.groupby("dataset", sort=False):
+        for base in [m for m in g.method.unique() if m not in REP_METHODS]:
+            gains = bound_gains(g, baseline=base)
+            for rep_method in [m for m in REP_METHODS if m in set(g.method)]:
+                gr = gains[gains.method == rep_method]
+                keys = [c for c in ["width", "weight_decay", "readout", "seed"] if c in gr.columns]
+                cert = gr[gr.quantity == "certified_radius"].set_index(keys)["gain"]
+                for attack, label in BOUND_ATTACKS.items():
+                    att = gr[gr.quantity == attack].set_index(keys)["gain"]
+                    both = pd.concat({"cert": cert, "att": att}, axis=1, join="inner").dropna()
+                    diff = t_interval(np.log(both.cert) - np.log(both.att), level)
+                    lo, hi = diff[1], diff[2]
+                    v = "holds" if np.isfinite(lo) and lo > 0 else "fails" if np.isfinite(hi) and hi < 0 \
+                        else "inconclusive"
+                    rows.append({**base_row, "test": f"{base_row['test']} ({label})", "setting": f"dataset={dataset}",
+                                 "rep": rep_method, "baseline": base, "n_seeds": diff[3],
+                                 "value rep": f"certified ×{np.exp(np.log(both.cert).mean()):.3g}",
+                                 "value baseline": f"{label} ×{np.exp(np.log(both.att).mean()):.3g}",
+                                 "distance_diff": diff[0], "distance_diff_ci_low": lo, "distance_diff_ci_high": hi,
+                                 "verdict": v,
+                                 "note": "Δ = ln(gain of the mean certified radius) − ln(gain of the mean attack "
+                                         "distance), paired by seed and setting"})
+    return rows
+
+
 def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = LEVEL) -> pd.DataFrame:
     """Every claim that the figure tables under `fig_root` can test, one row per (setting, rep-spectral variant,
     baseline), with the paired intervals and the verdict of the module docstring. A claim whose figure has not
@@ -243,6 +278,8 @@ def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = 
         try:
             if claim == 3:
                 new = _metric_claims(pd.read_csv(folder / "summary.csv"), base_row)
+            elif claim == 7:
+                new = bound_claims(pd.read_csv(folder / "models.csv"), base_row, level)
             else:
                 samples_path = folder / "samples.csv"
                 samples = pd.read_csv(samples_path) if samples_path.exists() else None
@@ -306,6 +343,10 @@ def claims_markdown(table: pd.DataFrame, acc_tolerance: float = ACC_TOLERANCE, l
             return "" if v is None or (isinstance(v, float) and np.isnan(v)) else v
         if r.claim == 3:  # metric rows: values, no distance
             d_rep, d_base, dd = get("value rep"), get("value baseline"), ""
+        elif r.claim == 7:  # bound rows: the two gains and Δ of their logarithms
+            d_rep, d_base = get("value rep"), get("value baseline")
+            dd = _interval(*(float(r.get(c, np.nan)) for c in ("distance_diff", "distance_diff_ci_low",
+                                                                 "distance_diff_ci_high")))
         else:
             d_rep, d_base = get("distance rep"), get("distance baseline")
             dd = _interval(*(float(r.get(c, np.nan)) for c in ("distance_diff", "distance_diff_ci_low",

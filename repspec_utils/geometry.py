@@ -282,7 +282,10 @@ def activation_derivative(name: str, z: Tensor) -> Tensor:
         return 1.0 - torch.tanh(z) ** 2
     if name == "softplus":
         return torch.sigmoid(z)
-    raise ValueError(f"no closed-form derivative for activation {name!r}; choose gelu, relu, tanh or softplus")
+    if name == "identity":
+        return torch.ones_like(z)
+    raise ValueError(f"no closed-form derivative for activation {name!r}; choose gelu, relu, tanh, softplus or "
+                     f"identity")
 
 
 def _first_layer_2d(model) -> tuple[Tensor, Tensor, str, bool]:

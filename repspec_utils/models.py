@@ -21,6 +21,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "tanh": torch.tanh,
     "softplus": F.softplus,
+    "identity": lambda z: z,  # a linear "MLP": the reference case with closed-form Δx (tests, bounds)
 }
 
 
@@ -34,6 +35,7 @@ ACTIVATION_DERIVATIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": lambda z: (z > 0).to(z.dtype),
     "tanh": lambda z: 1 - torch.tanh(z) ** 2,
     "softplus": torch.sigmoid,
+    "identity": torch.ones_like,
 }
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

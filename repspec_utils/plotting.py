@@ -551,3 +551,85 @@ def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, d
         ax.set_xticks(ticks, [f"digit {t}" for t in tick_labels])
         ax.set_title(f"{tag} {label} along the triangle through the digits")
     return fig, axes, edge_axes
+
+
+# ----------------------------------------------------------------------------------- certified radius vs attacks
+
+BOUND_LABELS = {"certified_global": "certified (global)", "certified_radius": "certified (local)",
+                "fmn_distance": "FMN (white box)", "ta_distance": "Tangent Attack"}
+
+
+def plot_sandwich_scatter(samples: pd.DataFrame, ax=None, x: str = "fmn_distance", y: str = "certified_radius",
+                          order: Sequence | None = None, max_points: int = 600, seed: int = 0):
+    """Per sample of a `tables.sandwich_table`: the certified radius against an attack's distance, one colour per
+    method, with the diagonal (a certificate can never lie above it). At most `max_points` samples per method are
+    drawn (a seeded subset, so dense panels stay readable)."""
+    ax = ax if ax is not None else plt.gca()
+    keys = method_order(order if order is not None else samples.method.unique())
+    ok = samples[np.isfinite(samples[x].astype(float)) & np.isfinite(samples[y].astype(float))]
+    for k in keys:
+        sub = ok[ok.method.map(_method_key) == k]
+        if len(sub) > max_points:
+            sub = sub.sample(max_points, random_state=seed)
+        ax.scatter(sub[x], sub[y], s=6, alpha=0.5, lw=0, color=method_color(k), label=method_label(k))
+    top = float(np.nanmax(ok[[x, y]].to_numpy(dtype=float))) if len(ok) else 1.0
+    ax.plot([0, top], [0, top], color="0.3", lw=0.8, ls=":", label="y = x")
+    ax.set_xlim(0, top * 1.03)
+    ax.set_ylim(0, top * 1.03)
+    ax.set_xlabel(BOUND_LABELS.get(x, x) + " distance")
+    ax.set_ylabel(BOUND_LABELS.get(y, y) + " radius")
+    return ax
+
+
+def plot_bound_distributions(samples: pd.DataFrame, ax=None, order: Sequence | None = None):
+    """Box plots per method of the four per-sample bounds on Δx (certified global ≤ certified local ≤ Δx ≤ FMN,
+    Tangent Attack), hue = the bound, in `BOUND_LABELS` order."""
+    ax = ax if ax is not None else plt.gca()
+    keys = method_order(order if order is not None else samples.method.unique())
+    long = samples.melt(id_vars=["method"], value_vars=list(BOUND_LABELS), var_name="bound", value_name="value")
+    long = long[np.isfinite(long.value.astype(float))].assign(_label=lambda d: d.method.map(method_label),
+                                                              _bound=lambda d: d.bound.map(BOUND_LABELS))
+    labels = [method_label(k) for k in keys]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
+        sns.boxplot(data=long, x="_label", y="value", hue="_bound", order=labels,
+                    hue_order=list(BOUND_LABELS.values()), palette="mako", showfliers=False, width=0.7,
+                    linewidth=0.7, ax=ax)
+    ax.set_xticks(range(len(labels)), [textwrap.fill(label, 16) for label in labels])
+    ax.set_xlabel("")
+    ax.set_ylabel("per-sample radius / distance")
+    ax.legend(frameon=False, fontsize=6, title=None)
+    return ax
+
+
+def plot_bound_gains(gains: pd.DataFrame, ax=None, order: Sequence | None = None):
+    """The gain of each method over the baseline (`tables.bound_gains`: mean value / baseline's, per seed) for each
+    bound, as mean ± sd bars with the seeds as dots; the dotted line at 1 is no gain."""
+    ax = ax if ax is not None else plt.gca()
+    keys = method_order(order if order is not None else gains.method.unique())
+    quantities = [q for q in BOUND_LABELS if q in set(gains.quantity)]
+    width = 0.8 / max(1, len(quantities))
+    colors = sns.color_palette("mako", len(quantities))
+    rng = np.random.default_rng(0)
+    for mi, k in enumerate(keys):
+        for qi, q in enumerate(quantities):
+            vals = gains.loc[(gains.method.map(_method_key) == k) & (gains.quantity == q), "gain"].astype(float)
+            vals = vals[np.isfinite(vals)].to_numpy()
+            if not len(vals):
+                continue
+            pos = mi + (qi - (len(quantities) - 1) / 2) * width
+            ax.bar(pos, vals.mean(), width * 0.9, color=colors[qi], label=BOUND_LABELS[q] if mi == 0 else None,
+                   zorder=2)
+            if len(vals) > 1:
+                ax.errorbar(pos, vals.mean(), yerr=vals.std(ddof=1), color="0.1", capsize=2, lw=0.8, zorder=3)
+            ax.scatter(pos + rng.uniform(-0.2, 0.2, len(vals)) * width, vals, s=5, color="0.15", lw=0, zorder=4)
+    ax.axhline(1.0, color="0.3", ls=":", lw=0.8)
+    finite = gains.gain[np.isfinite(gains.gain.astype(float))]
+    if len(finite):  # gains sit near 1: zoom onto them (bars start at the axis edge)
+        low, high = min(finite.min(), 1.0), max(finite.max(), 1.0)
+        pad = 0.15 * (high - low) + 0.02
+        ax.set_ylim(low - pad, high + 2.5 * pad)  # head room for the legend
+    ax.set_xticks(range(len(keys)), [textwrap.fill(method_label(k), 16) for k in keys])
+    ax.set_ylabel("gain over the baseline (ratio of means)")
+    ax.legend(frameon=False, fontsize=6, ncol=2, loc="upper center")
+    return ax

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import cache, geometry
+from . import bounds, cache, geometry
 from .evaluate import accuracy, evaluate_robustness, predict, refit_readout
 from .models import MLP, RefitModel
 from .recipes import SMALL_DATASETS
@@ -97,15 +97,18 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
 
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: mean distance over its attacked samples (successful attacks), accuracy, settings, and the
+    """One row per model: mean distance over its attacked samples (successful attacks), accuracy, settings, the mean
+    certified radius over the same samples where the table has one (one-hidden-layer MLPs; NaN otherwise), and the
     data source where the table has one (so a per-model table still says SYNTHETIC / STAND-IN)."""
     keys = [c for c in [*SETTING_COLUMNS, "readout", "attack"] if c in table.columns]
     ok = table[np.isfinite(table["distance"])]
     source = {"data_source": ("data_source", "first")} if "data_source" in table.columns else {}
+    certified = ({"mean_certified_radius": ("certified_radius", "mean")}
+                 if "certified_radius" in table.columns else {})
     out = ok.groupby(keys, dropna=False).agg(mean_distance=("distance", "mean"), median_distance=("distance", "median"),
                                              n_attacked=("distance", "size"), test_acc=("test_acc", "first"),
                                              mean_queries=("queries", "mean"),
-                                             success_rate=("success", "mean"), **source).reset_index()
+                                             success_rate=("success", "mean"), **certified, **source).reset_index()
     return out
 
 
@@ -376,3 +379,71 @@ def method_setting(table: pd.DataFrame, strengths: str = "auto", unit: str = "st
     if strengths == "auto":
         show &= strength.groupby(method).transform("nunique") > 1
     return key.where(~show, key + " " + strength).rename("variant")
+
+
+SANDWICH_ATTACKS = {"ta": "tangent", "fmn": "fmn"}
+
+
+def sandwich_table(results: Sequence[TrainResult], n: int | None = None, attack_kwargs: dict | None = None,
+                   fmn_kwargs: dict | None = None, seed: int = 0, readout: str = "original",
+                   progress: bool | None = None) -> pd.DataFrame:
+    """Per attacked sample of one-hidden-layer MLPs, the certified lower bounds beside the attacks' upper bounds on
+    Δx (issue 15): certified_global ≤ certified_radius (local) ≤ Δx ≤ fmn_distance (white box), ta_distance (hard
+    label). The Tangent Attack and FMN run through `robustness_table` (cached) on the same samples (the same seeded
+    selection); one row per model × sample with the model's settings, label, test_acc, data_source and the five
+    columns above, plus each attack's success."""
+    parts = {}
+    for short, attack in SANDWICH_ATTACKS.items():
+        kwargs = attack_kwargs if attack == "tangent" else fmn_kwargs
+        parts[short] = robustness_table(results, n=n, attack=attack, attack_kwargs=kwargs, seed=seed,
+                                        readout=readout, progress=progress)
+    keys = [c for c in [*SETTING_COLUMNS, "readout", "index"] if c in parts["ta"].columns]
+    out = parts["ta"][[*keys, "label", "test_acc", "n_attacked", "data_source", "certified_radius", "distance",
+                       "success"]].rename(columns={"distance": "ta_distance", "success": "ta_success"})
+    fmn = parts["fmn"][[*keys, "distance", "success"]].rename(columns={"distance": "fmn_distance",
+                                                                       "success": "fmn_success"})
+    out = out.merge(fmn, on=keys, how="outer", validate="one_to_one")
+    out["certified_global"] = np.nan
+    for r in results:
+        mask = _rows_of(out, r.config) & (out["readout"] == readout).to_numpy()
+        if not mask.any() or not bounds.supports(r.model):
+            continue
+        train_ds, test_ds = load_training_data(r.config)
+        model = refit_cached(r, train_ds, test_ds)[0] if readout == "refit" else r.model
+        idx = torch.as_tensor(out.loc[mask, "index"].to_numpy(dtype=np.int64, copy=True))
+        out.loc[mask, "certified_global"] = bounds.certified_radius(model, test_ds.x[idx], test_ds.y[idx],
+                                                                    method="global").numpy()
+    return out
+
+
+def sandwich_models(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per model of a `sandwich_table`: test_acc, n_attacked and the mean over its samples of each bound
+    (samples that both attacks broke), with the ratios certified_radius / fmn_distance (how much of the measured
+    robustness is certified) and ta_distance / fmn_distance (how close the hard-label attack gets)."""
+    keys = [c for c in [*SETTING_COLUMNS, "readout"] if c in samples.columns]
+    ok = samples[samples.ta_success.astype(bool) & samples.fmn_success.astype(bool)]
+    out = ok.groupby(keys, dropna=False).agg(
+        test_acc=("test_acc", "first"), n_attacked=("index", "size"),
+        certified_global=("certified_global", "mean"), certified_radius=("certified_radius", "mean"),
+        fmn_distance=("fmn_distance", "mean"), ta_distance=("ta_distance", "mean")).reset_index()
+    out["certified_over_fmn"] = out.certified_radius / out.fmn_distance
+    out["ta_over_fmn"] = out.ta_distance / out.fmn_distance
+    return out
+
+
+BOUND_QUANTITIES = ("certified_global", "certified_radius", "fmn_distance", "ta_distance")
+
+
+def bound_gains(models: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
+    """Per model of a `sandwich_models` table and per quantity (BOUND_QUANTITIES), the gain over the `baseline`
+    method's model of the same seed and setting: value / baseline value (1 = no gain). Long format, one row per
+    model × quantity: settings, quantity, value, baseline_value, gain; the baseline's own rows are left out."""
+    pair = [c for c in ["dataset", "width", "weight_decay", "readout", "seed"] if c in models.columns]
+    if baseline not in set(models.method):
+        raise ValueError(f"baseline {baseline!r} is not among the methods {sorted(set(models.method))}")
+    long = models.melt(id_vars=[c for c in models.columns if c not in BOUND_QUANTITIES],
+                       value_vars=[q for q in BOUND_QUANTITIES if q in models.columns], var_name="quantity")
+    base = long[long.method == baseline][[*pair, "quantity", "value"]].rename(columns={"value": "baseline_value"})
+    out = long[long.method != baseline].merge(base, on=[*pair, "quantity"], how="inner")
+    out["gain"] = out["value"] / out["baseline_value"]
+    return out

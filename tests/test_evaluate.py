@@ -53,7 +53,7 @@ def test_accuracy_and_predict(digits):
 def test_robustness_table_attacks_only_correct_samples(digits):
     m, _, test = digits
     df = E.evaluate_robustness(m, test, 10, seed=4, attack="tangent", attack_kwargs=dict(T=5), progress=False)
-    assert list(df.columns) == ["index", "label", "distance", "queries", "success", "attack"]
+    assert list(df.columns) == ["index", "label", "distance", "queries", "success", "attack", "certified_radius"]
     assert len(df) == 10 and (df.attack == "tangent").all() and df.success.all()
     pred = E.predict(m, test.x)
     idx = torch.tensor(df["index"].to_numpy())
