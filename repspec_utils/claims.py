@@ -260,7 +260,8 @@ def bound_claims(models: pd.DataFrame, base_row: dict, level: float = LEVEL) -> 
 def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = LEVEL) -> pd.DataFrame:
     """Every claim that the figure tables under `fig_root` can test, one row per (setting, rep-spectral variant,
     baseline), with the paired intervals and the verdict of the module docstring. A claim whose figure has not
-    been produced (or whose manifest does not say it ran to the end) gets one row saying so; nothing is hidden."""
+    been produced, that has no manifest or whose manifest does not say status 'ok' gets one row saying so (its
+    tables are not read); nothing is hidden."""
     check_tolerance(acc_tolerance, level)
     root = Path(fig_root)
     rows: list[dict] = []
@@ -272,8 +273,13 @@ def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = 
                     "data": "; ".join(sorted(set(map(str, man.get("data_sources", []) or ["?"]))))[:160]}
         missing = {**base_row, "setting": "not produced", "profile": "-", "data": "-", "verdict": "inconclusive",
                    "rep": "-", "baseline": "-", "note": "figure not produced: nothing to test"}
-        if man and man.get("status", "ok") != "ok":
-            rows.append({**missing, "note": f"the figure's last run {man.get('status')}: its tables are not used"})
+        if not man and folder.is_dir() and any(folder.glob("*.csv")):
+            rows.append({**missing, "note": "no manifest.json (not written by `repspec run`): its tables are not "
+                                            "used"})
+            continue
+        if man and man.get("status") != "ok":
+            rows.append({**missing, "note": f"the figure's manifest says status {man.get('status')!r}, not 'ok': "
+                                            f"its tables are not used"})
             continue
         try:
             if claim == 3:

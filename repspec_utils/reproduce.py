@@ -156,26 +156,80 @@ def plan(names: str | Iterable[str] | None = None, profile: str = "cpu",
     return out
 
 
-def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], fig_dir: Path, executed: Path,
-             kernel: str, log_output: bool, progress: bool) -> dict:
+STAGING = ".staging"  # <out_dir>/.staging/<notebook>.<pid>.<ms>/<notebook>/: where a run writes until it succeeded
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_staging(root: Path) -> list[str]:
+    """Remove the staging folders of runs whose process is gone (a run killed with kill -9) and put back a figure
+    folder that such a run had moved aside but not yet replaced; returns what was done, one line each."""
+    import shutil
+
+    done = []
+    stage_root = root / STAGING
+    if not stage_root.is_dir():
+        return done
+    for entry in sorted(stage_root.iterdir()):
+        parts = entry.name.split(".")
+        if len(parts) < 3 or not parts[-2].isdigit() or _pid_alive(int(parts[-2])):
+            continue
+        nb = ".".join(parts[:-2])
+        old = entry / "previous"
+        if old.is_dir() and not (root / nb).exists():
+            old.rename(root / nb)
+            done.append(f"restored {root / nb} (a killed run had moved it aside)")
+        shutil.rmtree(entry, ignore_errors=True)
+        done.append(f"removed the staging folder {entry} of a run that no longer exists")
+    return done
+
+
+def _replace_folder(stage: Path, target: Path, holder: Path) -> None:
+    """Put the finished `stage` folder in place of `target`: the old folder is moved into `holder` first (same
+    file system, so both moves are renames), then removed; `clean_staging` restores it if a kill falls between."""
+    import shutil
+
+    previous = holder / "previous"
+    if target.exists():
+        target.rename(previous)
+    stage.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], root: Path, executed: Path,
+             kernel: str, log_output: bool, progress: bool, failed_root: Path) -> dict:
+    """Execute one notebook into a staging folder; on success it replaces <root>/<nb> (outputs and manifest
+    together), on failure <root>/<nb> is left as it was and the partial outputs, the executed notebook and the
+    manifest go to <failed_root>/<nb>.<date>/."""
+    import shutil
+
     import papermill as pm
 
     from repspec_utils import plotting
 
-    for stale in (RECORD_FILE, MANIFEST_FILE):
-        (fig_dir / stale).unlink(missing_ok=True)
+    holder = ensure_dir(root / STAGING / f"{nb}.{os.getpid()}.{time.time_ns() // 1_000_000}",
+                        f"staging folder of {nb!r}")
+    stage = ensure_dir(holder / nb, f"staging folder of {nb!r}")
     started = _dt.datetime.now().astimezone()
     t0 = time.perf_counter()
     status, error = "ok", None
     try:
-        pm.execute_notebook(str(notebook_path(nb)), str(executed), parameters=params, kernel_name=kernel,
-                            cwd=str(nbapi.NOTEBOOK_DIR), log_output=log_output, progress_bar=progress)
+        pm.execute_notebook(str(notebook_path(nb)), str(executed), parameters={**params, "out_dir": str(holder)},
+                            kernel_name=kernel, cwd=str(nbapi.NOTEBOOK_DIR), log_output=log_output,
+                            progress_bar=progress)
     except Exception as exc:  # noqa: BLE001 - recorded, then reported by run_notebooks
         status = "failed"
         error = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
     wall = time.perf_counter() - t0
-    outputs = sorted(p.name for p in fig_dir.iterdir() if p.is_file() and p.name not in (RECORD_FILE, MANIFEST_FILE)
-                     and p.stat().st_mtime >= started.timestamp() - 1)
+    outputs = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name not in (RECORD_FILE, MANIFEST_FILE))
     manifest = {
         "notebook": nb, "status": status, "error": error, "profile": params["profile"],
         "parameters": params, "overrides": overrides, "commit": plotting.git_commit(),
@@ -183,30 +237,47 @@ def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], fig_dir
         "data_sources": [], "host": host_info(), "kernel": kernel,
         "executed_notebook": str(executed), "outputs": outputs,
     }
-    rec = read_json(fig_dir / RECORD_FILE)
+    rec = read_json(stage / RECORD_FILE)
     manifest.update({k: v for k, v in rec.items() if k not in ("notebook", "profile")})
-    write_json(manifest, fig_dir / MANIFEST_FILE)
-    (fig_dir / RECORD_FILE).unlink(missing_ok=True)  # merged into the manifest
+    (stage / RECORD_FILE).unlink(missing_ok=True)  # merged into the manifest
+    if status == "ok":
+        write_json(manifest, stage / MANIFEST_FILE)
+        _replace_folder(stage, root / nb, holder)
+    else:
+        kept = failed_root / f"{nb}.{started.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}"
+        shutil.move(str(stage), str(kept))
+        if executed.exists():
+            shutil.copy2(executed, kept / executed.name)
+        manifest["folder"] = str(kept)
+        write_json(manifest, kept / MANIFEST_FILE)
+    shutil.rmtree(holder, ignore_errors=True)
     return manifest
 
 
 def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu", *,
                   overrides: Mapping[str, Any] | None = None, out_dir: str | os.PathLike | None = None,
                   executed_dir: str | os.PathLike = "runs/executed", kernel_name: str | None = None,
-                  log_output: bool = False, progress: bool | None = None) -> list[dict]:
+                  log_output: bool = False, progress: bool | None = None,
+                  failed_dir: str | os.PathLike = "runs/failed") -> list[dict]:
     """Run the selected notebooks (all if None) at `profile` with papermill; returns their manifests.
 
     Everything (names, profile, overrides and their types, folders, kernel) is checked before the first
     notebook starts. Each notebook gets its profile's parameters plus `profile` and the absolute `out_dir`
-    (default $REPSPEC_FIGURES or <repo>/figures); it writes figures and CSVs to <out_dir>/<stem>/, the
-    runner adds <out_dir>/<stem>/manifest.json, and the executed notebook goes to
-    <executed_dir>/<stem>.<profile>.ipynb. Relative paths are taken from the repository root. A notebook
-    that fails does not stop the others; RunFailed is raised at the end.
+    (default $REPSPEC_FIGURES or <repo>/figures); it writes its figures and CSVs into a staging folder
+    (<out_dir>/.staging/…) and, only when it ran to the end, that folder with the runner's manifest.json replaces
+    <out_dir>/<stem>/ as a whole. A failed (or killed) run leaves <out_dir>/<stem>/ untouched: its partial outputs,
+    executed notebook and manifest (status 'failed', the error) go to <failed_dir>/<stem>.<date>.<pid>/ (a killed
+    run's staging folder is removed by the next run). The executed notebook also goes to
+    <executed_dir>/<stem>.<profile>.ipynb. Relative paths are taken from the repository root. A notebook that
+    fails does not stop the others; RunFailed is raised at the end.
     """
     todo = plan(names, profile, overrides)
     root = resolve_path(out_dir) if out_dir not in (None, "") else default_out_dir()
     ensure_dir(root, "figure output folder")
-    fig_dirs = {nb: ensure_dir(root / nb, f"figure folder of {nb!r}") for nb in todo}
+    for line in clean_staging(root):
+        print(f"repspec: {line}", file=sys.stderr)
+    ensure_dir(root / STAGING, "staging folder")
+    failed_root = ensure_dir(failed_dir, "folder for failed runs")
     executed_root = ensure_dir(executed_dir, "executed-notebook folder")
     ensure_dir(cache_root(), "cache folder ($REPSPEC_CACHE)")
     kernel = ensure_kernel(kernel_name)
@@ -219,13 +290,16 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
             used = {k: v for k, v in (overrides or {}).items() if k in params}
             print(f"repspec: running {nb} at profile {profile!r}" + (f" with {used}" if used else ""),
                   file=sys.stderr)
-            m = _run_one(nb, params, used, fig_dirs[nb], executed_root / f"{nb}.{profile}.ipynb",
-                         kernel, log_output, progress)
-            print(f"repspec: {nb} {m['status']} in {m['wall_time_s']:.1f} s -> {fig_dirs[nb]}", file=sys.stderr)
+            m = _run_one(nb, params, used, root, executed_root / f"{nb}.{profile}.ipynb",
+                         kernel, log_output, progress, failed_root)
+            where = root / nb if m["status"] == "ok" else f"{m['folder']} (the previous {root / nb} is unchanged)"
+            print(f"repspec: {nb} {m['status']} in {m['wall_time_s']:.1f} s -> {where}", file=sys.stderr)
             manifests.append(m)
+    with contextlib.suppress(OSError):
+        (root / STAGING).rmdir()  # only when empty: a concurrent run may still be staging
     failed = [m for m in manifests if m["status"] != "ok"]
     if failed:
-        lines = "; ".join(f"{m['notebook']}: {m['error']} (see {m['executed_notebook']})" for m in failed)
+        lines = "; ".join(f"{m['notebook']}: {m['error']} (kept in {m['folder']})" for m in failed)
         raise RunFailed(f"{len(failed)} of {len(manifests)} notebook(s) failed: {lines}", manifests)
     return manifests
 

@@ -161,6 +161,13 @@ def test_profile_names_its_deviations(tmp_path):
     assert set(claims_table(tmp_path).query("figure == 'fig4_mnist'").profile) == {"cpu n_attack=50"}
 
 
+def test_tables_without_a_manifest_are_not_used(tmp_path):
+    _write(tmp_path, "fig2_xor_distance", _models({"none": [1.0, 1.0], "rep": [2.0, 2.1]}, {"none": 1.0, "rep": 1.0}))
+    (tmp_path / "fig2_xor_distance" / "manifest.json").unlink()
+    row = claims_table(tmp_path).query("figure == 'fig2_xor_distance'").iloc[0]
+    assert row.verdict == "inconclusive" and "no manifest" in row.note and row.setting == "not produced"
+
+
 def test_failed_run_tables_are_not_used(tmp_path):
     _write(tmp_path, "fig2_xor_distance", _models({"none": [1.0, 1.0], "rep": [2.0, 2.1]}, {"none": 1.0, "rep": 1.0}),
            manifest={"profile": "smoke", "status": "failed"})
@@ -186,6 +193,7 @@ def test_metric_claim_is_a_point_comparison(tmp_path):
     fig.mkdir()
     pd.DataFrame({"method": ["none", "ll", "rep"], "max_lambda_max": [3.0, 2.0, 1.0],
                   "max_log_volume": [1.0, 0.5, 0.7]}).to_csv(fig / "summary.csv", index=False)
+    (fig / "manifest.json").write_text(json.dumps({"profile": "paper", "status": "ok"}))
     t = claims_table(tmp_path)
     t = t[t.figure == "fig3_xor_geometry"].set_index(["test", "baseline"])
     assert t.loc[("XOR metric: max_lambda_max", "ll"), "verdict"] == "holds"

@@ -275,3 +275,68 @@ def test_runner_fig1_smoke(tmp_path, monkeypatch):
         assert (fig_dir / f).is_file() and (fig_dir / f).stat().st_size > 0, f
     executed = nbformat.read(tmp_path / "ex" / "fig1_tradeoff.smoke.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A failed or killed run never touches the previous results (issue 12, item 1)
+# ----------------------------------------------------------------------------------------------------
+def _runnable_toy(folder: Path) -> Path:
+    """A toy notebook that papermill can execute in a kernel (which does not see the monkeypatched folders): it
+    writes an output into <out_dir>/toy, records a data source, then asserts `flag`."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.update(kernelspec={"name": "python3", "display_name": "Python 3", "language": "python"},
+                       language_info={"name": "python"})
+    nb.cells.append(nbformat.v4.new_code_cell(PARAMS_SRC, metadata={"tags": ["parameters"]}))
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "from pathlib import Path\nfrom repspec_utils import notebook\n"
+        "fig_dir = Path(out_dir) / 'toy'\nfig_dir.mkdir(parents=True, exist_ok=True)\n"
+        "(fig_dir / 'out.csv').write_text(f'epochs={epochs}\\n')\n"
+        "notebook.record(fig_dir, data_sources=['toy data'])\n"
+        "assert flag, 'flag must be True'"))
+    path = folder / "toy.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_failed_run_leaves_the_previous_outputs_and_manifest_byte_identical(toy, monkeypatch):
+    monkeypatch.setenv("REPSPEC_PROGRESS", "0")
+    _runnable_toy(toy / "notebooks")
+    figs, failed = toy / "figs", toy / "failed"
+    (ok,) = rp.run_notebooks("toy", "smoke", out_dir=figs, executed_dir=toy / "ex", failed_dir=failed)
+    assert ok["status"] == "ok" and ok["outputs"] == ["out.csv"] and ok["data_sources"] == ["toy data"]
+    before = _snapshot(figs / "toy")
+    assert set(before) == {"out.csv", "manifest.json"}
+    with pytest.raises(rp.RunFailed) as info:
+        rp.run_notebooks("toy", "cpu", overrides={"flag": False}, out_dir=figs, executed_dir=toy / "ex",
+                         failed_dir=failed)
+    assert _snapshot(figs / "toy") == before  # outputs and manifest untouched
+    (m,) = info.value.manifests
+    kept = Path(m["folder"])
+    assert kept.parent == failed and m["status"] == "failed" and "flag must be True" in m["error"]
+    assert (kept / "out.csv").read_text() == "epochs=100\n"  # the failed run's partial output, kept aside
+    assert json.loads((kept / "manifest.json").read_text())["status"] == "failed"
+    assert (kept / "toy.cpu.ipynb").is_file()  # and its executed notebook, with the traceback
+    assert not any((figs / rp.STAGING).iterdir())  # no staging left behind
+
+
+def test_a_killed_run_is_cleaned_and_a_half_replaced_folder_restored(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    root = tmp_path / "figs"
+    holder = root / rp.STAGING / f"fig2_xor_distance.{pid}.123"
+    (holder / "fig2_xor_distance").mkdir(parents=True)
+    (holder / "fig2_xor_distance" / "partial.csv").write_text("half written")
+    (holder / "previous").mkdir()  # killed between moving the old folder aside and putting the new one in place
+    (holder / "previous" / "manifest.json").write_text("{}")
+    alive = root / rp.STAGING / f"fig4_mnist.{os.getpid()}.456"  # a live run's staging is left alone
+    alive.mkdir()
+    done = rp.clean_staging(root)
+    assert (root / "fig2_xor_distance" / "manifest.json").read_text() == "{}"
+    assert not holder.exists() and alive.exists() and len(done) == 2
