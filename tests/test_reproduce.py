@@ -320,7 +320,7 @@ def test_failed_run_leaves_the_previous_outputs_and_manifest_byte_identical(toy,
     assert (kept / "out.csv").read_text() == "epochs=100\n"  # the failed run's partial output, kept aside
     assert json.loads((kept / "manifest.json").read_text())["status"] == "failed"
     assert (kept / "toy.cpu.ipynb").is_file()  # and its executed notebook, with the traceback
-    assert not any((figs / rp.STAGING).iterdir())  # no staging left behind
+    assert not (figs / rp.STAGING).exists()  # no staging left behind
 
 
 def test_a_killed_run_is_cleaned_and_a_half_replaced_folder_restored(tmp_path):
