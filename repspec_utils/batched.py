@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from . import cache, spectral
 from .authors import activation_term
 from .models import MLP, BatchedMLP
-from .train import TrainConfig, TrainResult, epoch_generator, load_training_data, resolve_device, torch_threads, validate
+from .train import (TrainConfig, TrainResult, _diverged, epoch_generator, load_training_data, resolve_device,
+                    torch_threads, validate)
 
 BATCH_VARYING = ("seed", "method", "lam", "weight_decay", "max_layer")
 PERM_CHUNK = 500
@@ -183,6 +184,8 @@ def _run_batched_phase(run: _BatchedRun, start: int, end: int, regularize: bool,
             ce, acc = run.step(xb, yb, cfg0.lr, cfg0.momentum, regularize and i % cfg0.reg_every == 0)
         epoch += 1
         bar.update(1)
+        if epoch % log_every == 0 or epoch == end or (use_cache and time.monotonic() - last_save >= checkpoint_every_s):
+            _check_finite(run, ce, epoch - 1, "branch" if regularize else "burn-in")
         if epoch % log_every == 0 or epoch == end:
             history = history + run.log_row(epoch, phase_of, ce, acc)
         if on_epoch_end is not None:
@@ -192,6 +195,19 @@ def _run_batched_phase(run: _BatchedRun, start: int, end: int, regularize: bool,
             last_save = time.monotonic()
     bar.close()
     return history
+
+
+def _check_finite(run: "_BatchedRun", ce: torch.Tensor, epoch: int, phase: str) -> None:
+    """TrainingDiverged naming the first member whose loss or weights are not finite (checked at log and checkpoint
+    times: a per-step check would synchronise every step of the tiny batched nets)."""
+    with torch.no_grad():
+        bad = ~torch.isfinite(ce)
+        for p in run.params:
+            bad |= ~torch.isfinite(p.reshape(p.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise _diverged(run.cfgs[i], phase, epoch, None,
+                        f"loss {ce[i].item()} or a non-finite weight; {int(bad.sum())} of {len(bad)} batched models")
 
 
 def train_batched(

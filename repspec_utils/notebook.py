@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import cache
+from . import cache, parameters
 from .files import REPO_ROOT, atomic_write_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -213,6 +213,7 @@ def check_params(params: Mapping[str, Any], notebook: str) -> dict[str, Any]:
         if name not in defaults:
             raise ParameterError(f"{notebook!r} has no parameter {name!r}; its parameters: {', '.join(defaults)}")
         out[name] = _conform(name, value, defaults[name])
+        parameters.check_value(name, out[name], ParameterError, notebook=Path(str(notebook)).stem)
     if "profile" in out and out["profile"] not in PROFILES:
         raise ParameterError(f"parameter 'profile' must be one of {', '.join(PROFILES)}, got {out['profile']!r}")
     return out
@@ -224,6 +225,10 @@ def profile_params(notebook: str, profile: str, overrides: Mapping[str, Any] | N
     params.update(load_profile(notebook, profile))
     params.update(check_params(dict(overrides or {}), notebook))
     params["profile"] = profile
+    try:
+        parameters.check_relations(params, ParameterError)
+    except ParameterError as exc:
+        raise ParameterError(f"{notebook!r} at profile {profile!r}: {exc}") from None
     return params
 
 
@@ -408,18 +413,39 @@ def format_compute(summary: dict) -> str:
     return ", ".join(parts) if parts else "n/a"
 
 
+def injected_parameters(namespace: Mapping[str, Any]) -> list[str]:
+    """Names that papermill injected into a running kernel: the assignments of the executed cells that start with
+    papermill's '# Parameters' comment (IPython keeps every executed cell's source in `In`); [] outside IPython."""
+    names: list[str] = []
+    for source in namespace.get("In", []) or []:
+        if not isinstance(source, str) or not source.lstrip().startswith("# Parameters"):
+            continue
+        with contextlib.suppress(SyntaxError):
+            for node in ast.parse(source).body:
+                if isinstance(node, ast.Assign):
+                    names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return list(dict.fromkeys(names))
+
+
 def notebook_params(namespace: dict[str, Any], notebook: str) -> NotebookRun:
     """Check the parameters-cell variables in `namespace` (a notebook's globals()); start its record.
 
     Call right after the parameters cell: `P = notebook.notebook_params(globals(), "fig1_tradeoff")`.
-    A wrong type raises ParameterError naming the parameter; int -> float fixes are written back.
+    A wrong type or a value outside its declared range (`parameters.RULES`, `RELATIONS`) raises ParameterError naming
+    the parameter, as does a name papermill injected that the notebook does not have; int -> float fixes are
+    written back.
     """
     defaults = notebook_defaults(notebook)
     missing = [k for k in defaults if k not in namespace]
     if missing:
         raise ParameterError(f"parameters {', '.join(missing)} of {notebook!r} are undefined: run the "
                              f"parameters cell first")
+    unknown = [k for k in injected_parameters(namespace) if k not in defaults]
+    if unknown:
+        raise ParameterError(f"{notebook!r} has no parameter(s) {', '.join(map(repr, unknown))} (injected by "
+                             f"papermill: a typo in -p?); its parameters: {', '.join(defaults)}")
     params = check_params({k: namespace[k] for k in defaults}, notebook)
+    parameters.check_relations(params, ParameterError)
     namespace.update(params)
     if params.get("torch_threads"):  # 0: torch's default
         import torch

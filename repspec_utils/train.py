@@ -81,6 +81,17 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------------------------- checks
+class TrainingDiverged(FloatingPointError):
+    """The loss or a weight became non-finite (NaN or ±inf): training stopped and nothing was cached for it."""
+
+
+def _diverged(cfg: TrainConfig, phase: str, epoch: int, step: int | None, what: str) -> TrainingDiverged:
+    at = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+    return TrainingDiverged(f"training diverged ({what}) at {at} of the {phase} of {cfg.dataset} {cfg.method} "
+                            f"seed {cfg.seed} (lr={cfg.lr:g}, lam={cfg.lam:g}, batch_size={cfg.batch_size}); nothing "
+                            f"was cached for it: lower lr or lam. Config: {cfg}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError for a config that cannot train, before any data is loaded or work is done."""
     DATASETS.check(cfg.dataset)
@@ -321,6 +332,7 @@ def _run_phase(
     bar = tqdm(total=end - start, initial=epoch - start, desc=f"{cfg.method if method_cfg is cfg else 'burn-in'} s{cfg.seed}",
                disable=not progress, leave=False)
     model.train()
+    phase = "burn-in" if method_cfg is not cfg else "branch"
     while epoch < end:
         t0 = time.perf_counter()
         set_lr(cfg, opt, epoch)
@@ -334,7 +346,10 @@ def _run_phase(
             regularise = penalty is not None and ((epoch - start) * steps_per_epoch + i) % cfg.reg_every == 0
             loss, reg, n_correct = train_step(model, opt, objective, xb, y_all[idx], gen,
                                               penalty if regularise else None, method_cfg.lam, amp)
-            loss_sum += loss.item() * len(idx)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise _diverged(cfg, phase, epoch, i, f"loss {loss_value}")
+            loss_sum += loss_value * len(idx)
             correct += n_correct
             if reg is not None:
                 reg_sum += reg.item()
@@ -343,6 +358,9 @@ def _run_phase(
             opt.zero_grad(set_to_none=True)
             (method_cfg.lam * penalty.penalty()).backward()
             opt.step()
+        with torch.no_grad():
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise _diverged(cfg, phase, epoch, None, "a non-finite weight")
         epoch += 1
         with torch.no_grad():
             monitor.penalty()  # advances the monitor's power iteration

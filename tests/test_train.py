@@ -179,3 +179,20 @@ def test_compute_ledger_counts_a_shared_burn_in_once_and_keeps_original_times():
     for m in ("none", "rep"):  # loaded from the cache: the same, original, times
         train(DIGITS.replace(method=m), progress=False)
     assert cache.compute_summary() == first
+
+
+def test_divergence_stops_training_names_the_run_and_caches_nothing():
+    """issue 12 item 3: a non-finite loss or weight (lr 1e4) stops with the config, epoch and step; no entry."""
+    with pytest.raises(T.TrainingDiverged, match=r"diverged .* at epoch \d+(, step \d+)? of the (burn-in|branch) "
+                                                  r"of digits rep seed 1 \(lr=10000") as info:
+        train(DIGITS.replace(lr=1e4), progress=False)
+    assert not list((cache.cache_root() / "train").rglob("final.pt"))
+    if "of the burn-in" in str(info.value):  # a burn-in that stayed finite is a valid checkpoint and may be cached
+        assert not list((cache.cache_root() / "train").rglob("burn_in.pt"))
+
+
+def test_divergence_in_the_batched_engine_names_the_member():
+    cfgs = [XOR.replace(lr=1e6, lam=1e6, method=m) for m in ("none", "rep")]
+    with pytest.raises(T.TrainingDiverged, match=r"diverged .* of xor (none|rep) seed 400"):
+        train_batched(cfgs, progress=False)
+    assert not list((cache.cache_root() / "train").rglob("final.pt"))
