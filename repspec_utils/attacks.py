@@ -91,6 +91,25 @@ def check_budget(max_queries, n: int | None = None) -> None:
         raise ValueError(f"max_queries must be positive, got {max_queries!r}")
 
 
+def check_labels(x: Tensor, y: Tensor | None) -> None:
+    """ValueError unless y is None or holds one integer label per sample of x (no model call)."""
+    if y is None:
+        return
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must hold one label per sample: x has {x.shape[0]} samples, y has shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+
+
+def check_label_range(y: Tensor, n_classes: int) -> None:
+    """ValueError unless every label is a class of the model (0..C−1): a label outside them would make every
+    prediction 'adversarial' and the attack report distance 0. Checked at the attack's first model call."""
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (the model has {n_classes} classes), got values in "
+                         f"{int(y.min())}..{int(y.max())}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------------
@@ -118,6 +137,7 @@ class _Oracle:
     def __init__(self, model: nn.Module, y: Tensor | None, x0: Tensor, shape: tuple, max_batch: int,
                  max_queries=None, precision: str = "fp32"):
         self.model, self.shape, self.max_batch = model, tuple(shape), int(max_batch)
+        self.checked = y is None  # given labels are checked against the classes at the first model call
         self.precision = check_precision(precision)
         n, dev = x0.shape[0], x0.device
         self.queries = torch.zeros(n, dtype=torch.long, device=dev)
@@ -132,7 +152,11 @@ class _Oracle:
 
     def _logits(self, pts: Tensor) -> Tensor:
         with torch.autocast(device_type=pts.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(pts.view(-1, *self.shape)).float()
+            out = self.model(pts.view(-1, *self.shape)).float()
+        if not self.checked and hasattr(self, "y"):  # the first call that tells the number of classes
+            check_label_range(self.y, out.shape[-1])
+            self.checked = True
+        return out
 
     def left(self, idx: Tensor) -> Tensor:
         """Queries still allowed for samples idx."""
@@ -375,6 +399,7 @@ class BoundaryOptions:
 def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: Tensor | None, box,
                      opts: BoundaryOptions) -> AttackResult:
     check_inputs(x, box)
+    check_labels(x, y)
     if check_precision(opts.precision) == "bf16":
         warnings.warn(BF16_ATTACK_NOTE, BF16AttackWarning, stacklevel=3)
     check_budget(opts.max_queries, x.shape[0])
@@ -496,6 +521,7 @@ def fmn_attack(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1
     queries counts forward passes per sample. max_queries, seed, pool and progress are accepted for a uniform
     interface (the attack is deterministic; max_queries must be None or at least the passes it runs)."""
     check_inputs(x, box)
+    check_labels(x, y)
     check_budget(max_queries, x.shape[0])
     vmin, vmax = check_box(box)
     if not (n_targets is None or n_targets == "all" or (isinstance(n_targets, int) and n_targets >= 1)):
@@ -511,6 +537,7 @@ def fmn_attack(model: nn.Module, x: Tensor, y: Tensor | None = None, box=(0.0, 1
             logits0 = torch.cat([model(x0[s:s + max_batch].view(-1, *shape)) for s in range(0, n, max_batch)])
         y = logits0.argmax(1) if y is None else y.to(dev).long()
         n_classes = logits0.shape[1]
+        check_label_range(y, n_classes)
         n_targets = (n_classes - 1 if n_targets == "all" else n_targets) if n_classes > 2 else None
         if n_targets is not None and n_targets >= n_classes:
             raise ValueError(f"n_targets must be below the number of classes {n_classes}, got {n_targets}")

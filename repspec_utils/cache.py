@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from .files import REPO_ROOT, atomic_write_bytes
+from .files import REPO_ROOT, atomic_write_bytes, clean_stale_temporaries
 
 _MAGIC = b"REPSPEC1"
 # Bump when a change to the code alters what a cached object would contain.
@@ -24,9 +24,17 @@ class CorruptCacheEntry(RuntimeError):
     """A cache file exists but fails its checksum or cannot be decoded."""
 
 
+_CLEANED: set[str] = set()
+
+
 def cache_root() -> Path:
-    """The cache folder: $REPSPEC_CACHE or <repo>/cache (created on demand)."""
-    return Path(os.environ.get("REPSPEC_CACHE", REPO_ROOT / "cache"))
+    """The cache folder: $REPSPEC_CACHE or <repo>/cache (created on demand). The first use of a cache folder in a
+    process removes the stale temporaries of killed writers in it (`files.clean_stale_temporaries`)."""
+    root = Path(os.environ.get("REPSPEC_CACHE", REPO_ROOT / "cache"))
+    if str(root) not in _CLEANED:
+        _CLEANED.add(str(root))
+        clean_stale_temporaries(root)
+    return root
 
 
 def _canonical(obj: Any) -> Any:

@@ -16,7 +16,10 @@ from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["REPO_ROOT", "atomic_path", "atomic_write_bytes", "atomic_write_text", "md5_file"]
+__all__ = ["REPO_ROOT", "atomic_path", "atomic_write_bytes", "atomic_write_text", "md5_file",
+           "clean_stale_temporaries", "STALE_TMP_SECONDS"]
+
+STALE_TMP_SECONDS = 600.0  # a temporary of `atomic_path` older than this belongs to a writer that was killed
 
 
 @contextlib.contextmanager
@@ -37,6 +40,24 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, max_age_s: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove the temporaries that `atomic_path` leaves when its process is killed (kill -9 skips the clean-up):
+    files named '.<name>.<random>.tmp' anywhere under `folder` whose last write is older than `max_age_s` (a live
+    writer's temporary is younger). Returns the removed paths."""
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now, removed = time.time(), []
+    for tmp in folder.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if tmp.is_file() and now - tmp.stat().st_mtime > max_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:

@@ -120,7 +120,10 @@ RULES: dict[str, Rule] = {
 
 
 # where one notebook gives a name a wider meaning (fig8's paper profile: 0 = each transfer task's own recipe)
+_ALL_CORRECT = Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: every correctly classified point)")
 NOTEBOOK_RULES: dict[str, dict[str, Rule]] = {
+    "appA_xor_noisy": {"n_attack": _ALL_CORRECT},
+    "appB_sin": {"n_attack": _ALL_CORRECT},
     "fig8_transfer": {"epochs": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)"),
                       "lr": Rule(NON_NEGATIVE.ok, "a finite number ≥ 0 (0: the task's recipe)"),
                       "reg_every": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)")},

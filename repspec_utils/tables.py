@@ -71,7 +71,8 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
                      attack_kwargs: dict | None = None, seed: int = 0, readout: str = "original",
                      progress: bool | None = None, precision: str = "fp32") -> pd.DataFrame:
     """Attack every model (cached): one row per attacked sample with the model's settings, test accuracy,
-    data source and the attack's output. n=None attacks every correctly classified test sample (XOR);
+    data source and the attack's output. n=None attacks every correctly classified test sample (XOR); an n larger
+    than a model's number of correctly classified samples is a ValueError saying how many there are;
     readout='refit' first re-trains the readout on frozen Φ (SPEC §4)."""
     if readout not in ("original", "refit"):
         raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
@@ -85,7 +86,12 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
         else:
             acc = accuracy(model, test_ds)
         n_correct = int(round(acc * len(test_ds)))
-        n_attack = n_correct if n is None else min(int(n), n_correct)
+        n_attack = n_correct if n is None else int(n)
+        if n_attack > n_correct:  # never fewer than asked without a word (issue 12 item 4)
+            raise ValueError(f"asked to attack n={n_attack} samples of the {readout} {r.config.dataset} "
+                             f"{r.config.method} seed {r.config.seed} model, but only {n_correct} of its "
+                             f"{len(test_ds)} test samples are correctly classified; pass n=None (or a notebook's "
+                             f"n_attack 0 where it means all) to attack every correctly classified one")
         with torch_threads(1 if r.config.dataset in SMALL_DATASETS else None):  # tiny nets: one thread is faster
             table = evaluate_robustness(model, test_ds, n_attack, seed=seed, attack=attack,
                                         attack_kwargs=attack_kwargs, cache_key=key,

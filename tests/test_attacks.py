@@ -305,3 +305,21 @@ def test_default_labels_are_predictions(digits_mlp):
     assert int(r.queries.sum()) == wrapped.rows
     with torch.no_grad():
         assert (m(r.x_adv).argmax(1) != y[:3]).all()
+
+
+@pytest.mark.parametrize("attack", [*BLACK_BOX, A.fmn_attack])
+def test_labels_of_wrong_length_type_or_range_are_rejected(attack, digits_mlp):
+    """issue 12 item 6: a label outside the model's classes would make every point 'adversarial' (distance 0)."""
+    m, x, y = digits_mlp
+    wrapped = Counting(m)
+    with pytest.raises(ValueError, match="one label per sample"):
+        attack(wrapped, x, y[:-1], (0.0, 1.0), progress=False)
+    with pytest.raises(ValueError, match="integer class labels"):
+        attack(wrapped, x, y.float(), (0.0, 1.0), progress=False)
+    assert wrapped.calls == 0  # rejected before the model is called
+    for bad in (10, -1):
+        wrong = y.clone()
+        wrong[0] = bad
+        with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(the model has 10 classes\)"):
+            attack(wrapped, x, wrong, (0.0, 1.0), progress=False)
+    assert wrapped.calls <= 2  # at the first model call, before any attack step

@@ -325,3 +325,43 @@ def test_cifar10_real_path_with_patched_md5s(tmp_path, monkeypatch):
     _flip_byte(real / "test_batch", offset=300)
     with pytest.raises(D.DataIntegrityError, match="test_batch"):
         D.get_data("cifar10", cifar_dir=real)
+
+
+def test_corrupt_copy_with_preserved_mtime_is_caught_by_every_full_check(tmp_path, monkeypatch, capsys):
+    """issue 12 item 12: the (size, mtime) fast path trusts an earlier check, so a corrupt same-size copy with its
+    mtime preserved passes it (documented); the full checks — use_stamp=False, fetch_data.sh's `missing --full`, and
+    any check whose stamp predates the data code — hash and reject it."""
+    import os
+
+    from repspec_utils.data.__main__ import main as data_cli
+
+    root = tmp_path / "root"
+    raw, table = _fake_raw(tmp_path)
+    (root / "MNIST").mkdir(parents=True)
+    raw = raw.rename(root / "MNIST" / "raw")
+    monkeypatch.setitem(DM.MNIST_LIKE, "mnist", ("MNIST", table, "fake MNIST"))
+    D.verify_raw_files(raw, table, label="fake")
+    bad = raw / "t10k-images-idx3-ubyte"
+    st = bad.stat()
+    _flip_byte(bad)
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))  # `cp -p` of a corrupt file: same size, same mtime
+    monkeypatch.setattr(DM, "_VERIFIED", {})
+    D.verify_raw_files(raw, table, label="fake")  # the fast path's documented blind spot
+    assert data_cli(["missing", "mnist", "--root", str(root)]) == 0 and capsys.readouterr().out == ""
+    with pytest.raises(D.DataIntegrityError, match="md5 mismatch"):
+        D.verify_raw_files(raw, table, label="fake", use_stamp=False)
+    # fetch_data.sh's check hashes every file: the dataset is listed as missing, so it is fetched again
+    assert data_cli(["missing", "mnist", "--full", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.split() == ["mnist"]
+    assert "missing mnist fashion_mnist --full" in (REPO / "scripts" / "fetch_data.sh").read_text()
+    # a stamp written before the data code last changed is not trusted
+    bad.write_bytes(bytes(range(2, 66)))  # repair, re-stamp, corrupt again with the mtime kept
+    D.verify_raw_files(raw, table, label="fake")
+    st = bad.stat()
+    _flip_byte(bad)
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    old = Path(DM.__file__).stat().st_mtime - 100
+    os.utime(raw / DM.STAMP_NAME, (old, old))
+    monkeypatch.setattr(DM, "_VERIFIED", {})
+    with pytest.raises(D.DataIntegrityError, match="md5 mismatch"):
+        D.verify_raw_files(raw, table, label="fake")

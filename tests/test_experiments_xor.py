@@ -151,3 +151,18 @@ def test_mean_sd_bars_positions():
     centres = sorted(p.get_x() + p.get_width() / 2 for p in ax.patches)
     np.testing.assert_allclose(sorted(drawn.x), centres)
     assert drawn.n.tolist() == [1, 2, 1, 2]
+
+
+def test_robustness_table_refuses_more_samples_than_are_correct(tmp_path, monkeypatch):
+    """issue 12 item 4: n beyond the correctly classified samples raises, saying how many there are (no clamping);
+    n=None attacks every correct one."""
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
+    r = _result("none", 3)
+    with torch.no_grad():  # a boundary through the data: some XOR points wrong
+        r.model.readout.weight.copy_(torch.tensor([[1.0] * 5, [-1.0] * 5]))
+    n_correct = int((r.model(torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])).argmax(1)
+                     == torch.tensor([0, 0, 1, 1])).sum())
+    assert 0 < n_correct < 4
+    with pytest.raises(ValueError, match=rf"n={n_correct + 1} .* only {n_correct} of its 4 test samples"):
+        E.robustness_table([r], n=n_correct + 1, attack_kwargs={"T": 1}, progress=False)
+    assert len(E.robustness_table([r], n=None, attack_kwargs={"T": 1}, progress=False)) == n_correct

@@ -1,5 +1,7 @@
 """Training: bad input fails before work, burn-in is shared, interrupted runs resume exactly, caches rebuild."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -196,3 +198,32 @@ def test_divergence_in_the_batched_engine_names_the_member():
     with pytest.raises(T.TrainingDiverged, match=r"diverged .* of xor (none|rep) seed 400"):
         train_batched(cfgs, progress=False)
     assert not list((cache.cache_root() / "train").rglob("final.pt"))
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_when_the_cache_opens(tmp_path, monkeypatch):
+    """issue 12 item 8: kill -9 during an atomic write leaves '.<name>.<random>.tmp'; the first use of the cache
+    folder in a process removes those older than files.STALE_TMP_SECONDS, and leaves a live writer's alone."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from repspec_utils import files
+
+    root = tmp_path / "killed"
+    # a real killed writer: a child process opens an atomic write, then is killed with SIGKILL mid-write
+    code = ("import os, signal, sys; from repspec_utils.files import atomic_path\n"
+            f"with atomic_path({str(root / 'train' / 'k' / 'final.pt')!r}) as tmp:\n"
+            "    tmp.write_bytes(b'half'); print(tmp, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    stale = Path(proc.stdout.strip())
+    assert proc.returncode == -9 and stale.exists() and stale.name.startswith(".final.pt.")
+    old = time.time() - files.STALE_TMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    live = root / "attacks" / ".abc.pt.x1y2.tmp"  # a writer still at work: recent
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"writing")
+    monkeypatch.setenv("REPSPEC_CACHE", str(root))
+    assert cache.cache_root() == root
+    assert not stale.exists() and live.exists()
+    assert not (root / "train" / "k" / "final.pt").exists()  # and the half-written entry never appeared
