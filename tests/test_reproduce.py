@@ -340,3 +340,23 @@ def test_a_killed_run_is_cleaned_and_a_half_replaced_folder_restored(tmp_path):
     done = rp.clean_staging(root)
     assert (root / "fig2_xor_distance" / "manifest.json").read_text() == "{}"
     assert not holder.exists() and alive.exists() and len(done) == 2
+
+
+def test_rerun_from_a_fresh_cache_writes_byte_identical_tables(tmp_path, monkeypatch):
+    """issue 12 item 10: no timing columns in samples.csv / models.csv (times live in the manifest), so the result
+    tables of a rerun from an empty cache are byte-identical, for an XOR and an MNIST smoke notebook."""
+    monkeypatch.setenv("REPSPEC_PROGRESS", "0")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    tables = {}
+    for run in ("a", "b"):
+        monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / f"cache_{run}"))
+        rp.run_notebooks(["fig2_xor_distance", "fig4_mnist"], "smoke", out_dir=tmp_path / run,
+                         executed_dir=tmp_path / f"ex_{run}")
+        tables[run] = {str(p.relative_to(tmp_path / run)): p.read_bytes() for p in (tmp_path / run).rglob("*.csv")}
+    assert {"fig2_xor_distance/samples.csv", "fig2_xor_distance/models.csv", "fig4_mnist/samples.csv",
+            "fig4_mnist/models.csv"} <= set(tables["a"])
+    assert tables["a"] == tables["b"]
+    header = tables["a"]["fig4_mnist/samples.csv"].split(b"\n")[0].decode()
+    assert "seconds" not in header and "certified_radius" in header
+    manifest = json.loads((tmp_path / "a" / "fig4_mnist" / "manifest.json").read_text())
+    assert set(manifest["compute"]) >= {"train", "attack"}  # the times are in the manifest instead
