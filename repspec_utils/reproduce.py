@@ -183,10 +183,10 @@ def clean_staging(root: Path) -> list[str]:
         if len(parts) < 3 or not parts[-2].isdigit() or _pid_alive(int(parts[-2])):
             continue
         nb = ".".join(parts[:-2])
-        old = entry / "previous"
-        if old.is_dir() and not (root / nb).exists():
-            old.rename(root / nb)
-            done.append(f"restored {root / nb} (a killed run had moved it aside)")
+        for old in sorted(entry.glob("previous*")):
+            if old.is_dir() and not (root / nb).exists():
+                old.rename(root / nb)
+                done.append(f"restored {root / nb} (a killed run had moved it aside)")
         shutil.rmtree(entry, ignore_errors=True)
         done.append(f"removed the staging folder {entry} of a run that no longer exists")
     return done
@@ -197,11 +197,19 @@ def _replace_folder(stage: Path, target: Path, holder: Path) -> None:
     file system, so both moves are renames), then removed; `clean_staging` restores it if a kill falls between."""
     import shutil
 
-    previous = holder / "previous"
-    if target.exists():
-        target.rename(previous)
-    stage.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
+    for attempt in range(20):  # a concurrent run of the same notebook may land its folder between our two renames
+        previous = holder / f"previous{attempt or ''}"
+        with contextlib.suppress(FileNotFoundError):
+            target.rename(previous)
+        try:
+            stage.rename(target)
+            break
+        except OSError:  # the other run's folder arrived first: move it aside too (the last run wins)
+            time.sleep(0.05)
+    else:
+        raise OSError(f"could not put the finished run in place of {target} (another run keeps replacing it)")
+    for old in holder.glob("previous*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], root: Path, executed: Path,

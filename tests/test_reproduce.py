@@ -360,3 +360,23 @@ def test_rerun_from_a_fresh_cache_writes_byte_identical_tables(tmp_path, monkeyp
     assert "seconds" not in header and "certified_radius" in header
     manifest = json.loads((tmp_path / "a" / "fig4_mnist" / "manifest.json").read_text())
     assert set(manifest["compute"]) >= {"train", "attack"}  # the times are in the manifest instead
+
+
+def test_concurrent_runs_into_one_folder_each_keep_a_complete_manifest(tmp_path):
+    """issue 12 item 7: two runs of one notebook into one output folder at the same time used to race on
+    record.json; each run now stages in its own folder, so the manifest that lands is complete."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REPSPEC_PROGRESS": "0", "MPLBACKEND": "Agg", "REPSPEC_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-m", "repspec_utils.reproduce", "run", "--profile", "smoke",
+                               "--only", "fig1_tradeoff", "--out-dir", str(tmp_path / "figs"), "--executed-dir",
+                               str(tmp_path / f"ex{i}")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    m = json.loads((tmp_path / "figs" / "fig1_tradeoff" / "manifest.json").read_text())
+    assert m["status"] == "ok" and m["data_sources"] and m["tables"]
+    for f in m["outputs"]:
+        assert (tmp_path / "figs" / "fig1_tradeoff" / f).is_file()
+    assert not (tmp_path / "figs" / rp.STAGING).exists()
