@@ -89,14 +89,26 @@ def select_correct(model: nn.Module, ds, n: int, seed: int = 0, batch_size: int 
     return chosen[:n]
 
 
+ATTACK_CHUNK = 200  # samples per resumable piece of a cached attack (n ≤ this: one piece, as before chunking)
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    """The attack seed of piece `chunk` (piece 0 keeps the table's seed, so n ≤ ATTACK_CHUNK is unchanged)."""
+    return int(seed) + 1_000_003 * int(chunk)
+
+
 def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack: str = "tangent",
                         attack_kwargs: dict | None = None, cache_key: dict | None = None,
-                        progress: bool = True, batch_size: int = 4096, precision: str = "fp32") -> pd.DataFrame:
+                        progress: bool = True, batch_size: int = 4096, precision: str = "fp32",
+                        chunk: int = ATTACK_CHUNK) -> pd.DataFrame:
     """Attack the first n correctly classified test samples (seeded shuffle) inside test_ds.box; one row per
     sample: index (in test_ds), label, distance ‖x_adv − x‖₂ (inf if no adversarial point), queries, success,
-    attack, certified_radius (the local certified radius for one-hidden-layer MLPs, else NaN). With `cache_key` (a dict describing the model) the table is cached and reloaded. precision 'bf16':
-    the attack's model queries under bfloat16 autocast, its final bisection and success check in fp32.
-    Bad input (box, inputs outside it, budget ≤ 0, unknown attack, output not (batch, classes), n too large)
+    attack, certified_radius (the local certified radius for one-hidden-layer MLPs, else NaN). With `cache_key` (a
+    dict describing the model) the table is cached and reloaded. The samples are attacked in pieces of `chunk`
+    (piece c with seed `_chunk_seed(seed, c)`); with a cache key each finished piece is cached at once, so an
+    interrupted attack resumes at its first unfinished piece with results identical to an uninterrupted run.
+    precision 'bf16': the attack's model queries under bfloat16 autocast, its final bisection and success check in
+    fp32. Bad input (box, inputs outside it, budget ≤ 0, unknown attack, output not (batch, classes), n too large)
     raises ValueError before the attack makes any query."""
     name = resolve_attack(attack)
     kwargs = dict(attack_kwargs or {})
@@ -110,13 +122,17 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
     check_inputs(test_ds.x, box)
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    n = int(n)
+    if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    n, chunk = int(n), int(chunk)
     check_model_output(model, test_ds.x)
     kwargs.setdefault("seed", seed)
-    path = None
+    path = key = None
     if cache_key is not None:
+        pieces = {"chunk": chunk} if n > chunk else {}  # one piece: the key (and the result) as before chunking
         key = cache.make_key(kind="attack", model=cache_key, attack=name, kwargs=kwargs, n=n, seed=seed,
-                             data=[getattr(test_ds, "name", None), len(test_ds.y)], version=ATTACK_TABLE_VERSION)
+                             data=[getattr(test_ds, "name", None), len(test_ds.y)], version=ATTACK_TABLE_VERSION,
+                             **pieces)
         path = cache.cache_root() / "attacks" / f"{key}.pt"
         stored = cache.load(path)
         if stored is not None:
@@ -125,28 +141,47 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
             table = _with_certified(pd.DataFrame(stored)[COLUMNS], model, test_ds)
             table.attrs["seconds"] = seconds
             return table
-    t0 = time.perf_counter()
     correct = predict(model, test_ds.x, batch_size).cpu() == test_ds.y.cpu()
     idx = select_correct(model, test_ds, n, seed, batch_size, correct=correct)
     dev = _device(model)
-    x, y = test_ds.x[idx].to(dev), test_ds.y[idx].to(dev)
     if name != "fmn":  # start points of last resort: other correctly classified test samples
         kwargs.setdefault("pool", (test_ds.x[correct].to(dev), test_ds.y[correct].to(dev)))
     kwargs.setdefault("progress", progress)
-    res = _attacks.ATTACKS[name](model, x, y, box, **kwargs)
-    table = {
-        "index": idx.numpy().astype(np.int64),
-        "label": test_ds.y[idx].numpy().astype(np.int64),
-        "distance": res.distance.detach().double().cpu().numpy(),
-        "queries": res.queries.cpu().numpy().astype(np.int64),
-        "success": res.success.cpu().numpy().astype(bool),
-        "attack": np.array([name] * n, dtype=object),
-    }
-    seconds = time.perf_counter() - t0
+    parts = []
+    starts = range(0, n, chunk)
+    for c, s in enumerate(starts):
+        part_path = path.with_name(f"{key}.part{c}.pt") if path is not None and len(starts) > 1 else None
+        part = cache.load(part_path) if part_path is not None else None
+        if part is None:
+            t_part = time.perf_counter()
+            rows = idx[s:s + chunk]
+            res = _attacks.ATTACKS[name](model, test_ds.x[rows].to(dev), test_ds.y[rows].to(dev), box,
+                                         **{**kwargs, "seed": _chunk_seed(kwargs["seed"], c)})
+            part = {
+                "index": rows.numpy().astype(np.int64).tolist(),
+                "label": test_ds.y[rows].numpy().astype(np.int64).tolist(),
+                "distance": res.distance.detach().double().cpu().numpy().tolist(),
+                "queries": res.queries.cpu().numpy().astype(np.int64).tolist(),
+                "success": res.success.cpu().numpy().astype(bool).tolist(),
+                "seconds": time.perf_counter() - t_part,
+            }
+            if part_path is not None:
+                cache.save(part, part_path)
+        parts.append(part)
+    table = {k: [v for p in parts for v in p[k]] for k in ("index", "label", "distance", "queries", "success")}
+    table["attack"] = [name] * n
+    seconds = sum(p["seconds"] for p in parts)  # the attack's compute time, resumed pieces at their original time
     if path is not None:
-        cache.save({**{k: v.tolist() for k, v in table.items()}, "seconds": seconds}, path)
-    cache.note_compute("attack", key if path is not None else None, seconds)  # uncached attacks count too
-    out = _with_certified(pd.DataFrame(table)[COLUMNS], model, test_ds)
+        cache.save({**table, "seconds": seconds}, path)
+        for c in range(len(starts)):
+            path.with_name(f"{key}.part{c}.pt").unlink(missing_ok=True)
+    cache.note_compute("attack", key, seconds)  # uncached attacks count too (key None: a new entry per call)
+    out = pd.DataFrame({**table, "distance": np.asarray(table["distance"], dtype=np.float64),
+                        "success": np.asarray(table["success"], dtype=bool),
+                        "index": np.asarray(table["index"], dtype=np.int64),
+                        "label": np.asarray(table["label"], dtype=np.int64),
+                        "queries": np.asarray(table["queries"], dtype=np.int64)})[COLUMNS]
+    out = _with_certified(out, model, test_ds)
     out.attrs["seconds"] = seconds  # the attack's compute time (the original one when loaded from the cache)
     return out
 

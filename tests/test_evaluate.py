@@ -242,3 +242,41 @@ def test_compute_ledger_counts_cached_entries_once_and_every_uncached_attack(dig
         E.evaluate_robustness(m, test, 2, attack="hsj", attack_kwargs=kw, progress=False)
     row = cache.compute_summary()["attack"]
     assert row["entries"] == 3 and row["unrecorded"] == 0 and row["seconds"] > 0
+
+
+def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identical_results(digits, tmp_path,
+                                                                                          monkeypatch):
+    """issue 12 item 9: a cached attack is computed in pieces of `chunk` samples, each cached when done; killed in
+    the middle, the rerun attacks only the missing pieces and returns the table an uninterrupted run returns."""
+    from repspec_utils import attacks as A
+
+    m, _, test = digits
+    kw = dict(n=12, seed=3, attack="tangent", attack_kwargs={"T": 3}, progress=False, chunk=5)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "whole"))
+    whole = E.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "killed"))
+    calls = []
+    real = A.ATTACKS["tangent"]
+
+    def dies_on_the_second_piece(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(A.ATTACKS, "tangent", dies_on_the_second_piece)
+    with pytest.raises(KeyboardInterrupt):
+        E.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
+    assert len(list((tmp_path / "killed" / "attacks").glob("*.part0.pt"))) == 1  # the first piece is kept
+    calls.clear()
+    monkeypatch.setitem(A.ATTACKS, "tangent", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
+    resumed = E.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
+    assert calls == [5, 2]  # pieces 1 and 2 only
+    pd.testing.assert_frame_equal(resumed, whole)
+    assert not list((tmp_path / "killed" / "attacks").glob("*.part*.pt"))  # pieces removed once the table is whole
+    # n within one piece: the same key and the same table as before attacks were chunked (one call, the table's seed)
+    one = E.evaluate_robustness(m, test, 5, seed=3, attack="tangent", attack_kwargs={"T": 3}, progress=False)
+    direct = real(m, test.x[torch.as_tensor(one["index"].to_numpy())], test.y[torch.as_tensor(one["index"].to_numpy())],
+                  test.box, T=3, seed=3, progress=False,
+                  pool=(test.x[E.predict(m, test.x) == test.y], test.y[E.predict(m, test.x) == test.y]))
+    assert np.allclose(one.distance.to_numpy(), direct.distance.double().numpy())
