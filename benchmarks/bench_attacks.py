@@ -1,6 +1,6 @@
 """Benchmark of the hard-label attacks on an MNIST-shaped MLP (784 → 2000 → 10), CPU or GPU.
 
-Prints and saves (benchmarks/results/):
+Prints and saves (into runs/benchmarks/ unless `--out-dir benchmarks/results`, where the committed copy lives):
   1. Tangent Attack at T = 40: samples per minute, mean queries, and the share of wall time spent inside
      the model's forward (the attack's own overhead is the rest; target ≥ 90%).
   2. Mean L2 distance vs per-sample query budget (1k, 2k, 5k, 10k, 18k) for TA and HopSkipJump, with the
@@ -12,7 +12,7 @@ when `get_data('mnist')` finds the files (bash scripts/fetch_data.sh), else on r
 Few samples (default 20 for the speed test, 8 for the budget curve): a benchmark of the machinery, not a
 result of the paper. Runtime ≈ 3–5 min on 2 CPU cores.
 
-    python benchmarks/bench_attacks.py [--n-speed 20] [--n-budget 10] [--threads 0] [--device cpu]
+    python benchmarks/bench_attacks.py [--n-speed 20] [--n-budget 10] [--threads 0] [--device cpu] [--out-dir D]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from repspec_utils import attacks, evaluate  # noqa: E402
 from repspec_utils.models import MLP  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
 BUDGETS = (1000, 2000, 5000, 10000, 18000)
 
 
@@ -96,6 +96,8 @@ def main(argv=None) -> int:
                          "runs at 1 thread and at torch's default")
     ap.add_argument("--max-batch", type=int, default=8192)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out-dir", default="runs/benchmarks",
+                    help="where the CSV and PNG go (default runs/benchmarks; the committed copy: benchmarks/results)")
     args = ap.parse_args(argv)
     default_threads = torch.get_num_threads()
     if args.threads:
@@ -162,11 +164,12 @@ def main(argv=None) -> int:
     print(f"\n[2] mean L2 distance vs per-sample query budget, {n} samples (FMN white-box reference "
           f"{fmn_mean:.4f}); {time.perf_counter() - t0:.0f}s")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = Path(args.out_dir) if Path(args.out_dir).is_absolute() else ROOT / args.out_dir
+    results.mkdir(parents=True, exist_ok=True)
     table.assign(fmn_mean_distance=fmn_mean, data=desc, device=str(dev)).to_csv(
-        RESULTS / "bench_attacks_budget.csv", index=False)
-    _plot(table, fmn_mean, desc, n, RESULTS / "bench_attacks_budget.png")
-    print(f"\nwrote {RESULTS / 'bench_attacks_budget.csv'} and {RESULTS / 'bench_attacks_budget.png'}")
+        results / "bench_attacks_budget.csv", index=False)
+    _plot(table, fmn_mean, desc, n, results / "bench_attacks_budget.png")
+    print(f"\nwrote {results / 'bench_attacks_budget.csv'} and {results / 'bench_attacks_budget.png'}")
     return 0
 
 

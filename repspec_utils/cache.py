@@ -109,10 +109,31 @@ def cached(path: str | Path, compute: Callable[[], Any]) -> Any:
 
 
 def progress_enabled(progress: bool | None = None) -> bool:
-    """Whether to show progress bars: the argument if given, else $REPSPEC_PROGRESS (default on)."""
-    if os.environ.get("REPSPEC_PROGRESS", "1") == "0":
+    """Whether to show progress bars: never with $REPSPEC_PROGRESS=0; else the argument if given; else on with
+    $REPSPEC_PROGRESS=1, and otherwise only where someone watches: a terminal on stderr, or a Jupyter kernel
+    (where tqdm.auto draws ipywidgets bars). Logs and pipes get no carriage-return bars."""
+    env = os.environ.get("REPSPEC_PROGRESS", "")
+    if env == "0":
         return False
-    return True if progress is None else bool(progress)
+    if progress is not None:
+        return bool(progress)
+    if env == "1":
+        return True
+    return _interactive()
+
+
+def _interactive() -> bool:
+    import sys
+
+    shell = sys.modules.get("IPython")
+    if shell is not None:
+        ip = getattr(shell, "get_ipython", lambda: None)()
+        if ip is not None and type(ip).__name__ == "ZMQInteractiveShell":
+            return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------- compute ledger

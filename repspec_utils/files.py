@@ -16,10 +16,21 @@ from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["REPO_ROOT", "atomic_path", "atomic_write_bytes", "atomic_write_text", "md5_file",
+__all__ = ["REPO_ROOT", "portable", "atomic_path", "atomic_write_bytes", "atomic_write_text", "md5_file",
            "clean_stale_temporaries", "STALE_TMP_SECONDS"]
 
 STALE_TMP_SECONDS = 600.0  # a temporary of `atomic_path` older than this belongs to a writer that was killed
+
+
+def portable(text: str) -> str:
+    """`text` with this machine's absolute paths made portable, for footers, manifests and tables: the repository
+    root is dropped (paths become relative to it, e.g. 'data/MNIST/raw') and a data root outside it set by
+    $REPSPEC_DATA reads '$REPSPEC_DATA'."""
+    text = str(text)
+    data = os.environ.get("REPSPEC_DATA")
+    if data:
+        text = text.replace(str(Path(data).expanduser()).rstrip("/") + "/", "$REPSPEC_DATA/")
+    return text.replace(str(REPO_ROOT) + os.sep, "")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import cache, parameters
-from .files import REPO_ROOT, atomic_write_text
+from .files import REPO_ROOT, atomic_write_text, portable
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_DIR = REPO_ROOT / "profiles"
@@ -241,9 +241,13 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
-def default_out_dir() -> Path:
-    """Where figures go by default: $REPSPEC_FIGURES, else <repo>/figures."""
-    return resolve_path(os.environ.get("REPSPEC_FIGURES") or "figures")
+COMMITTED_DIR = "figures"  # the committed results: written only by an explicit `repspec run --out-dir figures`
+
+
+def default_out_dir(profile: str = "smoke") -> Path:
+    """Where a run's figures go unless told otherwise: $REPSPEC_FIGURES, else <repo>/runs/<profile> (git-ignored), so
+    exploring (JupyterLab, papermill, `repspec run` without --out-dir) never overwrites the committed figures/."""
+    return resolve_path(os.environ.get("REPSPEC_FIGURES") or Path("runs") / profile)
 
 
 def ensure_dir(path: str | os.PathLike, what: str) -> Path:
@@ -258,9 +262,9 @@ def ensure_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def figure_dir(out_dir: str | os.PathLike, notebook: str) -> Path:
-    """The figure's own folder <out_dir>/<notebook> (created); out_dir '' means default_out_dir()."""
-    root = resolve_path(out_dir) if str(out_dir) else default_out_dir()
+def figure_dir(out_dir: str | os.PathLike, notebook: str, profile: str = "smoke") -> Path:
+    """The figure's own folder <out_dir>/<notebook> (created); out_dir '' means default_out_dir(profile)."""
+    root = resolve_path(out_dir) if str(out_dir) else default_out_dir(profile)
     return ensure_dir(root / Path(notebook).stem, f"figure folder of {notebook!r}")
 
 
@@ -311,7 +315,7 @@ def record(fig_dir: str | os.PathLike, **fields: Any) -> dict:
     if "data_sources" in fields:
         srcs = fields["data_sources"]
         srcs = [srcs] if isinstance(srcs, str) or not isinstance(srcs, (list, tuple)) else srcs
-        fields["data_sources"] = [str(getattr(s, "source", s)) for s in srcs]
+        fields["data_sources"] = [portable(str(getattr(s, "source", s))) for s in srcs]  # no machine paths
     rec = read_json(path)
     for key, value in to_jsonable(fields).items():
         rec[key] = _merge(rec[key], value) if key in rec else value
@@ -337,7 +341,7 @@ class NotebookRun:
         self.deviations = {k: v for k, v in params.items()
                            if k not in RUNNER_PARAMS and v != expected.get(k)}
         self.label = profile_label(self.profile, self.deviations)
-        self.fig_dir = figure_dir(params["out_dir"], notebook)
+        self.fig_dir = figure_dir(params["out_dir"], notebook, params.get("profile", "smoke"))
 
     def info(self, **extra: Any) -> dict[str, Any]:
         """Footer info for `plotting.save_figure`: profile (with any deviations), seeds / epochs when they are
@@ -350,7 +354,7 @@ class NotebookRun:
         info.update({k: self.params[k] for k in ("seeds", "epochs") if k in self.params})
         sources = read_json(self.fig_dir / RECORD_FILE).get("data_sources")
         if sources:
-            info["data"] = "; ".join(sources)
+            info["data"] = "; ".join(merge_splits(sources))
         info["commit"] = plotting.git_commit()
         summary = cache.compute_summary()
         if summary:
@@ -425,6 +429,20 @@ def injected_parameters(namespace: Mapping[str, Any]) -> list[str]:
                 if isinstance(node, ast.Assign):
                     names += [t.id for t in node.targets if isinstance(t, ast.Name)]
     return list(dict.fromkeys(names))
+
+
+def merge_splits(sources: list[str]) -> list[str]:
+    """Data sources with their train and test split lines merged: '…, train split' + '…, test split' -> '…, train +
+    test split' (the footer says the same in half the space)."""
+    out: list[str] = []
+    for src in sources:
+        for split, other in (("train", "test"), ("test", "train")):
+            suffix = f", {split} split"
+            if src.endswith(suffix) and src[: -len(suffix)] + f", {other} split" in sources:
+                src = src[: -len(suffix)] + ", train + test split"
+        if src not in out:
+            out.append(src)
+    return out
 
 
 def notebook_params(namespace: dict[str, Any], notebook: str) -> NotebookRun:

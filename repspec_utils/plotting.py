@@ -45,13 +45,14 @@ _ALL_ORDER = ("none", "l2sp", "bss", "ll", "ll_readout", "rep_ub1", "rep_ub2", "
               "rep_stages3", "rep")
 CLASS_COLORS = (_CB[3], _CB[9])  # class 0 vermillion, class 1 sky blue
 CLASS_MARKERS = ("o", "s")
-FOOTER_FIELDS = (
+FOOTER_FIELDS = (  # in this order; a footer cut to its two lines loses the end first (the manifest has it all)
     ("profile", "profile"),
     ("seeds", "seeds"),
     ("epochs", "epochs"),
     ("attacked", "attacked samples"),
-    ("data", "data"),
     ("commit", "commit"),
+    ("compute", "compute"),
+    ("data", "data"),
 )
 _FOOTER_GID = "repspec-footer"
 _REPO = Path(__file__).resolve().parent.parent
@@ -149,13 +150,42 @@ def footer_text(info: Mapping) -> str:
     return "  ·  ".join(parts)
 
 
-def add_footer(fig: plt.Figure, text: str, fontsize: float = 6.0):
-    """Small grey `text` just below the figure (kept by bbox_inches='tight'); replaces an earlier footer."""
+FOOTER_MAX_LINES = 2
+
+
+def _footer_lines(text: str, fig_width_in: float, fontsize: float) -> list[str]:
+    width_chars = max(40, int(fig_width_in * 72 / (0.55 * fontsize)))
+    return textwrap.wrap(text, width_chars) or [text]
+
+
+def add_footer(fig: plt.Figure, text: str, fontsize: float = 6.0, max_lines: int = FOOTER_MAX_LINES):
+    """Small grey `text` just below the figure (kept by bbox_inches='tight'); replaces an earlier footer. At most
+    `max_lines` lines: a longer text is set smaller (down to 4.5 pt), then cut with '…' (the full record is in the
+    figure's manifest.json)."""
     for t in [t for t in fig.texts if t.get_gid() == _FOOTER_GID]:
         t.remove()
-    width_chars = max(40, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
-    wrapped = "\n".join(textwrap.wrap(text, width_chars, break_long_words=False)) or text
-    return fig.text(0.5, -0.01, wrapped, ha="center", va="top", fontsize=fontsize, color="0.45", gid=_FOOTER_GID)
+    size = fontsize
+    lines = _footer_lines(text, fig.get_figwidth(), size)
+    while len(lines) > max_lines and size > 4.5:
+        size = max(4.5, size - 0.5)
+        lines = _footer_lines(text, fig.get_figwidth(), size)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1].rstrip(" ·") + " … (full record: manifest.json)"
+    return fig.text(0.5, -0.01, "\n".join(lines), ha="center", va="top", fontsize=size, color="0.45",
+                    gid=_FOOTER_GID)
+
+
+SMOKE_BANNER = "SMOKE — not a result (seconds-scale settings that only exercise the code; see profiles/ for cpu / paper)"
+
+
+def add_smoke_banner(fig: plt.Figure):
+    """A red line above the figure that says it is a smoke run, not a result (profile 'smoke')."""
+    for t in [t for t in fig.texts if t.get_gid() == "repspec-smoke"]:
+        t.remove()
+    top = fig.get_tightbbox(fig.canvas.get_renderer()).y1 / fig.get_figheight()  # above titles and legends
+    return fig.text(0.5, max(top, 1.0) + 0.01, SMOKE_BANNER, ha="center", va="bottom", fontsize=9, color="#c0392b",
+                    fontweight="bold", gid="repspec-smoke")
 
 
 def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, info: Mapping | None = None, dpi: int = 150) -> tuple[Path, Path]:
@@ -165,6 +195,8 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, info: Mapping |
     out_dir.mkdir(parents=True, exist_ok=True)
     if info is not None:
         add_footer(fig, footer_text(info))
+        if str(info.get("profile", "")).split()[0:1] == ["smoke"]:
+            add_smoke_banner(fig)
     paths = []
     for ext in ("png", "pdf"):
         final = out_dir / f"{name}.{ext}"
@@ -185,17 +217,28 @@ def _with_labels(df: pd.DataFrame, x: str, order: Sequence | None) -> tuple[pd.D
     return data, labels, {method_label(k): method_color(k) for k in keys}
 
 
+BOX_MIN_SEEDS = 5  # fewer seeds per method: mean ± sd with the seeds as dots instead of a box
+
+
 def plot_method_distribution(
     df: pd.DataFrame, x: str = "method", y: str = "test_accuracy", ax=None, order: Sequence | None = None,
     ylabel: str | None = None, dots: bool = True,
 ):
-    """Box plot of `y` per method (one row per seed) with the seeds as dots, methods in house order (Figs 4–8)."""
+    """`y` per method (one row per seed) with the seeds as dots, methods in house order (Figs 4–8): a box plot when
+    every method has at least BOX_MIN_SEEDS seeds, else the mean ± 1 sd (a box of 3 seeds would pretend to show
+    quartiles)."""
     ax = ax if ax is not None else plt.gca()
     data, labels, palette = _with_labels(df, x, order)
-    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert` to bxp
-        warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
-        sns.boxplot(data=data, x="_label", y=y, hue="_label", order=labels, hue_order=labels, palette=palette,
-                    width=0.55, showfliers=False, boxprops={"alpha": 0.55}, legend=False, ax=ax)
+    counts = data.groupby("_label")[y].count()
+    if len(counts) and counts.min() >= BOX_MIN_SEEDS:
+        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert` to bxp
+            warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
+            sns.boxplot(data=data, x="_label", y=y, hue="_label", order=labels, hue_order=labels, palette=palette,
+                        width=0.55, showfliers=False, boxprops={"alpha": 0.55}, legend=False, ax=ax)
+    else:
+        sns.pointplot(data=data, x="_label", y=y, hue="_label", order=labels, hue_order=labels, palette=palette,
+                      errorbar="sd", capsize=0.25, markers="_", markersize=14, linestyle="none", legend=False,
+                      ax=ax)
     if dots:
         sns.stripplot(data=data, x="_label", y=y, order=labels, color="0.15", size=3.5, jitter=0.12, alpha=0.85, ax=ax)
     ax.set_xticks(range(len(labels)), [textwrap.fill(label, 16) for label in labels])  # long labels on lines

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .cache import cache_root, progress_enabled
-from .files import REPO_ROOT
+from .files import REPO_ROOT, portable
 from . import notebook as nbapi
 from .notebook import (PROFILES, RECORD_FILE, RUNNER_PARAMS, ParameterError, default_out_dir,
                        ensure_dir, notebook_defaults, notebook_path, notebooks, parameter_help, profile_params,
@@ -89,6 +89,32 @@ def ensure_kernel(kernel_name: str | None = None) -> str:
 
     install(kernel_name=KERNEL_NAME, display_name=f"repspec ({sys.executable})", prefix=sys.prefix)
     return KERNEL_NAME
+
+
+def kernel_manager_class():
+    """The kernel manager papermill starts kernels with: jupyter_client's async manager over IPC sockets (files in
+    Jupyter's runtime folder) where the platform has them, so no kernel listens on TCP and ipykernel has nothing
+    to warn about ('Kernel is running over TCP without encryption'); TCP on Windows."""
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import CaselessStrEnum, default
+
+    if os.name == "nt":
+        return AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _unique_ipc_path(self) -> str:  # jupyter_client's default, 'kernel-ipc' in the cwd, is shared by
+            # every kernel started from one folder: concurrent runs would connect to each other's sockets
+            folder = Path(jupyter_runtime_dir())
+            folder.mkdir(parents=True, exist_ok=True)
+            return str(folder / f"repspec-{os.getpid()}-{uuid.uuid4().hex[:12]}-ipc")
+
+    return IPCKernelManager
 
 
 @contextlib.contextmanager
@@ -232,7 +258,7 @@ def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], root: P
     try:
         pm.execute_notebook(str(notebook_path(nb)), str(executed), parameters={**params, "out_dir": str(holder)},
                             kernel_name=kernel, cwd=str(nbapi.NOTEBOOK_DIR), log_output=log_output,
-                            progress_bar=progress)
+                            progress_bar=progress, kernel_manager_class=kernel_manager_class())
     except Exception as exc:  # noqa: BLE001 - recorded, then reported by run_notebooks
         status = "failed"
         error = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
@@ -240,10 +266,10 @@ def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], root: P
     outputs = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name not in (RECORD_FILE, MANIFEST_FILE))
     manifest = {
         "notebook": nb, "status": status, "error": error, "profile": params["profile"],
-        "parameters": params, "overrides": overrides, "commit": plotting.git_commit(),
+        "parameters": {**params, "out_dir": portable(params["out_dir"])}, "overrides": overrides, "commit": plotting.git_commit(),
         "date": started.isoformat(timespec="seconds"), "wall_time_s": round(wall, 2),
         "data_sources": [], "host": host_info(), "kernel": kernel,
-        "executed_notebook": str(executed), "outputs": outputs,
+        "executed_notebook": portable(str(executed)), "outputs": outputs,
     }
     rec = read_json(stage / RECORD_FILE)
     manifest.update({k: v for k, v in rec.items() if k not in ("notebook", "profile")})
@@ -271,7 +297,8 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
 
     Everything (names, profile, overrides and their types, folders, kernel) is checked before the first
     notebook starts. Each notebook gets its profile's parameters plus `profile` and the absolute `out_dir`
-    (default $REPSPEC_FIGURES or <repo>/figures); it writes its figures and CSVs into a staging folder
+    (default $REPSPEC_FIGURES, else <repo>/runs/<profile>; the committed results change only with an explicit
+    out_dir='figures'); it writes its figures and CSVs into a staging folder
     (<out_dir>/.staging/…) and, only when it ran to the end, that folder with the runner's manifest.json replaces
     <out_dir>/<stem>/ as a whole. A failed (or killed) run leaves <out_dir>/<stem>/ untouched: its partial outputs,
     executed notebook and manifest (status 'failed', the error) go to <failed_dir>/<stem>.<date>.<pid>/ (a killed
@@ -280,7 +307,7 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
     fails does not stop the others; RunFailed is raised at the end.
     """
     todo = plan(names, profile, overrides)
-    root = resolve_path(out_dir) if out_dir not in (None, "") else default_out_dir()
+    root = resolve_path(out_dir) if out_dir not in (None, "") else default_out_dir(profile)
     ensure_dir(root, "figure output folder")
     for line in clean_staging(root):
         print(f"repspec: {line}", file=sys.stderr)
@@ -339,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (Python literal, type-checked against the notebook default)")
     run.add_argument("--list", action="store_true", help="show the notebooks and their parameters; run nothing")
-    run.add_argument("--out-dir", default=None, help="figure root (default $REPSPEC_FIGURES or <repo>/figures)")
+    run.add_argument("--out-dir", default=None, help="figure root (default $REPSPEC_FIGURES, else <repo>/runs/<profile>;"
+                                                     " `--out-dir figures` replaces the committed results)")
     run.add_argument("--executed-dir", default="runs/executed", help="where executed notebooks go")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: one running this python)")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from . import bounds, cache, geometry
+from .files import portable
 from .evaluate import accuracy, evaluate_robustness, predict, refit_readout
 from .models import MLP, RefitModel
 from .recipes import SMALL_DATASETS
@@ -99,7 +100,7 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
         # no timing columns: a rerun from a fresh cache writes byte-identical tables; the times of training and
         # attacks go to the manifest and footer through the compute ledger (cache.note_compute)
         info = {**settings(r.config), "readout": readout, "test_acc": acc, "n_attacked": n_attack,
-                "data_source": r.data_source}
+                "data_source": portable(r.data_source)}
         rows.append(table.assign(**info))
     return pd.concat(rows, ignore_index=True)
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job (README): set up from nothing, then regenerate every figure at the default profile.
-# Extra arguments go to `repspec run`, e.g. `bash scripts/reproduce.sh --profile smoke --only fig2_xor`.
+# The main job (README): set up from nothing, then regenerate every figure at the default profile (cpu) into the
+# committed figures/ folder. Extra arguments go to `repspec run` and win over these, e.g.
+# `bash scripts/reproduce.sh --profile smoke --only fig2_xor_distance --out-dir runs/try` (a try that leaves
+# figures/ alone). Without --out-dir, `repspec run` itself writes to runs/<profile>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/repspec run "$@"
+exec .venv/bin/repspec run --out-dir figures "$@"

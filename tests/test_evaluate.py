@@ -276,7 +276,8 @@ def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identi
     assert not list((tmp_path / "killed" / "attacks").glob("*.part*.pt"))  # pieces removed once the table is whole
     # n within one piece: the same key and the same table as before attacks were chunked (one call, the table's seed)
     one = E.evaluate_robustness(m, test, 5, seed=3, attack="tangent", attack_kwargs={"T": 3}, progress=False)
-    direct = real(m, test.x[torch.as_tensor(one["index"].to_numpy())], test.y[torch.as_tensor(one["index"].to_numpy())],
+    rows = torch.as_tensor(one["index"].to_numpy(copy=True))
+    direct = real(m, test.x[rows], test.y[rows],
                   test.box, T=3, seed=3, progress=False,
                   pool=(test.x[E.predict(m, test.x) == test.y], test.y[E.predict(m, test.x) == test.y]))
     assert np.allclose(one.distance.to_numpy(), direct.distance.double().numpy())

@@ -127,3 +127,49 @@ def test_field_and_boundary_panels():
     assert isinstance(mesh.norm, matplotlib.colors.LogNorm) and mesh.norm.vmin > 0
     P.plot_decision_boundary(ax2, xx, yy, margin, np.array([[1.0, 1.0]]), [1])
     fig.canvas.draw()
+
+
+def test_footer_is_at_most_two_lines_and_a_smoke_figure_says_so(tmp_path):
+    """issue 16 item 5: a long provenance footer is set smaller, then cut (the manifest keeps it all); commit and
+    compute come before the long data field; a smoke run's figure carries 'SMOKE — not a result'."""
+    import matplotlib.pyplot as plt
+
+    from repspec_utils import plotting as PL
+
+    info = {"profile": "smoke", "seeds": [0, 1, 2], "epochs": 4, "attacked": 5, "commit": "abc1234",
+            "compute": "training 3 s (6 models + 2 burn-ins)",
+            "data": "real: torchvision MNIST from data/MNIST/raw (md5 verified), train + test split; " * 8}
+    fig, ax = plt.subplots(figsize=(4, 3))
+    PL.save_figure(fig, "f", tmp_path, info)
+    footer = [t for t in fig.texts if t.get_gid() == "repspec-footer"][0]
+    assert footer.get_text().count("\n") <= 1 and "commit: abc1234" in footer.get_text()
+    assert "manifest.json" in footer.get_text()  # it was cut, and says where the rest is
+    assert any(t.get_text() == PL.SMOKE_BANNER for t in fig.texts)
+    fig2, _ = plt.subplots(figsize=(4, 3))
+    PL.save_figure(fig2, "g", tmp_path, {**info, "profile": "cpu", "data": "generated: XOR"})
+    assert not any(t.get_text() == PL.SMOKE_BANNER for t in fig2.texts)
+    plt.close("all")
+
+
+def test_few_seeds_are_drawn_as_mean_and_sd_not_as_boxes():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from repspec_utils import plotting as PL
+
+    for n_seeds, boxes in ((3, False), (5, True)):
+        df = pd.DataFrame({"method": ["none", "rep"] * n_seeds, "acc": [0.1 * i for i in range(2 * n_seeds)]})
+        fig, ax = plt.subplots()
+        PL.plot_method_distribution(df, y="acc", ax=ax)
+        assert (len(ax.patches) > 0) == boxes  # boxes are patches; the mean ± sd are lines
+        plt.close(fig)
+
+
+def test_portable_paths_and_merged_splits(monkeypatch, tmp_path):
+    from repspec_utils import files
+    from repspec_utils.notebook import merge_splits
+
+    assert files.portable(f"real: MNIST from {files.REPO_ROOT}/data/MNIST/raw") == "real: MNIST from data/MNIST/raw"
+    monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "d"))
+    assert files.portable(f"from {tmp_path}/d/MNIST/raw") == "from $REPSPEC_DATA/MNIST/raw"
+    assert merge_splits(["a, train split", "a, test split", "b"]) == ["a, train + test split", "b"]

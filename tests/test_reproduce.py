@@ -380,3 +380,15 @@ def test_concurrent_runs_into_one_folder_each_keep_a_complete_manifest(tmp_path)
     for f in m["outputs"]:
         assert (tmp_path / "figs" / "fig1_tradeoff" / f).is_file()
     assert not (tmp_path / "figs" / rp.STAGING).exists()
+
+
+def test_exploring_never_writes_into_the_committed_figures(tmp_path, monkeypatch):
+    """issue 16 item 1: without an explicit out_dir (JupyterLab, papermill, `repspec run` without --out-dir) a
+    notebook writes to <repo>/runs/<profile>/<figure>/; only `--out-dir figures` touches the committed results."""
+    monkeypatch.delenv("REPSPEC_FIGURES", raising=False)
+    monkeypatch.setattr(nbk, "REPO_ROOT", tmp_path)
+    for profile in ("smoke", "cpu"):
+        run = nbk.notebook_params({**nbk.notebook_defaults("fig1_tradeoff"), "profile": profile}, "fig1_tradeoff")
+        assert run.fig_dir == tmp_path / "runs" / profile / "fig1_tradeoff"
+    assert nbk.default_out_dir("paper") == tmp_path / "runs" / "paper"
+    assert "--out-dir figures" in (Path(rp.__file__).parent.parent / "scripts" / "reproduce.sh").read_text()

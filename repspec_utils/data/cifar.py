@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import md5_file
+from ..files import md5_file, portable
 from ..registry import DATASETS
 from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_root
 
@@ -96,7 +96,7 @@ def _load_cifar10(root, cifar_dir, download: bool, flatten: bool) -> tuple[Array
     out = []
     for train in (True, False):
         ds = datasets.CIFAR10(str(tv_root), train=train, download=False)
-        out.append(_cifar_to_dataset(ds, "cifar10", f"real: torchvision CIFAR10 from {folder} (md5 verified), "
+        out.append(_cifar_to_dataset(ds, "cifar10", f"real: torchvision CIFAR10 from {portable(str(folder))} (md5 verified), "
                                      f"{'train' if train else 'test'} split", flatten))
     return out[0], out[1]
 
@@ -359,7 +359,7 @@ def _load_cifar10_synthetic(root, n_train: int, n_test: int, seed: int, flatten:
     for train in (True, False):
         ds = _synthetic_cifar10_class()(str(base), train=train)
         src = (f"SYNTHETIC STAND-IN for CIFAR-10 (random class-conditional images), NOT real data: "
-               f"{folder} (n_train={man['n_train']}, n_test={man['n_test']}, seed={man['seed']}, md5 verified), "
+               f"{portable(str(folder))} (n_train={man['n_train']}, n_test={man['n_test']}, seed={man['seed']}, md5 verified), "
                f"{'train' if train else 'test'} split")
         out.append(_cifar_to_dataset(ds, "cifar10_synthetic", src, flatten))
     return out[0], out[1]

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ..files import REPO_ROOT, atomic_path, atomic_write_text, md5_file
+from ..files import REPO_ROOT, atomic_path, atomic_write_text, md5_file, portable
 from ..registry import DATASETS
 from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_root, normalize_name
 
@@ -227,7 +227,8 @@ def _load_mnist_like(name: str, root, download: bool, flatten: bool) -> tuple[Ar
         x = x.reshape(len(x), -1) if flatten else x[:, None]
         out.append(ArrayDataset(
             x=x, y=ds.targets.to(torch.int64), name=name,
-            source=f"real: torchvision {folder} from {raw} (md5 verified), {'train' if train else 'test'} split",
+            source=f"real: torchvision {folder} from {portable(str(raw))} (md5 verified), "
+                   f"{'train' if train else 'test'} split",
             box=(0.0, 1.0), n_classes=10))
     return out[0], out[1]
 
