@@ -1,15 +1,17 @@
 """The in-notebook API: a figure notebook's parameters, its profiles, its output folder, and its record.
 
-A figure notebook `notebooks/<stem>.ipynb` has exactly one cell tagged `parameters` holding `name = literal`
-lines (read with papermill's own parser, `papermill.inspect_notebook`): its fast defaults (profile 'smoke', what
-`pytest --nbval-lax notebooks/` runs), plus `profile = "smoke"` and `out_dir = ""`. `profiles/<stem>.yaml` maps
+A figure notebook `notebooks/<stem>.ipynb` has exactly one cell tagged `parameters` holding `name: type = literal`
+lines (read with papermill's own parser, `papermill.inspect_notebook`; the annotation is what
+`papermill --help-notebook` shows): its fast defaults (profile 'smoke', what `pytest --nbval-lax notebooks/`
+runs), plus `profile = "smoke"` and `out_dir = ""`. `profiles/<stem>.yaml` maps
 each of smoke / cpu / paper to overrides of those parameters. Every value is type-checked against its default
 before anything runs (int is accepted for a float; a None default accepts anything). Relative paths are taken
 from the repository root.
 
 Writing a figure notebook (copy notebooks/fig1_tradeoff.ipynb):
  1. markdown: title, what the figure shows and why, the batch command and expected runtime;
- 2. the `parameters` cell: literals only, smoke-fast values, then `profile = "smoke"` and `out_dir = ""`;
+ 2. the `parameters` cell: annotated literals only (`epochs: int = 4  # help`), smoke-fast values, then
+    `profile: str = "smoke"` and `out_dir: str = ""`; add each new parameter's range to `parameters.RULES`;
  3. `P = notebook.notebook_params(globals(), "<stem>")`: checks types, sets torch's threads from a
     `torch_threads` parameter, gives P.fig_dir, P.info(), P.record();
  4. derived values, then library calls; `P.record(data_sources=[train_set, ...], seeds=...)`;

@@ -232,6 +232,9 @@ def test_papermill_sees_every_parameter(nb, caplog):
     assert set(found) == set(defaults)
     for name, value in defaults.items():
         assert ast.literal_eval(found[name]["default"]) == value, name
+        # issue 16 item 3: annotated, so `papermill --help-notebook` shows each parameter's type
+        kind = {bool: "bool", int: "int", float: "float", str: "str", list: "list"}[type(value)]
+        assert found[name]["inferred_type_name"] == kind, f"{nb}: annotate `{name}: {kind} = ...`"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS)
