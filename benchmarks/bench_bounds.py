@@ -10,25 +10,12 @@ cache holds it, else a trained-looking stand-in (N(0, 0.05²) weights), named in
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from bench_spectral import timed  # the median-of-repeats CPU timer (benchmarks/ is on sys.path when run)
 from repspec_utils import bounds
 from repspec_utils.models import MLP
-
-CLOCK = time.process_time  # CPU time of this process: with 1 thread, robust to other jobs sharing the machine
-
-
-def timed(fn, repeats: int) -> float:
-    """Median CPU time of fn() in seconds (after one untimed call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = CLOCK()
-        fn()
-        times.append(CLOCK() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def model_and_data(n: int):
@@ -41,7 +28,11 @@ def model_and_data(n: int):
     if (cache.cache_root() / "train" / _phase_key(cfg, "final") / "final.pt").exists():  # cached: no training
         result = train(cfg, progress=False)
         _, test = recipes.load_training_data(cfg)
-        return result.model.eval(), test.x[:n], test.y[:n], "App. G cpu model (rep-spectral, seed 0) from the cache"
+        model = result.model.eval()
+        with torch.no_grad():
+            correct = (model(test.x).argmax(1) == test.y).nonzero()[:, 0][:n]  # the samples an attack would get
+        return (model, test.x[correct], test.y[correct],
+                "App. G cpu model (rep-spectral, seed 0) from the cache, correctly classified test images")
     model = MLP(784, [2000], 10, init_std=0.05, seed=0).eval()
     x = torch.rand(n, 784, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -244,6 +244,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 COMMITTED_DIR = "figures"  # the committed results: written only by an explicit `repspec run --out-dir figures`
+STAGING_DIR = ".staging"   # where the runner stages a run inside its output folder (reproduce.STAGING)
 
 
 def default_out_dir(profile: str = "smoke") -> Path:
@@ -364,6 +365,15 @@ class NotebookRun:
             self.record(compute=summary)
         info.update(extra)
         return info
+
+    @property
+    def writes_committed_results(self) -> bool:
+        """True when this run writes the committed figures/ (directly, or through the runner's staging folder
+        inside it): `repspec run --out-dir figures`. A notebook may then also update repo-level pages."""
+        committed, here = (REPO_ROOT / COMMITTED_DIR).resolve(), self.fig_dir.resolve()
+        direct = here.parent == committed
+        staged = committed in here.parents and STAGING_DIR in here.relative_to(committed).parts
+        return direct or staged
 
     def compute(self) -> str:
         """What this run's models, attacks and re-fits took to compute so far (`format_compute`)."""

@@ -182,7 +182,7 @@ def plan(names: str | Iterable[str] | None = None, profile: str = "cpu",
     return out
 
 
-STAGING = ".staging"  # <out_dir>/.staging/<notebook>.<pid>.<ms>/<notebook>/: where a run writes until it succeeded
+STAGING = nbapi.STAGING_DIR  # <out_dir>/.staging/<notebook>.<pid>.<ms>/<notebook>/: where a run writes until it ended ok
 
 
 def _pid_alive(pid: int) -> bool:

@@ -210,3 +210,35 @@ def test_markdown_states_the_rule_and_every_row(tmp_path):
     assert md.startswith("Verdict rule") and "tolerance 1 points" in md and "95%" in md
     assert md.count("**holds**") + md.count("**fails**") + md.count("**inconclusive**") >= 2 * 1 + len(table)
     assert "+0.5 [" in md  # the paired Δ distance with its interval
+
+
+def test_results_page_lists_each_produced_figure_with_its_claim_verdict_and_scale(tmp_path):
+    """issue 16 item 2: RESULTS.md — per figure: the image, what it shows, 'paper: … Here: …' with the verdicts,
+    and the scale from its manifest; then every paired comparison."""
+    m = _models({"none": [1.0, 1.1, 1.2], "rep": [1.5, 1.6, 1.7]}, {"none": 1.0, "rep": 1.0})
+    _write(tmp_path, "fig2_xor_distance", m, manifest={"profile": "paper", "status": "ok", "outputs":
+                                                       ["fig2_xor_distance.png", "models.csv"],
+                                                       "parameters": {"seeds": [400, 500, 600], "epochs": 15000},
+                                                       "data_sources": ["generated: XOR"], "commit": "abc1234",
+                                                       "date": "2026-12-04T14:00:00+00:00"})
+    table = claims_table(tmp_path)
+    page = claims.results_markdown(tmp_path, table, link_root="figures")
+    assert page.startswith("# Results") and "## Verdicts at a glance" in page
+    section = page.split("### Fig 2 — XOR: mean adversarial distance", 1)[1].split("###", 1)[0]
+    assert "![fig2_xor_distance](figures/fig2_xor_distance/fig2_xor_distance.png)" in section
+    assert f"paper: {claims.CLAIMS[1]}. Here: **holds**" in section
+    assert "profile paper" in section and "seeds [400, 500, 600]" in section and "commit abc1234" in section
+    assert "### Fig 4" not in page  # a figure that was not produced gets no section
+    assert "## Every paired comparison" in page
+
+
+def test_only_a_run_into_the_committed_figures_publishes_repo_pages(tmp_path, monkeypatch):
+    from repspec_utils import notebook as nbk
+
+    monkeypatch.setattr(nbk, "REPO_ROOT", tmp_path)
+    defaults = {**nbk.notebook_defaults("claims"), "profile": "cpu"}
+    for out_dir, expected in ((str(tmp_path / "figures"), True),
+                              (str(tmp_path / "figures" / ".staging" / "claims.1.2"), True),
+                              (str(tmp_path / "runs" / "cpu"), False), ("", False)):
+        run = nbk.notebook_params({**defaults, "out_dir": out_dir}, "claims")
+        assert run.writes_committed_results == expected, out_dir
