@@ -383,11 +383,13 @@ class NotebookRun:
         """`record(self.fig_dir, **fields)`: e.g. data_sources=[train_set], seeds=[...]."""
         return record(self.fig_dir, **fields)
 
-    def save_table(self, df, name: str, gzip: bool = False) -> Path:
+    def save_table(self, df, name: str, gzip: bool = False, float_format: str | None = None) -> Path:
         """Write a tidy pandas DataFrame to <fig_dir>/<name>.csv (no index; `gzip`: <name>.csv.gz, byte-stable, for
-        tables too large to commit as text) and record it; returns the path."""
+        tables too large to commit as text; `float_format` e.g. '%.6g' for fields drawn, not compared) and record
+        it; returns the path."""
         path = self.fig_dir / f"{name}.csv{'.gz' if gzip else ''}"
-        df.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0} if gzip else None)
+        df.to_csv(path, index=False, float_format=float_format,
+                  compression={"method": "gzip", "mtime": 0} if gzip else None)
         self.record(tables=[path.name])
         return path
 
