@@ -201,6 +201,8 @@ def test_claims_compare_rep_with_none_and_every_baseline(tmp_path):
                  ("ll", 0.001, None): ([1.6, 1.6, 1.66], 0.8),
                  ("rep", 0.01, None): ([1.5, 1.5, 1.56], 0.8), ("rep", 0.001, None): ([1.7, 1.7, 1.75], 0.8)}
                 ).to_csv(fig8 / "models.csv", index=False)
+    for folder in (fig6, fig8):  # the claims table reads only what a run that ended ok wrote
+        (folder / "manifest.json").write_text('{"profile": "cpu", "status": "ok"}')
     table = claims_table(tmp_path)
     six = table[table.figure == "fig6_cifar_resnet"].set_index("baseline")
     assert sorted(six.index) == ["ll λ=0.005", "none"]  # the 2-stage group has no baseline to compare with
