@@ -33,11 +33,13 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import progress_enabled
 
-__all__ = ["AttackResult", "tangent_attack", "hop_skip_jump", "fmn_attack", "ATTACKS", "run_attack",
+__all__ = ["AttackResult", "tangent_attack", "hop_skip_jump", "fmn_attack", "pgd_linf", "robust_accuracy", "ATTACKS",
+           "run_attack",
            "check_box", "check_inputs", "check_budget"]
 
 
@@ -606,6 +608,77 @@ def _fmn_chunk(model, x0, y, target, shape, box, steps, alpha_init, alpha_final,
             delta = delta * torch.clamp(eps / delta.norm(dim=1).clamp_min(tiny), max=1.0)[:, None]
             delta = (x0 + delta).clamp(vmin, vmax) - x0
     return best, torch.isfinite(best_norm)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fixed-budget white-box attack: L∞ PGD (Madry et al. 2018), the base of adversarial training (issue 13)
+# ----------------------------------------------------------------------------------------------------
+def pgd_linf(model: nn.Module, x: Tensor, y: Tensor, eps: float, box=(0.0, 1.0), *, steps: int = 10,
+             alpha: float | None = None, random_start: bool = True, target: Tensor | None = None, seed: int = 0,
+             max_batch: int = 4096) -> AttackResult:
+    """L∞ PGD inside the ε-ball ∩ box, on the whole batch at once: x (N, ...) -> AttackResult (x_adv, its L2
+    distance, queries = forward passes per sample, success = argmax F(x_adv) ≠ y).
+
+    Untargeted (target None) it ascends the cross-entropy of y; with `target` (N,) it ascends the margin
+    F_target − F_y. Each step: δ ← Π(δ + α·sign ∇), Π = clip to [−ε, ε] and to the box; from a uniform random start
+    in the ball when `random_start`. α defaults to 2.5·ε/steps. ε = 0 returns x (the clean predictions). The model is run in eval mode; its modes are
+    restored."""
+    check_inputs(x, box)
+    check_labels(x, y)
+    vmin, vmax = check_box(box)
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and 0 <= eps <= vmax - vmin):
+        raise ValueError(f"eps must lie in [0, {vmax - vmin:g}] (the box's width), got {eps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if alpha is None:
+        alpha = 2.5 * eps / steps if eps > 0 else 1.0  # ε = 0: nothing moves whatever the step
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha (the step size) must be > 0, got {alpha!r}")
+    if target is not None:
+        check_labels(x, target)
+    n, dev = x.shape[0], x.device
+    dtype = _model_dtype(model, x)
+    x0, y = x.to(dtype), torch.as_tensor(y, device=dev).long()
+    target = None if target is None else torch.as_tensor(target, device=dev).long()
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    out = x0.clone()
+    with _eval_mode(model):
+        for s in range(0, n, max_batch):
+            sl = slice(s, s + max_batch)
+            xs, ys = x0[sl], y[sl]
+            delta = torch.zeros_like(xs)
+            if random_start and eps > 0:
+                delta = (torch.rand(xs.shape, generator=gen, device=dev, dtype=dtype) * 2 - 1) * eps
+                delta = (xs + delta).clamp(vmin, vmax) - xs
+            for k in range(steps):
+                delta.requires_grad_(True)
+                with torch.enable_grad():
+                    logits = model(xs + delta)
+                    if k == 0:
+                        check_label_range(ys, logits.shape[-1])
+                    if target is None:
+                        objective = F.cross_entropy(logits, ys, reduction="sum")
+                    else:
+                        t = target[sl]
+                        objective = (logits.gather(1, t[:, None]) - logits.gather(1, ys[:, None])).sum()
+                    grad = torch.autograd.grad(objective, delta)[0]
+                with torch.no_grad():
+                    delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
+                    delta = (xs + delta).clamp(vmin, vmax) - xs
+            out[sl] = (xs + delta).detach()
+        with torch.no_grad():
+            pred = torch.cat([model(out[s:s + max_batch]).argmax(1) for s in range(0, n, max_batch)])
+    dist = (out - x0).flatten(1).norm(dim=1)
+    queries = torch.full((n,), steps + 1, dtype=torch.long, device=dev)
+    return AttackResult(x_adv=out, distance=dist, queries=queries, success=pred != y)
+
+
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, box=(0.0, 1.0), **pgd_kwargs) -> float:
+    """Fraction of samples that the model classifies correctly and that L∞ PGD at radius ε does not break."""
+    with torch.no_grad(), _eval_mode(model):
+        clean = model(x.to(_model_dtype(model, x))).argmax(1) == torch.as_tensor(y, device=x.device)
+    res = pgd_linf(model, x, y, eps, box, **pgd_kwargs)
+    return (clean & ~res.success).double().mean().item()
 
 
 # ----------------------------------------------------------------------------------------------------

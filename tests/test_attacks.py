@@ -323,3 +323,42 @@ def test_labels_of_wrong_length_type_or_range_are_rejected(attack, digits_mlp):
         with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(the model has 10 classes\)"):
             attack(wrapped, x, wrong, (0.0, 1.0), progress=False)
     assert wrapped.calls <= 2  # at the first model call, before any attack step
+
+
+# ----------------------------------------------------------------------------------------------------
+# L∞ PGD (issue 13's base) against a linear model's closed-form worst case
+# ----------------------------------------------------------------------------------------------------
+def test_pgd_reaches_the_linear_models_worst_case_margin():
+    """For F = Wx + b the smallest margin F_y − F_k over the L∞ ball of radius ε is (F_y − F_k)(x) − ε‖w_y − w_k‖₁,
+    at δ = −ε·sign(w_y − w_k) (the box [−10, 10] does not bind): targeted PGD must reach it exactly."""
+    m = linear_model(20, 4, seed=3).double()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 20, generator=g, dtype=torch.float64)
+    y = m(x).argmax(1)
+    k = (y + 1) % 4
+    eps = 0.05
+    W = m.weight.detach()
+    with torch.no_grad():
+        before = m(x).gather(1, y[:, None])[:, 0] - m(x).gather(1, k[:, None])[:, 0]
+    expected = before - eps * (W[y] - W[k]).abs().sum(1)
+    for start in (False, True):
+        r = A.pgd_linf(m, x, y, eps, BIG_BOX, steps=10, target=k, random_start=start, seed=1)
+        with torch.no_grad():
+            after = m(r.x_adv).gather(1, y[:, None])[:, 0] - m(r.x_adv).gather(1, k[:, None])[:, 0]
+        assert torch.allclose(after, expected, atol=1e-9)
+        assert (r.x_adv - x).abs().max() <= eps + 1e-12 and r.success[after < 0].all()  # k overtook y
+    untargeted = A.pgd_linf(m, x, y, eps, BIG_BOX, steps=10)
+    assert (untargeted.x_adv - x).abs().max() <= eps + 1e-12
+
+
+def test_pgd_respects_the_box_and_rejects_bad_settings(digits_mlp):
+    m, x, y = digits_mlp
+    r = A.pgd_linf(m, x, y, 0.3, (0.0, 1.0), steps=5)
+    assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1 and (r.x_adv - x).abs().max() <= 0.3 + 1e-6
+    acc = A.robust_accuracy(m, x, y, 0.3, (0.0, 1.0), steps=5)
+    assert 0 <= acc <= A.robust_accuracy(m, x, y, 0.0, (0.0, 1.0), steps=1) <= 1  # ε = 0 is the clean accuracy
+    for bad, match in (({"eps": -0.1}, "eps"), ({"eps": 1.5}, "eps"), ({"steps": 0}, "steps"),
+                       ({"alpha": 0.0}, "alpha")):
+        kwargs = {"eps": 0.1, **bad}
+        with pytest.raises(ValueError, match=match):
+            A.pgd_linf(m, x, y, kwargs.pop("eps"), (0.0, 1.0), **kwargs)
