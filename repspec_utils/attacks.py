@@ -155,7 +155,7 @@ class _Oracle:
     def _logits(self, pts: Tensor) -> Tensor:
         with torch.autocast(device_type=pts.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.model(pts.view(-1, *self.shape)).float()
-        if not self.checked and hasattr(self, "y"):  # the first call that tells the number of classes
+        if not self.checked:  # given labels: the first call that tells the number of classes
             check_label_range(self.y, out.shape[-1])
             self.checked = True
         return out

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .models import MLP, RefitModel, get_activation
+from .models import MLP, RefitModel, activation_derivative, get_activation
 
 __all__ = ["certified_radius", "supports", "derivative_bound", "derivative_range", "METHODS"]
 
@@ -31,14 +31,10 @@ METHODS = ("local", "global")
 _SQRT2 = math.sqrt(2.0)
 
 
-def _gelu_prime(z: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(z / _SQRT2)) + z * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-
-
 def derivative_bound(activation: str) -> float:
     """L = sup_z |φ′(z)| of the activation (GELU: φ′(√2) ≈ 1.1289, where GELU″ = pdf(z)(2 − z²) vanishes)."""
     if activation == "gelu":
-        return float(_gelu_prime(torch.tensor(_SQRT2, dtype=torch.float64)))
+        return float(activation_derivative("gelu")(torch.tensor(_SQRT2, dtype=torch.float64)))
     if activation in ("relu", "tanh", "softplus", "identity"):
         return 1.0
     raise ValueError(f"no derivative bound for activation {activation!r}; "
@@ -48,9 +44,10 @@ def derivative_bound(activation: str) -> float:
 def derivative_range(activation: str, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """The exact range [min, max] of φ′ over each interval [lo, hi] (elementwise, lo ≤ hi): two tensors like lo."""
     if activation == "gelu":  # extrema of GELU′ at the endpoints or at ±√2 (its only critical points)
-        cands = [_gelu_prime(lo), _gelu_prime(hi)]
-        peak = torch.full_like(lo, float(_gelu_prime(torch.tensor(_SQRT2, dtype=torch.float64))))
-        dip = torch.full_like(lo, float(_gelu_prime(torch.tensor(-_SQRT2, dtype=torch.float64))))
+        d = activation_derivative("gelu")
+        cands = [d(lo), d(hi)]
+        peak = torch.full_like(lo, float(d(torch.tensor(_SQRT2, dtype=torch.float64))))
+        dip = torch.full_like(lo, float(d(torch.tensor(-_SQRT2, dtype=torch.float64))))
         inside_peak = (lo <= _SQRT2) & (hi >= _SQRT2)
         inside_dip = (lo <= -_SQRT2) & (hi >= -_SQRT2)
         low = torch.minimum(*cands)
@@ -60,8 +57,7 @@ def derivative_range(activation: str, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
     if activation == "relu":  # the generalised derivative at 0 is [0, 1]
         return (lo > 0).to(lo.dtype), (hi >= 0).to(lo.dtype)
     if activation == "tanh":  # 1 − tanh²: largest nearest 0, smallest at the endpoint farthest from 0
-        def d(t):
-            return 1.0 - torch.tanh(t) ** 2
+        d = activation_derivative("tanh")
         nearest = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.where(lo > 0, lo, hi))
         farthest = torch.where(lo.abs() > hi.abs(), lo, hi)
         return d(farthest), d(nearest)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import attacks as _attacks
-from . import cache
+from . import bounds, cache
 from .attacks import _eval_mode, check_box, check_budget, check_inputs, resolve_attack
 
 __all__ = ["predict", "accuracy", "features", "check_model_output", "select_correct", "evaluate_robustness",
@@ -100,10 +100,11 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack: str = "tangent",
                         attack_kwargs: dict | None = None, cache_key: dict | None = None,
                         progress: bool = True, batch_size: int = 4096, precision: str = "fp32",
-                        chunk: int = ATTACK_CHUNK) -> pd.DataFrame:
+                        chunk: int = ATTACK_CHUNK, certify: bool = True) -> pd.DataFrame:
     """Attack the first n correctly classified test samples (seeded shuffle) inside test_ds.box; one row per
     sample: index (in test_ds), label, distance ‖x_adv − x‖₂ (inf if no adversarial point), queries, success,
-    attack, certified_radius (the local certified radius for one-hidden-layer MLPs, else NaN). With `cache_key` (a
+    attack, certified_radius (the local certified radius for one-hidden-layer MLPs, else NaN; `certify=False`
+    skips computing it and leaves the column NaN, for a second attack on the same samples). With `cache_key` (a
     dict describing the model) the table is cached and reloaded. The samples are attacked in pieces of `chunk`
     (piece c with seed `_chunk_seed(seed, c)`); with a cache key each finished piece is cached at once, so an
     interrupted attack resumes at its first unfinished piece with results identical to an uninterrupted run.
@@ -138,7 +139,7 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
         if stored is not None:
             seconds = stored.pop("seconds")
             cache.note_compute("attack", key, seconds)
-            table = _with_certified(pd.DataFrame(stored)[COLUMNS], model, test_ds)
+            table = _with_certified(pd.DataFrame(stored)[COLUMNS], model, test_ds, certify)
             table.attrs["seconds"] = seconds
             return table
     correct = predict(model, test_ds.x, batch_size).cpu() == test_ds.y.cpu()
@@ -176,23 +177,16 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
         for c in range(len(starts)):
             path.with_name(f"{key}.part{c}.pt").unlink(missing_ok=True)
     cache.note_compute("attack", key, seconds)  # uncached attacks count too (key None: a new entry per call)
-    out = pd.DataFrame({**table, "distance": np.asarray(table["distance"], dtype=np.float64),
-                        "success": np.asarray(table["success"], dtype=bool),
-                        "index": np.asarray(table["index"], dtype=np.int64),
-                        "label": np.asarray(table["label"], dtype=np.int64),
-                        "queries": np.asarray(table["queries"], dtype=np.int64)})[COLUMNS]
-    out = _with_certified(out, model, test_ds)
+    out = _with_certified(pd.DataFrame(table)[COLUMNS], model, test_ds, certify)  # as from the cache
     out.attrs["seconds"] = seconds  # the attack's compute time (the original one when loaded from the cache)
     return out
 
 
-def _with_certified(table: pd.DataFrame, model: nn.Module, test_ds) -> pd.DataFrame:
+def _with_certified(table: pd.DataFrame, model: nn.Module, test_ds, certify: bool = True) -> pd.DataFrame:
     """The attack table with a `certified_radius` column: the local certified L2 radius of each attacked sample for
     one-hidden-layer MLPs (a lower bound on Δx: every attack distance must lie above it), NaN for other models.
     Computed from the model on every call (≈ 5 ms per MNIST sample), so cached attack tables gain it too."""
-    from . import bounds
-
-    if not bounds.supports(model):
+    if not (certify and bounds.supports(model)):
         return table.assign(**{CERTIFIED: np.nan})
     idx = torch.as_tensor(table["index"].to_numpy(dtype=np.int64, copy=True))
     radius = bounds.certified_radius(model, test_ds.x[idx], test_ds.y[idx])

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .models import BatchedMLP, MLP
+from .models import MLP, BatchedMLP, activation_derivative as _activation_derivative
 
 DIGIT_PLANE_COORDS = (
     (-0.5, 0.5 / math.sqrt(3.0)),
@@ -273,19 +273,9 @@ def mlp_metric_stats(model: MLP, x: Tensor, chunk: int | None = None, tol: float
 
 
 def activation_derivative(name: str, z: Tensor) -> Tensor:
-    """φ′(z) for φ in {gelu (exact erf GELU: Φ_N(z) + z·pdf(z)), relu (1[z > 0]), tanh, softplus (sigmoid)}."""
-    if name == "gelu":
-        return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-    if name == "relu":
-        return (z > 0).to(z.dtype)
-    if name == "tanh":
-        return 1.0 - torch.tanh(z) ** 2
-    if name == "softplus":
-        return torch.sigmoid(z)
-    if name == "identity":
-        return torch.ones_like(z)
-    raise ValueError(f"no closed-form derivative for activation {name!r}; choose gelu, relu, tanh, softplus or "
-                     f"identity")
+    """φ′(z) for φ in {gelu (exact erf GELU: Φ_N(z) + z·pdf(z)), relu (1[z > 0]), tanh, softplus (sigmoid), identity}:
+    `models.activation_derivative` applied to z (ValueError for an unknown name)."""
+    return _activation_derivative(name)(z)
 
 
 def _first_layer_2d(model) -> tuple[Tensor, Tensor, str, bool]:

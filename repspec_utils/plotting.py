@@ -217,6 +217,13 @@ def _with_labels(df: pd.DataFrame, x: str, order: Sequence | None) -> tuple[pd.D
     return data, labels, {method_label(k): method_color(k) for k in keys}
 
 
+def _boxplot(**kwargs):
+    """`sns.boxplot` without the DeprecationWarning seaborn 0.13 triggers by passing matplotlib 3.11's `vert`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
+        return sns.boxplot(**kwargs)
+
+
 BOX_MIN_SEEDS = 5  # fewer seeds per method: mean ± sd with the seeds as dots instead of a box
 
 
@@ -231,10 +238,8 @@ def plot_method_distribution(
     data, labels, palette = _with_labels(df, x, order)
     counts = data.groupby("_label")[y].count()
     if len(counts) and counts.min() >= BOX_MIN_SEEDS:
-        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert` to bxp
-            warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
-            sns.boxplot(data=data, x="_label", y=y, hue="_label", order=labels, hue_order=labels, palette=palette,
-                        width=0.55, showfliers=False, boxprops={"alpha": 0.55}, legend=False, ax=ax)
+        _boxplot(data=data, x="_label", y=y, hue="_label", order=labels, hue_order=labels, palette=palette,
+                 width=0.55, showfliers=False, boxprops={"alpha": 0.55}, legend=False, ax=ax)
     else:
         sns.pointplot(data=data, x="_label", y=y, hue="_label", order=labels, hue_order=labels, palette=palette,
                       errorbar="sd", capsize=0.25, markers="_", markersize=14, linestyle="none", legend=False,
@@ -633,11 +638,8 @@ def plot_bound_distributions(samples: pd.DataFrame, ax=None, order: Sequence | N
     long = long[np.isfinite(long.value.astype(float))].assign(_label=lambda d: d.method.map(method_label),
                                                               _bound=lambda d: d.bound.map(BOUND_LABELS))
     labels = [method_label(k) for k in keys]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
-        sns.boxplot(data=long, x="_label", y="value", hue="_bound", order=labels,
-                    hue_order=list(BOUND_LABELS.values()), palette="mako", showfliers=False, width=0.7,
-                    linewidth=0.7, ax=ax)
+    _boxplot(data=long, x="_label", y="value", hue="_bound", order=labels, hue_order=list(BOUND_LABELS.values()),
+             palette="mako", showfliers=False, width=0.7, linewidth=0.7, ax=ax)
     ax.set_xticks(range(len(labels)), [textwrap.fill(label, 16) for label in labels])
     ax.set_xlabel("")
     ax.set_ylabel("per-sample radius / distance")

@@ -70,11 +70,12 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
 
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",
                      attack_kwargs: dict | None = None, seed: int = 0, readout: str = "original",
-                     progress: bool | None = None, precision: str = "fp32") -> pd.DataFrame:
+                     progress: bool | None = None, precision: str = "fp32", certify: bool = True) -> pd.DataFrame:
     """Attack every model (cached): one row per attacked sample with the model's settings, test accuracy,
     data source and the attack's output. n=None attacks every correctly classified test sample (XOR); an n larger
     than a model's number of correctly classified samples is a ValueError saying how many there are;
-    readout='refit' first re-trains the readout on frozen Φ (SPEC §4)."""
+    readout='refit' first re-trains the readout on frozen Φ (SPEC §4); certify: the certified_radius column
+    (`evaluate.evaluate_robustness`)."""
     if readout not in ("original", "refit"):
         raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
     rows = []
@@ -96,7 +97,8 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
         with torch_threads(1 if r.config.dataset in SMALL_DATASETS else None):  # tiny nets: one thread is faster
             table = evaluate_robustness(model, test_ds, n_attack, seed=seed, attack=attack,
                                         attack_kwargs=attack_kwargs, cache_key=key,
-                                        progress=cache.progress_enabled(progress), precision=precision)
+                                        progress=cache.progress_enabled(progress), precision=precision,
+                                        certify=certify)
         # no timing columns: a rerun from a fresh cache writes byte-identical tables; the times of training and
         # attacks go to the manifest and footer through the compute ledger (cache.note_compute)
         info = {**settings(r.config), "readout": readout, "test_acc": acc, "n_attacked": n_attack,
@@ -399,13 +401,13 @@ def sandwich_table(results: Sequence[TrainResult], n: int | None = None, attack_
     """Per attacked sample of one-hidden-layer MLPs, the certified lower bounds beside the attacks' upper bounds on
     Δx (issue 15): certified_global ≤ certified_radius (local) ≤ Δx ≤ fmn_distance (white box), ta_distance (hard
     label). The Tangent Attack and FMN run through `robustness_table` (cached) on the same samples (the same seeded
-    selection); one row per model × sample with the model's settings, label, test_acc, data_source and the five
-    columns above, plus each attack's success."""
+    selection; the local certificate is computed once, with the first); one row per model × sample with the
+    model's settings, label, test_acc, data_source and the five columns above, plus each attack's success."""
     parts = {}
     for short, attack in SANDWICH_ATTACKS.items():
         kwargs = attack_kwargs if attack == "tangent" else fmn_kwargs
         parts[short] = robustness_table(results, n=n, attack=attack, attack_kwargs=kwargs, seed=seed,
-                                        readout=readout, progress=progress)
+                                        readout=readout, progress=progress, certify=attack == "tangent")
     keys = [c for c in [*SETTING_COLUMNS, "readout", "index"] if c in parts["ta"].columns]
     out = parts["ta"][[*keys, "label", "test_acc", "n_attacked", "data_source", "certified_radius", "distance",
                        "success"]].rename(columns={"distance": "ta_distance", "success": "ta_success"})
