@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notebook", default="fig4_mnist")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--refit", action="store_true", help="also the re-fitted readouts of Fig 5 and their attacks")
+    ap.add_argument("--train-only", action="store_true", help="only the models (no attack tables, no re-fits)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args(argv)
     if args.workers < 1:
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, c in enumerate(configs):
         first = next(j for j, d in enumerate(configs) if d.seed == c.seed and d.method == "none")
         jobs.append((0 if i == first else 1, "train", i, () if i == first else (("train", first),)))
+        if args.train_only:
+            continue
         jobs.append((2, "attack", i, (("train", i),)))
         if args.refit:
             jobs.append((3, "refit", i, (("attack", i),)))
