@@ -19,12 +19,16 @@ before asking, so no sample ever exceeds `max_queries`. A sample whose budget ca
 iteration stops and keeps its best adversarial point so far. Every returned adversarial point is a point
 the model itself labelled adversarial (no re-interpolation after the query).
 
-Randomness comes from one `torch.Generator(seed)` on the inputs' device: the same inputs, arguments and
-seed give the same result (the draws of one sample depend on the batch it is attacked with).
+Randomness: the start-point draws of a sample (its noise starts, its random fallback candidates) come from a
+generator of its own, seeded by `seed` and the sample's bytes; the probe directions of iteration t come from one
+`torch.Generator(seed)` shared by the batch, whose draws depend only on t. So the same inputs, arguments and seed
+give the same result, and with a `pool` given a sample's result does not depend on which other samples share its
+batch (with `pool=None` the pool *is* the batch, so the fallback start depends on it by construction).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import warnings
@@ -228,10 +232,25 @@ def _finalize_fp32(oracle: _Oracle, x0: Tensor, best: Tensor, start: Tensor, ok:
     return out, dist, found
 
 
-def _initial_adversarial(oracle: _Oracle, x0: Tensor, box, gen, noise_std: float, init_tries: int,
-                         pool: Tensor, pool_y: Tensor, fallback_tries: int) -> tuple[Tensor, Tensor]:
-    """A misclassified start point per sample: clamp(x + N(0, noise_std²)) retried `init_tries` times, then
-    the nearest of the pool points whose label differs (up to `fallback_tries`). -> (points (N, d), found (N,))."""
+def _sample_generators(x0: Tensor, seed: int) -> list[torch.Generator]:
+    """One generator per sample, seeded by (seed, the sample's bytes): a sample's draws do not depend on its batch."""
+    rows = x0.detach().cpu().contiguous().numpy()
+    key = int(seed).to_bytes(8, "little", signed=True)
+    out = []
+    for r in rows:
+        h = hashlib.blake2b(r.tobytes(), digest_size=8, key=key).digest()
+        out.append(torch.Generator(device=x0.device).manual_seed(int.from_bytes(h, "little") & (2**63 - 1)))
+    return out
+
+
+def _initial_adversarial(oracle: _Oracle, x0: Tensor, box, gens: list, noise_std: float, init_tries: int,
+                         pool: Tensor, pool_y: Tensor, fallback_tries: int, fallback_random: int,
+                         tol: float) -> tuple[Tensor, Tensor]:
+    """A misclassified start point per sample: clamp(x + N(0, noise_std²)) retried `init_tries` times (draws from
+    the sample's own generator `gens[i]`); else the fallback: the nearest pool point whose label differs and that
+    the model calls adversarial (the first of the `fallback_tries` nearest), and `fallback_random` other-label pool
+    points drawn at random, each bisected toward x; the candidate whose boundary point is closest to x is the start.
+    -> (points (N, d), found (N,))."""
     n, d = x0.shape
     x_start, found = x0.clone(), torch.zeros(n, dtype=torch.bool, device=x0.device)
     everyone = torch.arange(n, device=x0.device)
@@ -239,23 +258,55 @@ def _initial_adversarial(oracle: _Oracle, x0: Tensor, box, gen, noise_std: float
         idx = everyone[~found & (oracle.left(everyone) >= 1)]
         if idx.numel() == 0:
             break
-        noise = torch.randn(idx.numel(), d, generator=gen, device=x0.device, dtype=x0.dtype)
+        noise = torch.stack([torch.randn(d, generator=gens[i], device=x0.device, dtype=x0.dtype)
+                             for i in idx.tolist()])
         cand = (x0[idx] + noise_std * noise).clamp(*box)
         adv = oracle(cand, idx)
         x_start[idx[adv]], found[idx[adv]] = cand[adv], True
     idx = everyone[~found]
-    if idx.numel() and pool is not None and fallback_tries > 0:
-        dist = torch.cdist(x0[idx], pool)  # nearest other-label pool points first
-        dist[pool_y[None, :] == oracle.y[idx, None]] = math.inf
+    if idx.numel() == 0 or pool is None or pool.shape[0] == 0 or fallback_tries + fallback_random <= 0:
+        return x_start, found
+    other = pool_y[None, :] != oracle.y[idx, None]  # (m, P) other-label pool points per sample
+    cands = []  # candidate columns: (pool index (m,), valid (m,))
+    if fallback_tries > 0:
+        dist = torch.cdist(x0[idx], pool)
+        dist[~other] = math.inf
         k = min(fallback_tries, pool.shape[0])
         order_d, order = dist.topk(k, dim=1, largest=False)
-        for j in range(k):
-            m = ~found[idx] & torch.isfinite(order_d[:, j]) & (oracle.left(idx) >= 1)
+        first = torch.full((idx.numel(),), -1, dtype=torch.long, device=x0.device)
+        for j in range(k):  # the nearest other-label point that the model calls adversarial
+            m = (first < 0) & torch.isfinite(order_d[:, j]) & (oracle.left(idx) >= 1)
             if not m.any():
                 continue
-            cand, who = pool[order[m, j]], idx[m]
-            adv = oracle(cand, who)
-            x_start[who[adv]], found[who[adv]] = cand[adv], True
+            adv = oracle(pool[order[m, j]], idx[m])
+            rows = m.nonzero()[:, 0][adv]
+            first[rows] = order[rows, j]
+        cands.append((first.clamp_min(0), first >= 0))
+    if fallback_random > 0:
+        picks = torch.full((idx.numel(), fallback_random), -1, dtype=torch.long, device=x0.device)
+        for r, i in enumerate(idx.tolist()):
+            choices = other[r].nonzero()[:, 0]
+            if choices.numel():
+                take = torch.randperm(choices.numel(), generator=gens[i], device=x0.device)[:fallback_random]
+                picks[r, :take.numel()] = choices[take]
+        for j in range(fallback_random):
+            m = (picks[:, j] >= 0) & (oracle.left(idx) >= 1)
+            ok = torch.zeros_like(m)
+            if m.any():
+                ok[m] = oracle(pool[picks[m, j]], idx[m])
+            cands.append((picks[:, j].clamp_min(0), ok))
+    best_d = torch.full((idx.numel(),), math.inf, dtype=x0.dtype, device=x0.device)
+    best_p = torch.full((idx.numel(),), -1, dtype=torch.long, device=x0.device)
+    for p_idx, ok in cands:  # one column at a time: no sample has two rows in one bisection
+        rows = ok.nonzero()[:, 0]
+        if rows.numel() == 0:
+            continue
+        xb = _binary_search(oracle, x0, pool[p_idx[rows]], idx[rows], tol)
+        dk = (xb - x0[idx[rows]]).norm(dim=1)
+        better = dk < best_d[rows]
+        best_d[rows[better]], best_p[rows[better]] = dk[better], p_idx[rows[better]]
+    got = best_p >= 0
+    x_start[idx[got]], found[idx[got]] = pool[best_p[got]], True
     return x_start, found
 
 
@@ -391,6 +442,7 @@ class BoundaryOptions:
     noise_std: float = 0.5
     init_tries: int = 50
     fallback_tries: int = 20
+    fallback_random: int = 4
     max_halvings: int = 30
     seed: int = 0
     pool: Any = None
@@ -414,7 +466,11 @@ def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: 
     x0 = x.reshape(n, -1).to(dtype)
     d = x0.shape[1]
     everyone = torch.arange(n, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(int(opts.seed))
+    if opts.fallback_tries < 0 or opts.fallback_random < 0 or opts.init_tries < 0:
+        raise ValueError(f"need init_tries, fallback_tries, fallback_random >= 0; got {opts.init_tries}, "
+                         f"{opts.fallback_tries}, {opts.fallback_random}")
+    gen = torch.Generator(device=dev).manual_seed(int(opts.seed))  # probe directions: draws depend only on t
+    gens = _sample_generators(x0, opts.seed)
     with torch.no_grad(), _eval_mode(model):
         oracle = _Oracle(model, y, x0, shape, opts.max_batch, opts.max_queries, opts.precision)
         if opts.pool is None:  # start points of last resort: the other inputs, labelled by y
@@ -422,8 +478,8 @@ def _boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: 
         else:
             px, py = opts.pool[0], opts.pool[1]
             pool_x, pool_y = px.reshape(px.shape[0], -1).to(dev, dtype), py.to(dev).long()
-        start, ok = _initial_adversarial(oracle, x0, (vmin, vmax), gen, opts.noise_std, opts.init_tries, pool_x,
-                                         pool_y, opts.fallback_tries)
+        start, ok = _initial_adversarial(oracle, x0, (vmin, vmax), gens, opts.noise_std, opts.init_tries, pool_x,
+                                         pool_y, opts.fallback_tries, opts.fallback_random, opts.tol)
         xb = start.clone()
         idx = everyone[ok]
         xb[idx] = _binary_search(oracle, x0, start[idx], idx, opts.tol)
@@ -470,7 +526,9 @@ _DOC_ARGS = """
     T: iterations; max_queries: per-sample budget (int or (N,)), None = no limit; max_batch: rows per model call.
     tol: bisection tolerance on the interpolation coefficient; gamma: probe radius δ_t = γ‖x_b − x‖/d (t > 1).
     init_probes, max_probes: n_t = min(⌊init_probes·√t⌋, max_probes); noise_std, init_tries: start point search;
-    fallback_tries: how many other-label points of `pool` (default: x with labels y) to try as start points;
+    fallback_tries, fallback_random: when no noise start flips the label, the nearest adversarial one of the
+    `fallback_tries` nearest other-label points of `pool` (default: x with labels y) and `fallback_random` random
+    other-label pool points are bisected toward x, and the closest boundary point's candidate is the start;
     max_halvings: cap on step halvings per iteration; seed: torch.Generator seed; progress: tqdm bar.
     precision: 'fp32', or 'bf16' (model queries under bfloat16 autocast; the returned points are then checked and
     bisected with fp32 queries, so every success is adversarial for the fp32 model at an fp32-measured distance).

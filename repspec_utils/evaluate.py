@@ -26,7 +26,7 @@ __all__ = ["predict", "accuracy", "features", "check_model_output", "select_corr
            "refit_readout", "ATTACK_TABLE_VERSION"]
 
 # Bump when a change to the attacks alters the tables they produce (it is part of every cache key).
-ATTACK_TABLE_VERSION = 1
+ATTACK_TABLE_VERSION = 2  # 2: per-sample start draws, several fallback candidates (issue 12 item 11)
 COLUMNS = ["index", "label", "distance", "queries", "success", "attack"]
 # added after the attack, never cached: the certified radius of one-hidden-layer MLPs (bounds.certified_radius)
 CERTIFIED = "certified_radius"

@@ -234,6 +234,45 @@ def test_fallback_start_from_other_sample():
     assert torch.equal(lone.x_adv, x[:1]) and int(lone.queries[0]) == 5
 
 
+@pytest.mark.parametrize("attack", BLACK_BOX)
+@pytest.mark.parametrize("noise_std", [0.5, 1e-3])  # 1e-3: no noise start flips the label, every start is a fallback
+def test_result_independent_of_batch_mates(attack, noise_std, digits_mlp):
+    """With a pool given, a sample's result (start, path, distance, queries) does not depend on the other samples
+    attacked in the same batch: its draws come from its own generator, the probes' only from the iteration."""
+    m, x, y = digits_mlp
+    pool = (x, y)
+    kw = dict(T=4, seed=5, pool=pool, noise_std=noise_std, init_tries=3, progress=False)
+    full = attack(m, x[:8], y[:8], (0.0, 1.0), **kw)
+    part = attack(m, x[[6, 2, 11]], y[[6, 2, 11]], (0.0, 1.0), **kw)
+    for a, b in ((6, 0), (2, 1)):
+        assert torch.equal(full.x_adv[a], part.x_adv[b])
+        assert full.distance[a] == part.distance[b] and full.queries[a] == part.queries[b]
+
+
+def test_fallback_keeps_closest_of_several_candidates():
+    """No noise start flips the label: the start is the closest boundary point over the nearest other-label pool
+    point and random ones, so it is never farther than the nearest alone and, here, strictly closer: the nearest
+    other-label point lies straight across a far part of the boundary, a farther one across its nearest part."""
+    m = nn.Linear(2, 2)
+    with torch.no_grad():  # class 1 iff x₀ > 1 (boundary at x₀ = 1)
+        m.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+        m.bias.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[0.0, 0.0]])
+    y = torch.tensor([0])
+    # other-label pool points: (1.5, 3) is the nearest to x (‖·‖ 3.35) but its segment crosses x₀ = 1 at
+    # distance 2.24; (6, 0) is farther (6) but its segment crosses at 1, the true minimum
+    pool_x = torch.tensor([[1.5, 3.0], [6.0, 0.0], [7.0, 5.0], [8.0, -4.0], [-1.0, 0.0]])
+    pool_y = torch.tensor([1, 1, 1, 1, 0])
+    kw = dict(T=0, init_tries=2, noise_std=1e-3, pool=(pool_x, pool_y), progress=False)
+    near = A.tangent_attack(m, x, y, BIG_BOX, fallback_random=0, **kw)
+    several = A.tangent_attack(m, x, y, BIG_BOX, fallback_random=4, **kw)
+    assert near.success.all() and several.success.all()
+    assert near.distance[0] == pytest.approx(math.hypot(1.0, 2.0), rel=1e-4)
+    assert several.distance[0] == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="fallback_random"):
+        A.tangent_attack(m, x, y, BIG_BOX, fallback_random=-1, **kw)
+
+
 def test_float64_model(digits_mlp):
     m, x, y = digits_mlp
     m64 = _copy(m).double()
