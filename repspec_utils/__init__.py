@@ -8,4 +8,4 @@ modules; docs/SPEC.md is the method and experiment spec the code cites as "SPEC 
 __version__ = "0.1.0"
 
 # the plug-in modules: each registers its entries in `registry` when imported
-from . import data, models, train, authors, barlow, transfer  # noqa: E402,F401  (order: dependencies first)
+from . import data, models, train, authors, barlow, transfer, adversarial  # noqa: E402,F401  (order: dependencies first)

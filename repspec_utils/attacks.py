@@ -42,7 +42,8 @@ from torch import Tensor, nn
 
 from .cache import progress_enabled
 
-__all__ = ["AttackResult", "tangent_attack", "hop_skip_jump", "fmn_attack", "pgd_linf", "robust_accuracy", "ATTACKS",
+__all__ = ["AttackResult", "tangent_attack", "hop_skip_jump", "fmn_attack", "pgd_linf", "pgd_examples",
+           "robust_accuracy", "ATTACKS",
            "run_attack",
            "check_box", "check_inputs", "check_budget"]
 
@@ -701,34 +702,42 @@ def pgd_linf(model: nn.Module, x: Tensor, y: Tensor, eps: float, box=(0.0, 1.0),
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     out = x0.clone()
     with _eval_mode(model):
+        with torch.no_grad():  # every label against the number of classes, before any step
+            check_label_range(y, model(x0[:1]).shape[-1])
         for s in range(0, n, max_batch):
             sl = slice(s, s + max_batch)
-            xs, ys = x0[sl], y[sl]
-            delta = torch.zeros_like(xs)
-            if random_start and eps > 0:
-                delta = (torch.rand(xs.shape, generator=gen, device=dev, dtype=dtype) * 2 - 1) * eps
-                delta = (xs + delta).clamp(vmin, vmax) - xs
-            for k in range(steps):
-                delta.requires_grad_(True)
-                with torch.enable_grad():
-                    logits = model(xs + delta)
-                    if k == 0:
-                        check_label_range(ys, logits.shape[-1])
-                    if target is None:
-                        objective = F.cross_entropy(logits, ys, reduction="sum")
-                    else:
-                        t = target[sl]
-                        objective = (logits.gather(1, t[:, None]) - logits.gather(1, ys[:, None])).sum()
-                    grad = torch.autograd.grad(objective, delta)[0]
-                with torch.no_grad():
-                    delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
-                    delta = (xs + delta).clamp(vmin, vmax) - xs
-            out[sl] = (xs + delta).detach()
+            out[sl] = pgd_examples(model, x0[sl], y[sl], eps, steps, alpha, (vmin, vmax), gen, random_start,
+                                   None if target is None else target[sl])
         with torch.no_grad():
             pred = torch.cat([model(out[s:s + max_batch]).argmax(1) for s in range(0, n, max_batch)])
     dist = (out - x0).flatten(1).norm(dim=1)
     queries = torch.full((n,), steps + 1, dtype=torch.long, device=dev)
     return AttackResult(x_adv=out, distance=dist, queries=queries, success=pred != y)
+
+
+def pgd_examples(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, alpha: float, box, gen,
+                 random_start: bool = True, target: Tensor | None = None) -> Tensor:
+    """The PGD-L∞ core, unchecked (callers validate): the adversarial points of one batch, detached, computed in
+    the model's current mode (pgd_linf runs it in eval mode; training methods choose). Gradients flow only to δ:
+    the parameters' .grad are untouched. gen: a torch.Generator on x's device (the random start)."""
+    vmin, vmax = box
+    delta = torch.zeros_like(x)
+    if random_start and eps > 0:
+        delta = (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+        delta = (x + delta).clamp(vmin, vmax) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x + delta).float()
+            if target is None:
+                objective = F.cross_entropy(logits, y, reduction="sum")
+            else:
+                objective = (logits.gather(1, target[:, None]) - logits.gather(1, y[:, None])).sum()
+            grad = torch.autograd.grad(objective, delta)[0]
+        with torch.no_grad():
+            delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
+            delta = (x + delta).clamp(vmin, vmax) - x
+    return (x + delta).detach()
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, box=(0.0, 1.0), **pgd_kwargs) -> float:

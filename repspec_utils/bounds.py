@@ -71,7 +71,7 @@ def derivative_range(activation: str, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
 
 def _one_hidden_mlp(model: nn.Module) -> MLP | None:
     base = model.base if isinstance(model, RefitModel) else model
-    return base if isinstance(base, MLP) and len(base.widths) == 1 else None
+    return base if isinstance(base, MLP) and len(base.widths) == 1 and not base.batchnorm else None
 
 
 def supports(model: nn.Module) -> bool:
@@ -87,8 +87,9 @@ class _Net:
         if mlp is None:
             kind = type(model.base if isinstance(model, RefitModel) else model).__name__
             widths = getattr(model, "widths", None)
-            raise TypeError(f"certified_radius needs a one-hidden-layer repspec MLP (or a RefitModel on one); got "
-                            f"{kind}" + (f" with hidden widths {widths}" if widths is not None else ""))
+            raise TypeError(f"certified_radius needs a one-hidden-layer repspec MLP without BatchNorm (or a RefitModel "
+                            f"on one); got {kind}" + (f" with hidden widths {widths}" if widths is not None else "")
+                            + (" and batchnorm=True" if getattr(model, "batchnorm", False) else ""))
         derivative_bound(mlp.activation)  # a clear error for an unsupported activation, before any work
         self.activation = mlp.activation
         self.W1, self.b1, self.Wr, self.br = (t.detach().to("cpu", torch.float64) for t in (

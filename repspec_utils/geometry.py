@@ -228,8 +228,10 @@ def lanczos_lambda_max(A: Tensor, tol: float = 1e-8, max_steps: int = 300, seed:
 def mlp_feature_jacobian(model: MLP, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """J_Φ(x) of a repspec MLP in closed form, D_{L-1}W_{L-1}⋯D_1W_1 (D_l = diag φ′(z_l)/√n_l), computed in `dtype`
     (default: the model's): x (N, d) -> (N, p, d)."""
-    if not isinstance(model, MLP):
-        raise TypeError(f"the closed-form Jacobian needs a repspec MLP, got {type(model).__name__}")
+    if not isinstance(model, MLP) or model.batchnorm:
+        raise TypeError(f"the closed-form Jacobian needs a repspec MLP without BatchNorm, got {type(model).__name__}"
+                        + (" with batchnorm=True (use the autograd path, geometry.metric_stats)"
+                           if isinstance(model, MLP) else ""))
     a = _as_input(model, x).flatten(1)
     dtype = dtype or a.dtype
     a = a.to(dtype)
@@ -280,7 +282,7 @@ def activation_derivative(name: str, z: Tensor) -> Tensor:
 
 def _first_layer_2d(model) -> tuple[Tensor, Tensor, str, bool]:
     """W (M, n, 2), b (M, n), activation name, batched? of a 2-D one-hidden-layer MLP / BatchedMLP."""
-    if isinstance(model, MLP):
+    if isinstance(model, MLP) and not model.batchnorm:
         W, b, batched = model.hidden[0].weight[None], model.hidden[0].bias[None], False
     elif isinstance(model, BatchedMLP):
         W, b, batched = model.weights[0], model.biases[0], True

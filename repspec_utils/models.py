@@ -120,6 +120,7 @@ class MLP(RepModel):
         init_std: float = 0.01,
         seed: int | None = None,
         init: str = "normal",
+        batchnorm: bool = False,
     ):
         super().__init__()
         if init not in INITS:
@@ -138,13 +139,22 @@ class MLP(RepModel):
             _torch_default_init_([*self.hidden, self.readout], gen)
         else:
             _normal_init_(list(self.parameters()), init_std, gen)
+        # batchnorm: a BatchNorm1d on every hidden pre-activation, z_l = BN(W_l a_{l-1} + b_l) (an architecture
+        # change, e.g. for AR-AT's split BatchNorm on an MLP); created after the draws above, so the Linear layers'
+        # initial weights are the same with and without it
+        self.batchnorm = bool(batchnorm)
+        self.norms = nn.ModuleList(nn.BatchNorm1d(w) for w in widths) if self.batchnorm else None
+
+    def _pre(self, l: int, a: torch.Tensor) -> torch.Tensor:
+        z = self.hidden[l](a)
+        return self.norms[l](z) if self.norms is not None else z
 
     def _last_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """φ(z_{L-1}) before its 1/√n_{L-1} scaling: (B, n_{L-1})."""
         a = x.flatten(1)
-        for layer in self.hidden[:-1]:
-            a = self.act(layer(a)) / math.sqrt(layer.out_features)
-        return self.act(self.hidden[-1](a))
+        for l, layer in enumerate(self.hidden[:-1]):
+            a = self.act(self._pre(l, a)) / math.sqrt(layer.out_features)
+        return self.act(self._pre(len(self.hidden) - 1, a))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self._last_hidden(x) / math.sqrt(self.widths[-1])

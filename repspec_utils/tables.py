@@ -324,7 +324,8 @@ def metric_plane_table(results: Sequence[TrainResult], digits: Sequence[int] = (
         start = time.perf_counter()
         for part, coords, points, position in (("grid", plane.coords, plane.points, np.full(n * n, np.nan)),
                                                ("edge", edges.coords, edges.points, edges.position.numpy())):
-            stats = geometry.mlp_metric_stats if isinstance(model, MLP) else geometry.metric_stats
+            stats = (geometry.mlp_metric_stats if isinstance(model, MLP) and not model.batchnorm
+                     else geometry.metric_stats)
             lam, logvol = stats(model, points)
             frames.append(pd.DataFrame({
                 **settings(r.config), "part": part, "a": coords[:, 0].numpy(), "b": coords[:, 1].numpy(),

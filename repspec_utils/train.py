@@ -80,6 +80,36 @@ class TrainResult:
     data_source: str
 
 
+@dataclass
+class MethodParts:
+    """What a METHODS factory returns when its method is more than a penalty on the weights (a bare penalty object
+    or None is the common case). penalty: an object with penalty()/state_dict()/load_state_dict() as
+    `spectral.SpectralPenalty`, or None; wrap: objective -> objective, for methods that change what a step trains
+    on (adversarial examples, extra terms on the features), applied on every step; epoch_start(model, x_all,
+    y_all, epoch): called before each epoch of the branch (state it computes must be a function of the model
+    and the epoch, so that resume stays exact); last_value: the method's own term of the last step (set by the
+    wrapped objective), recorded as the history's `penalty`."""
+
+    penalty: Any = None
+    wrap: Callable | None = None
+    epoch_start: Callable | None = None
+    last_value: Any = None
+
+
+def method_parts(made: Any) -> MethodParts:
+    """A factory's return value as MethodParts."""
+    return made if isinstance(made, MethodParts) else MethodParts(penalty=made)
+
+
+def prepare_model(cfg: "TrainConfig", model: nn.Module) -> nn.Module:
+    """Apply cfg.method's model change (METHODS meta `prepare(cfg, model)`, e.g. AR-AT's split BatchNorm and
+    predictor heads) in place, before a branch trains or its cached weights load; returns the model."""
+    prepare = METHODS.meta(cfg.method).get("prepare")
+    if prepare is not None:
+        prepare(cfg, model)
+    return model
+
+
 # ----------------------------------------------------------------------------------------------- checks
 class TrainingDiverged(FloatingPointError):
     """The loss or a weight became non-finite (NaN or ±inf): training stopped and nothing was cached for it."""
@@ -125,6 +155,9 @@ def validate(cfg: TrainConfig) -> None:
     if kinds is not None and cfg.model["kind"] not in kinds:
         raise ValueError(f"method {cfg.method!r} works on model kinds {list(kinds)} only, got kind "
                          f"{cfg.model['kind']!r} ({METHODS.meta(cfg.method).get('doc', '')})")
+    check = METHODS.meta(cfg.method).get("check")
+    if check is not None:  # the method's own settings (method_kwargs), e.g. PGD's ε, steps and step size
+        check(cfg)
     if cfg.precision == "bf16":
         warn_if_slow_bf16()
 
@@ -311,7 +344,9 @@ def _run_phase(
 
     train_ds, test_ds = data
     example = train_ds.x[:2].to(device)
-    penalty = make_penalty(method_cfg, model, example)
+    prepare_model(method_cfg, model)
+    parts = method_parts(make_penalty(method_cfg, model, example))
+    penalty = parts.penalty
     monitor = make_monitor(model, example)
     opt = make_optimizer(cfg, model)
     resume_path = folder / "resume.pt"
@@ -325,6 +360,8 @@ def _run_phase(
         monitor.load_state_dict(state["monitor"])
         epoch, history = state["epoch"], state["history"]
     objective, augment = OBJECTIVES[cfg.objective], AUGMENTATIONS[cfg.augment]
+    if parts.wrap is not None:
+        objective = parts.wrap(objective)
     x_all, y_all = train_ds.x.to(device), train_ds.y.to(device)
     n, bs = len(train_ds), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -336,6 +373,8 @@ def _run_phase(
     while epoch < end:
         t0 = time.perf_counter()
         set_lr(cfg, opt, epoch)
+        if parts.epoch_start is not None:
+            parts.epoch_start(model, x_all, y_all, epoch)
         gen = epoch_generator(cfg.seed, epoch)
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum = reg_sum = 0.0
@@ -351,8 +390,10 @@ def _run_phase(
                 raise _diverged(cfg, phase, epoch, i, f"loss {loss_value}")
             loss_sum += loss_value * len(idx)
             correct += n_correct
+            if reg is None and parts.last_value is not None:
+                reg, parts.last_value = parts.last_value, None
             if reg is not None:
-                reg_sum += reg.item()
+                reg_sum += float(reg)
                 n_reg += 1
         if penalty is not None and cfg.reg_epoch_end_step:
             opt.zero_grad(set_to_none=True)
@@ -453,7 +494,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     base_key = _phase_key(cfg, "base")
     if done is not None:
-        model.load_state_dict(done["model"])
+        prepare_model(cfg, model).load_state_dict(done["model"])
         _note_training(key, base_key, done["wall_time"], done["burn_in_seconds"])
         return TrainResult(model, pd.DataFrame(done["history"]), cfg, key, done["wall_time"], done["data_source"])
 

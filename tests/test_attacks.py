@@ -244,9 +244,10 @@ def test_result_independent_of_batch_mates(attack, noise_std, digits_mlp):
     kw = dict(T=4, seed=5, pool=pool, noise_std=noise_std, init_tries=3, progress=False)
     full = attack(m, x[:8], y[:8], (0.0, 1.0), **kw)
     part = attack(m, x[[6, 2, 11]], y[[6, 2, 11]], (0.0, 1.0), **kw)
-    for a, b in ((6, 0), (2, 1)):
-        assert torch.equal(full.x_adv[a], part.x_adv[b])
-        assert full.distance[a] == part.distance[b] and full.queries[a] == part.queries[b]
+    for a, b in ((6, 0), (2, 1)):  # the same path; equal up to the float rounding of differently sized GEMMs
+        assert torch.allclose(full.x_adv[a], part.x_adv[b], rtol=0, atol=1e-5)
+        assert full.distance[a] == pytest.approx(float(part.distance[b]), rel=1e-5)
+        assert full.queries[a] == part.queries[b]
 
 
 def test_fallback_keeps_closest_of_several_candidates():

@@ -146,8 +146,8 @@ def test_registry_errors_list_the_names_and_refuse_a_clash():
 
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; choose one of .*transfer_standin"):
         get_data("imagenet")
-    with pytest.raises(ValueError, match="unknown method 'lsp'; choose one of .*bss.*rep_ub"):
-        validate(TrainConfig(dataset="xor", model={"kind": "mlp", "widths": [3]}, method="lsp"))
+    with pytest.raises(ValueError, match="unknown method 'trades'; choose one of .*bss.*rep_ub"):
+        validate(TrainConfig(dataset="xor", model={"kind": "mlp", "widths": [3]}, method="trades"))
     with pytest.raises(ValueError, match="unknown model kind 'vit'; choose one of .*barlow_resnet18"):
         validate(TrainConfig(dataset="xor", model={"kind": "vit"}))
     with pytest.raises(ValueError, match="dataset 'xor' takes no argument 'n_train'"):
