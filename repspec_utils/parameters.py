@@ -105,6 +105,11 @@ RULES: dict[str, Rule] = {
     "n_power_iters": non_empty_list(POSITIVE_INT, unique=True),
     "n_steps": POSITIVE_INT,
     "conv_shapes": non_empty_list(non_empty_list(POSITIVE_INT, length=5)),
+    # adversarial training (issue 13): L∞ radii live in the [0, 1] image box
+    "lam_lsp": NON_NEGATIVE, "lam_arat": NON_NEGATIVE, "train_eps": between(0, 1), "train_steps": POSITIVE_INT,
+    "lsp_k": POSITIVE_INT, "arat_bn": Rule(lambda v: isinstance(v, bool), "True or False"),
+    "eval_eps": non_empty_list(between(0, 1), unique=True), "n_eval": POSITIVE_INT, "pgd_steps": POSITIVE_INT,
+    "n_autoattack": COUNT_OR_ALL,
     # attacks
     "n_attack": POSITIVE_INT, "attack_T": at_least(0, integer=True), "T": at_least(0, integer=True),
     "attack_probes": POSITIVE_INT, "fmn_steps": POSITIVE_INT,
@@ -140,6 +145,10 @@ RELATIONS: list[tuple[tuple[str, ...], Callable[[Mapping], bool], str]] = [
     _burn_in("xor_epochs", "xor_burn_in"),
     (("n_attack", "n_test"), lambda p: p["n_test"] == 0 or p["n_attack"] <= p["n_test"],
      "n_attack must not exceed n_test (only test samples can be attacked; n_test 0 = all)"),
+    (("n_autoattack", "n_eval"), lambda p: p["n_autoattack"] <= p["n_eval"],
+     "n_autoattack must not exceed n_eval (AutoAttack runs on the first n_autoattack of the n_eval samples; 0: skip)"),
+    (("lsp_k", "batch_size"), lambda p: p["lsp_k"] < p["batch_size"],
+     "lsp_k must be below batch_size (the neighbours are other samples of the minibatch)"),
 ]
 
 

@@ -32,17 +32,20 @@ METHOD_LABELS = {"none": "None", "ll": "ll-spectral", "rep": "rep-spectral", "l2
                  "ll_readout": "ll-spectral (readout only, authors' code)",
                  "rep_ub": "rep-spectral + activation term (authors' code)",
                  "rep_ub1": "rep-spectral + activation term (layer 1)",
-                 "rep_ub2": "rep-spectral + activation term (layers 1–2)"}
+                 "rep_ub2": "rep-spectral + activation term (layers 1–2)",
+                 "pgd_at": "PGD-AT", "rep+pgd_at": "rep-spectral + PGD-AT", "arat": "AR-AT", "lsp": "LSP-style",
+                 "lsp+pgd_at": "LSP-style + PGD-AT"}
 METHOD_COLORS = {"none": _CB[7], "ll": _CB[1], "rep": _CB[0], "l2sp": _CB[2], "bss": _CB[4],
                  "rep1": _CB[8], "rep2": _CB[6], "rep_stages0": _CB[9], "rep_stages1": _CB[8],
                  "rep_stages2": _CB[6], "rep_stages3": _CB[3], "ll_readout": _CB[5], "rep_ub": _CB[3],
-                 "rep_ub1": _CB[4], "rep_ub2": _CB[2]}
+                 "rep_ub1": _CB[4], "rep_ub2": _CB[2], "pgd_at": _CB[3], "rep+pgd_at": _CB[9], "arat": _CB[4],
+                 "lsp": _CB[2], "lsp+pgd_at": _CB[8]}
 # baselines first, the paper's method last (Fig 8 order); rep1 / rep2: the sin deep-net layer ablation
 # (tables.method_variant); rep_stages<k>: rep-spectral on a ResNet's stem + first k stages
 # (tables.method_setting). A key may carry a strength suffix: 'rep λ=0.01' is drawn as rep, labelled
 # 'rep-spectral λ=0.01'.
-_ALL_ORDER = ("none", "l2sp", "bss", "ll", "ll_readout", "rep_ub1", "rep_ub2", "rep_ub", "rep1", "rep2", "rep_stages0", "rep_stages1", "rep_stages2",
-              "rep_stages3", "rep")
+_ALL_ORDER = ("none", "l2sp", "bss", "lsp", "pgd_at", "lsp+pgd_at", "arat", "ll", "ll_readout", "rep_ub1", "rep_ub2",
+              "rep_ub", "rep1", "rep2", "rep_stages0", "rep_stages1", "rep_stages2", "rep_stages3", "rep", "rep+pgd_at")
 CLASS_COLORS = (_CB[3], _CB[9])  # class 0 vermillion, class 1 sky blue
 CLASS_MARKERS = ("o", "s")
 FOOTER_FIELDS = (  # in this order; a footer cut to its two lines loses the end first (the manifest has it all)

@@ -138,6 +138,58 @@ def cifar_configs(dataset: str = "cifar10", methods=("none", "ll", "rep"), seeds
             for wd in weight_decays for m in methods for ml in (max_layers if m == "rep" else [None]) for s in seeds]
 
 
+BASELINE_METHODS = ("none", "rep", "pgd_at", "rep+pgd_at", "arat", "lsp", "lsp+pgd_at")
+
+
+def baseline_configs(dataset: str = "mnist", methods=BASELINE_METHODS, seeds=(0, 1, 2), epochs: int = 20,
+                     burn_in: int = 10, lr: float = 2.0, batch_size: int = 128, width: int = 2000,
+                     n_train: int | None = None, weight_decay: float = 1e-4, lam_rep: float = 1e-3,
+                     lam_lsp: float = 1.0, lam_arat: float = 30.0, train_eps: float | None = None,
+                     train_steps: int = 10, lsp_k: int = 10, arat_bn: bool = True, precision: str = "fp32",
+                     n_test: int | None = None) -> list[TrainConfig]:
+    """rep-spectral beside the field's representation-level defences (issue 13; `adversarial`): every method of
+    `methods` per seed, each branching from its architecture's burn-in. MNIST-like data: the 784→width→10 GELU MLP;
+    CIFAR ('cifar10', 'cifar10_synthetic'): the ResNet18 recipe of `cifar_configs` (lr, batch, augmentation,
+    reg_every as given there when lr/batch_size are left at this function's MNIST defaults). PGD methods train at
+    L∞ radius `train_eps` (default: 0.1 MNIST, 8/255 CIFAR with α 2/255) with `train_steps` steps; λ per method:
+    rep and rep+pgd_at `lam_rep`, lsp and lsp+pgd_at `lam_lsp` (k = `lsp_k` neighbours), arat `lam_arat` (AR-AT's
+    ResNet value, 30). arat_bn: AR-AT on an MLP with a split BatchNorm1d after the hidden layer (an architecture
+    change, so its own burn-in), else without split BN (an ablation); ResNet18 always splits its BatchNorms."""
+    cifar = dataset in CIFAR_DATASETS
+    if cifar:
+        base = cifar_configs(dataset, methods=["none"], seeds=[0], epochs=epochs, burn_in=burn_in,
+                             weight_decays=[weight_decay], n_train=n_train, n_test=n_test,
+                             **({} if (lr, batch_size) == (2.0, 128) else {"lr": lr, "batch_size": batch_size}))[0]
+        eps = 8 / 255 if train_eps is None else float(train_eps)
+        pgd = {"eps": eps, "steps": int(train_steps), "alpha": 2 / 255 if train_eps is None else 2.5 * eps / train_steps}
+    else:
+        base = mnist_configs(dataset, methods=["none"], seeds=[0], lams=[0.0], weight_decays=[weight_decay],
+                             epochs=epochs, burn_in=burn_in, lr=lr, batch_size=batch_size, width=width,
+                             n_train=n_train, precision=precision)[0]
+        pgd = {"eps": 0.1 if train_eps is None else float(train_eps), "steps": int(train_steps)}
+    settings = {
+        "none": (0.0, {}),
+        "rep": (lam_rep, {}),
+        "pgd_at": (0.0, pgd),
+        "rep+pgd_at": (lam_rep, pgd),
+        "lsp": (lam_lsp, {"k": int(lsp_k)}),
+        "lsp+pgd_at": (lam_lsp, {"k": int(lsp_k), **pgd}),
+        "arat": (lam_arat, {**pgd, "split_bn": bool(arat_bn or cifar)}),
+    }
+    unknown = [m for m in methods if m not in settings]
+    if unknown:
+        raise ValueError(f"baseline_configs knows the methods {list(settings)}, got {unknown}")
+    out = []
+    for m in methods:
+        lam, kwargs = settings[m]
+        model = dict(base.model)
+        if m == "arat" and arat_bn and not cifar:
+            model["batchnorm"] = True
+        for s in seeds:
+            out.append(base.replace(method=m, lam=float(lam), method_kwargs=dict(kwargs), model=model, seed=int(s)))
+    return out
+
+
 def barlow_configs(dataset: str = "cifar10", lams=(0.01, 0.001), seeds=range(5), epochs: int = 1000,
                    burn_in: int = 900, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
                    weight_decay: float = 0.0, image_size: int = 32, n_train: int | None = None,

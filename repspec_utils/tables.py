@@ -14,7 +14,7 @@ import torch
 
 from . import bounds, cache, geometry
 from .files import portable
-from .evaluate import accuracy, evaluate_robustness, predict, refit_readout
+from .evaluate import accuracy, evaluate_robustness, predict, refit_readout, whitebox_robustness
 from .models import MLP, RefitModel
 from .recipes import SMALL_DATASETS
 from .spectral import conv_sigma, linear_sigma_exact
@@ -31,6 +31,8 @@ def settings(cfg: TrainConfig) -> dict:
     """The setting columns of a config (one row of a tidy table)."""
     widths = cfg.model.get("widths")
     width = "-".join(map(str, widths)) if widths else cfg.model["kind"]
+    if cfg.model.get("batchnorm"):  # BatchNorm on the hidden pre-activations: another architecture
+        width += " BN"
     if cfg.model.get("init", "normal") != "normal":  # a non-default init is a different model: its own column value
         width += f" ({cfg.model['init']} init)"
     return {"dataset": cfg.dataset, "width": width,
@@ -105,6 +107,61 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
                 "data_source": portable(r.data_source)}
         rows.append(table.assign(**info))
     return pd.concat(rows, ignore_index=True)
+
+
+def whitebox_table(results: Sequence[TrainResult], eps: Sequence[float], n: int, readout: str = "original",
+                   pgd_steps: int = 40, autoattack_eps: float | None = None, autoattack_n: int | None = None,
+                   seed: int = 0) -> pd.DataFrame:
+    """White-box robust accuracy of every model (cached, `evaluate.whitebox_robustness`): one row per model with
+    its settings, readout, test accuracy, `pgd_acc_eps=<ε>` per ε, `autoattack_acc` (with `autoattack_eps`) and
+    n_eval. readout='refit': the readout re-trained on frozen Φ first (as `robustness_table`)."""
+    if readout not in ("original", "refit"):
+        raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
+    rows = []
+    for r in results:
+        train_ds, test_ds = load_training_data(r.config)
+        model, key = r.model.eval(), {"train": r.key}
+        if readout == "refit":
+            model, acc = refit_cached(r, train_ds, test_ds)
+            key = {"train": r.key, "refit": 1.0}
+        else:
+            acc = accuracy(model, test_ds)
+        out = whitebox_robustness(model, test_ds, list(eps), n, seed=seed, pgd_steps=pgd_steps,
+                                  autoattack_eps=autoattack_eps, autoattack_n=autoattack_n, cache_key=key)
+        rows.append({**settings(r.config), "readout": readout, "test_acc": acc,
+                     **{k: v for k, v in out.items() if k != "seconds"}})
+    return pd.DataFrame(rows)
+
+
+def epoch_times(results: Sequence[TrainResult], baseline: str = "none") -> pd.DataFrame:
+    """Training time per epoch of each model's method branch (the mean over its branch epochs, from the
+    history), and its ratio to the `baseline` method's model of the same seed: one row per model. A timing
+    table, kept apart from the result tables so that those stay byte-identical across reruns."""
+    rows = []
+    for r in results:
+        h = r.history
+        branch = h[h["phase"] != "burn-in"] if "phase" in h else h
+        rows.append({**settings(r.config), "epoch_seconds": float(branch["epoch_time"].mean())})
+    table = pd.DataFrame(rows)
+    base = table[table["method"] == baseline].set_index("seed")["epoch_seconds"]
+    table["epoch_time_vs_" + baseline] = table["epoch_seconds"] / table["seed"].map(base)
+    return table
+
+
+def defence_models(samples: pd.DataFrame, whitebox: pd.DataFrame) -> pd.DataFrame:
+    """One row per model × readout for the defence comparison (issue 13): settings, readout, test accuracy, the
+    Tangent-Attack mean / median distance (`ta_…`), FMN's mean distance (`fmn_mean_distance`), the mean certified
+    radius where defined, and the white-box columns of `whitebox_table` (pgd_acc_eps=…, autoattack_acc)."""
+    pm = per_model(samples)
+    keys = [c for c in [*SETTING_COLUMNS, "readout"] if c in pm.columns]
+    ta = pm[pm["attack"] == "tangent"].drop(columns="attack").rename(columns={
+        "mean_distance": "ta_mean_distance", "median_distance": "ta_median_distance", "n_attacked": "n_attacked",
+        "mean_queries": "ta_mean_queries", "success_rate": "ta_success_rate"})
+    fmn = pm[pm["attack"] == "fmn"][[*keys, "mean_distance", "success_rate"]].rename(columns={
+        "mean_distance": "fmn_mean_distance", "success_rate": "fmn_success_rate"})
+    out = ta.merge(fmn, on=keys, how="left")
+    wb = whitebox.drop(columns=[c for c in ("test_acc", "data_source") if c in whitebox.columns])
+    return out.merge(wb, on=[k for k in keys if k in wb.columns], how="left")
 
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   touch "$stamp"
 fi
+# AutoAttack (issue 13) comes from torchattacks, installed without its dependencies: it pins requests~=2.25, which
+# conflicts with JupyterLab's, and never imports requests (its other dependencies, numpy / scipy / tqdm, are ours)
+if ! .venv/bin/python -c "import torchattacks" 2>/dev/null; then
+  echo "[setup] installing torchattacks 3.5.1 (--no-deps)"
+  .venv/bin/python -m pip install --quiet --no-deps "torchattacks==3.5.1"
+fi
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (repspec)" >/dev/null
 PYTHON=.venv/bin/python bash scripts/fetch_data.sh
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
