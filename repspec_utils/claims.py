@@ -370,6 +370,72 @@ def claims_markdown(table: pd.DataFrame, acc_tolerance: float = ACC_TOLERANCE, l
     return "\n".join(out) + "\n"
 
 
+# ------------------------------------------------------------------------------- the field's methods (measured)
+FIELD_FIGURE = "baselines_mnist"
+FIELD_PAIRS = (("rep", "none"), ("rep", "pgd_at"), ("rep", "arat"), ("rep", "lsp"), ("rep+pgd_at", "pgd_at"),
+               ("rep+pgd_at", "arat"), ("rep+pgd_at", "lsp+pgd_at"))
+FIELD_TITLE = "rep-spectral vs the field's methods (measured, not a claim of the paper)"
+
+
+def field_values(models: pd.DataFrame) -> list[str]:
+    """The measured columns of the comparison, in display order: accuracy, the Tangent-Attack and FMN distances,
+    PGD robust accuracy per ε, AutoAttack."""
+    pgd = sorted((c for c in models.columns if c.startswith("pgd_acc_eps=")), key=lambda c: float(c.split("=")[1]))
+    return [c for c in ("test_acc", "ta_mean_distance", "fmn_mean_distance", *pgd, "autoattack_acc")
+            if c in models.columns]
+
+
+def field_table(fig_root, level: float = LEVEL) -> pd.DataFrame:
+    """rep-spectral (alone and on top of PGD-AT) against the field's methods of `baselines_mnist`, per readout and
+    measured column: the paired-by-seed mean difference (rep-variant − other) with its Student-t interval, and both
+    means. Reported as measured: no verdict, no claim. Empty when the figure was not produced or its manifest does
+    not say status 'ok'."""
+    folder = Path(fig_root) / FIELD_FIGURE
+    man = _manifest(folder)
+    if man.get("status") != "ok" or not (folder / "models.csv").exists():
+        return pd.DataFrame()
+    models = pd.read_csv(folder / "models.csv")
+    rows = []
+    for readout, g in models.groupby("readout", sort=False):
+        for a, b in FIELD_PAIRS:
+            A, B = g[g.method == a].set_index("seed"), g[g.method == b].set_index("seed")
+            seeds = A.index.intersection(B.index)
+            if seeds.empty:
+                continue
+            for col in field_values(models):
+                diff = A.loc[seeds, col] - B.loc[seeds, col]
+                mean, lo, hi, n = t_interval(diff, level)
+                rows.append({"readout": readout, "method": a, "versus": b, "measure": col, "n_seeds": n,
+                             "mean_method": float(A.loc[seeds, col].mean()),
+                             "mean_versus": float(B.loc[seeds, col].mean()), "diff": mean, "diff_ci_low": lo,
+                             "diff_ci_high": hi,
+                             "profile": profile_label(man.get("profile", "?"), man.get("deviations"))})
+    return pd.DataFrame(rows)
+
+
+def field_markdown(table: pd.DataFrame, level: float = LEVEL) -> str:
+    """The field comparison as Markdown: per readout, one row per pair, one column per measure (Δ [interval])."""
+    if table.empty:
+        return f"`{FIELD_FIGURE}` not produced (or its last run did not end ok): nothing measured.\n"
+    measures = list(dict.fromkeys(table.measure))
+    names = {"test_acc": "accuracy", "ta_mean_distance": "TA distance", "fmn_mean_distance": "FMN distance",
+             "autoattack_acc": "AutoAttack acc."}
+    head = [names.get(m, m.replace("pgd_acc_eps=", "PGD acc. ε=")) for m in measures]
+    out = [f"Paired by seed: Δ = method − versus, mean [{level:.0%} Student-t interval], at profile "
+           f"{table.profile.iloc[0]}. No verdicts: these methods are not part of the paper's claims.", ""]
+    for readout, g in table.groupby("readout", sort=False):
+        out += [f"*{'own readout' if readout == 'original' else 'readout re-fitted on frozen Φ'}:*", "",
+                "| method − versus | seeds | " + " | ".join(f"Δ {h}" for h in head) + " |",
+                "|---|---|" + "---|" * len(head)]
+        for (a, b), pair in g.groupby(["method", "versus"], sort=False):
+            cells = pair.set_index("measure")
+            out.append(f"| {a} − {b} | {int(cells.n_seeds.iloc[0])} | " + " | ".join(
+                _interval(cells.at[m, "diff"], cells.at[m, "diff_ci_low"], cells.at[m, "diff_ci_high"])
+                if m in cells.index else "" for m in measures) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------------ results page
 FIGURES = {  # folder: (title, what it shows); the order of the results page
     "fig1_tradeoff": ("Fig 1 — the accuracy / robustness trade-off",
@@ -398,6 +464,9 @@ FIGURES = {  # folder: (title, what it shows); the order of the results page
     "appG_training_curves": ("App. G — MNIST training curves", "loss, accuracy and σ_max per epoch and method"),
     "bounds_sandwich": ("Certified radius vs attacks (ours)",
                         "per sample, the certified lower bound on Δx beside the FMN and Tangent-Attack upper bounds"),
+    "baselines_mnist": ("rep-spectral beside PGD-AT, AR-AT and LSP-style (ours)",
+                        "clean accuracy, Tangent-Attack distance and PGD robust accuracy per method, with the own and "
+                        "a re-fitted readout; LSP-style is reconstructed from its abstract"),
 }
 
 
@@ -462,9 +531,12 @@ def results_markdown(fig_root, table: pd.DataFrame, acc_tolerance: float = ACC_T
         out += ["", f"*What it shows:* {what}.", ""]
         if fig in claim_of:
             out.append(f"*Claim {claim_of[fig]}:* paper: {CLAIMS[claim_of[fig]]}. Here: {_here(table, fig)}.")
+        elif fig == FIELD_FIGURE:
+            out.append(f"*Claim:* none of the paper's; measured in the section “{FIELD_TITLE}” below.")
         else:
             out.append("*Claim:* none (an illustration or a check of a component).")
         status = man.get("status", "?")
         out += ["", f"*Scale:* {_scale(man)}" + ("" if status == "ok" else f" · **last run {status}**"), ""]
+    out += [f"## {FIELD_TITLE}", "", field_markdown(field_table(root, level), level)]
     out += ["## Every paired comparison", "", claims_markdown(table, acc_tolerance, level)]
     return "\n".join(out)

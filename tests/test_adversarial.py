@@ -257,3 +257,135 @@ def test_method_parts_of_a_plain_penalty():
     assert T.method_parts(None) == MethodParts()
     sentinel = object()
     assert T.method_parts(sentinel).penalty is sentinel
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation: white-box robust accuracy (PGD, AutoAttack) and the comparison's tables
+# ----------------------------------------------------------------------------------------------------
+def _linear_case(n=120, d=32, c=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Linear(d, c)
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(c, d, generator=g) * 3 / math.sqrt(d))
+        m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    x = torch.rand(n, d, generator=g) * 0.5 + 0.25  # ε ≤ 0.25 never meets the box [0, 1]
+    y = torch.randint(0, c, (n,), generator=g)
+    return m, x, y
+
+
+def _exact_linf_robust(m, x, y, eps):
+    """Closed form for a linear model off the box: correct and every margin F_y − F_k > ε‖w_y − w_k‖₁."""
+    W, b = m.weight.detach().double(), m.bias.detach().double()
+    F_ = x.double() @ W.T + b
+    margin = F_.gather(1, y[:, None]) - F_
+    l1 = (W[y][:, None, :] - W[None]).abs().sum(-1)
+    worst = margin - eps * l1
+    worst[torch.arange(len(y)), y] = math.inf
+    return worst.min(1).values > 0
+
+
+def test_autoattack_and_pgd_against_a_linear_models_closed_form():
+    """AutoAttack reaches the exact L∞ robust accuracy of a linear model; PGD (cross-entropy ascent) can only
+    overstate it; both agree with the clean accuracy at ε = 0."""
+    from repspec_utils import evaluate as E
+
+    m, x, y = _linear_case()
+    for eps in (0.02, 0.06):
+        exact = _exact_linf_robust(m, x, y, eps).double().mean().item()
+        aa, per_sample = E.autoattack_accuracy(m, x, y, eps, n_classes=10, seed=0)
+        assert aa == pytest.approx(exact, abs=1e-12) and per_sample.shape == (len(y),)
+        assert exact < 1.0 and exact > 0.0  # a case where the attack has work to do
+        from repspec_utils.attacks import robust_accuracy
+        assert robust_accuracy(m, x, y, eps, steps=40) >= exact - 1e-12
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        E.autoattack_accuracy(nn.Linear(4, 2), torch.rand(3, 4), torch.zeros(3, dtype=torch.long), 0.1, n_classes=2)
+
+
+def test_whitebox_robustness_checks_and_caches(tmp_path):
+    from repspec_utils import evaluate as E
+    from repspec_utils.data import ArrayDataset
+
+    m, x, y = _linear_case(n=60)
+    ds = ArrayDataset(x=x, y=y, name="lin", source="generated", box=(0.0, 1.0), n_classes=10)
+    key = {"test": "linear"}
+    a = E.whitebox_robustness(m, ds, [0.0, 0.02, 0.06], 40, pgd_steps=5, autoattack_eps=0.06, autoattack_n=20,
+                              cache_key=key)
+    assert a["pgd_acc_eps=0"] == pytest.approx(a["clean_acc_eval"])
+    assert a["n_eval"] == 40 and a["n_autoattack"] == 20
+    assert a["autoattack_acc"] == pytest.approx(_exact_linf_robust(m, *_first(ds, 40, 20), 0.06).double().mean().item())
+    b = E.whitebox_robustness(m, ds, [0.0, 0.02, 0.06], 40, pgd_steps=5, autoattack_eps=0.06, autoattack_n=20,
+                              cache_key=key)
+    assert a == b  # from the cache, seconds included
+    for kwargs, match in (({"eps": [1.5]}, "ε"), ({"n": 61}, "n must"), ({"pgd_steps": 0}, "pgd_steps"),
+                          ({"autoattack_eps": 0.1, "autoattack_n": 50}, "autoattack_n")):
+        args = {"eps": [0.1], "n": 40, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            E.whitebox_robustness(m, ds, args.pop("eps"), args.pop("n"), **args)
+
+
+def _first(ds, n, k, seed=0):
+    idx = torch.randperm(len(ds.y), generator=torch.Generator().manual_seed(seed))[:n][:k]
+    return ds.x[idx], ds.y[idx]
+
+
+def test_baseline_configs_validate_on_mnist_and_the_cifar_recipe():
+    from repspec_utils import recipes
+
+    for dataset in ("mnist", "cifar10_synthetic"):
+        configs = recipes.baseline_configs(dataset, seeds=[0, 1])
+        assert len(configs) == 2 * len(recipes.BASELINE_METHODS)
+        for c in configs:
+            T.validate(c)
+        arat = next(c for c in configs if c.method == "arat")
+        assert arat.method_kwargs["split_bn"] is True and arat.lam == 30.0
+        if dataset == "mnist":
+            assert arat.model["batchnorm"] is True and ADV.pgd_settings(arat)["eps"] == 0.1
+        else:
+            assert arat.model == {"kind": "cifar_resnet18"} and ADV.pgd_settings(arat)["alpha"] == pytest.approx(2 / 255)
+    ablation = next(c for c in recipes.baseline_configs("mnist", seeds=[0], arat_bn=False) if c.method == "arat")
+    assert "batchnorm" not in ablation.model and ablation.method_kwargs["split_bn"] is False
+    with pytest.raises(ValueError, match="knows the methods"):
+        recipes.baseline_configs("mnist", methods=["none", "trades"])
+
+
+def test_defence_models_one_row_per_model_and_readout():
+    import pandas as pd
+
+    from repspec_utils import tables
+
+    rows = []
+    for method, kw in (("none", None), ("pgd_at", "eps=0.1, steps=10")):
+        for readout in ("original", "refit"):
+            for attack, d in (("tangent", 2.0), ("fmn", 1.5)):
+                for i in range(3):
+                    rows.append({"dataset": "mnist", "width": "8", "method": method, "lam": 0.0,
+                                 "weight_decay": 0.0, "seed": 0, "max_layer": -1, "epochs": 2, "burn_in": 1,
+                                 "method_kwargs": kw, "readout": readout, "attack": attack, "index": i, "label": 1,
+                                 "distance": d + i + (readout == "refit"), "queries": 5, "success": True,
+                                 "test_acc": 0.9, "certified_radius": float("nan")})
+    samples = pd.DataFrame(rows)
+    wb = samples.drop_duplicates(["method", "readout"])[["dataset", "width", "method", "lam", "weight_decay", "seed",
+                                                         "max_layer", "epochs", "burn_in", "method_kwargs",
+                                                         "readout", "test_acc"]].assign(**{"pgd_acc_eps=0.1": 0.5})
+    out = tables.defence_models(samples, wb)
+    assert len(out) == 4 and set(out.readout) == {"original", "refit"}
+    row = out[(out.method == "pgd_at") & (out.readout == "refit")].iloc[0]
+    assert row.ta_mean_distance == pytest.approx(4.0) and row.fmn_mean_distance == pytest.approx(3.5)
+    assert row["pgd_acc_eps=0.1"] == 0.5
+
+
+def test_epoch_times_relative_to_none():
+    import types
+
+    import pandas as pd
+
+    from repspec_utils import tables
+
+    def result(method, seed, times):
+        h = pd.DataFrame({"phase": ["burn-in", method, method], "epoch_time": times})
+        return types.SimpleNamespace(config=DIGITS.replace(method=method, seed=seed, method_kwargs={}), history=h)
+
+    out = tables.epoch_times([result("none", 0, [9.0, 1.0, 3.0]), result("pgd_at", 0, [9.0, 22.0, 18.0]),
+                              result("none", 1, [1.0, 4.0, 4.0]), result("pgd_at", 1, [1.0, 40.0, 40.0])])
+    assert list(out.epoch_seconds) == [2.0, 20.0, 4.0, 40.0]  # branch epochs only
+    assert list(out.epoch_time_vs_none) == [1.0, 10.0, 1.0, 10.0]

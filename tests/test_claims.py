@@ -242,3 +242,30 @@ def test_only_a_run_into_the_committed_figures_publishes_repo_pages(tmp_path, mo
                               (str(tmp_path / "runs" / "cpu"), False), ("", False)):
         run = nbk.notebook_params({**defaults, "out_dir": out_dir}, "claims")
         assert run.writes_committed_results == expected, out_dir
+
+
+def test_field_comparison_is_paired_by_seed_and_measured_only(tmp_path):
+    """rep − other method per seed, per readout and measure, with a t interval; no verdicts; an unfinished run
+    (manifest not ok) is not read."""
+    rows = []
+    for seed in (0, 1, 2):
+        for method, acc, ta, pgd in (("rep", 0.95, 2.0, 0.30), ("pgd_at", 0.93, 2.5, 0.80), ("none", 0.95, 1.8, 0.2),
+                                     ("rep+pgd_at", 0.92, 2.6, 0.82)):
+            for readout in ("original", "refit"):
+                rows.append({"method": method, "seed": seed, "readout": readout, "test_acc": acc + 0.01 * seed,
+                             "ta_mean_distance": ta + 0.1 * seed * (method == "rep"), "pgd_acc_eps=0.1": pgd})
+    _write(tmp_path, "baselines_mnist", pd.DataFrame(rows), manifest={"profile": "cpu", "status": "ok"})
+    t = claims.field_table(tmp_path)
+    assert "verdict" not in t.columns and set(t.readout) == {"original", "refit"}
+    row = t[(t.readout == "refit") & (t.method == "rep") & (t.versus == "pgd_at") & (t.measure == "ta_mean_distance")]
+    assert len(row) == 1 and row.n_seeds.item() == 3
+    assert row["diff"].item() == pytest.approx(np.mean([2.0 - 2.5, 2.1 - 2.5, 2.2 - 2.5]))
+    lo, hi = row.diff_ci_low.item(), row.diff_ci_high.item()
+    assert lo < row["diff"].item() < hi
+    acc = t[(t.method == "rep") & (t.versus == "none") & (t.measure == "test_acc")]
+    assert (acc["diff"].abs() < 1e-12).all()  # identical accuracy per seed: Δ 0
+    assert {("rep", "arat")} & set(zip(t.method, t.versus)) == set()  # a method not run gives no row
+    text = claims.field_markdown(t)
+    assert "rep − pgd_at" in text and "No verdicts" in text
+    _write(tmp_path, "baselines_mnist", pd.DataFrame(rows), manifest={"profile": "cpu", "status": "failed"})
+    assert claims.field_table(tmp_path).empty
