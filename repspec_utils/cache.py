@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
+import time
 import itertools
 import json
 import os
@@ -106,6 +109,36 @@ def cached(path: str | Path, compute: Callable[[], Any]) -> Any:
         obj = compute()
         save(obj, path)
     return obj
+
+
+LOCK_TIMEOUT_S = 24 * 3600.0
+
+
+@contextlib.contextmanager
+def key_lock(path: str | Path, timeout_s: float | None = None, poll_s: float = 0.2):
+    """An exclusive lock on one cache key across processes (and, where the file system supports POSIX locks,
+    across machines): `<path>.lock` held with fcntl.flock for the block. The lock dies with its process, so a
+    killed job never leaves a stale lock. Two processes that need the same key: the second waits, then finds the
+    entry the first wrote (callers re-check the cache inside the block). TimeoutError after `timeout_s`
+    (default LOCK_TIMEOUT_S) naming the lock file."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    limit = LOCK_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    start = time.monotonic()
+    with open(lock, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - start > limit:
+                    raise TimeoutError(f"waited {limit:g} s for the cache lock {lock} (another process is computing "
+                                       f"this entry; if none is, delete the file)") from None
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def progress_enabled(progress: bool | None = None) -> bool:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -135,51 +136,53 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
                              data=[getattr(test_ds, "name", None), len(test_ds.y)], version=ATTACK_TABLE_VERSION,
                              **pieces)
         path = cache.cache_root() / "attacks" / f"{key}.pt"
-        stored = cache.load(path)
-        if stored is not None:
-            seconds = stored.pop("seconds")
-            cache.note_compute("attack", key, seconds)
-            table = _with_certified(pd.DataFrame(stored)[COLUMNS], model, test_ds, certify)
-            table.attrs["seconds"] = seconds
-            return table
-    correct = predict(model, test_ds.x, batch_size).cpu() == test_ds.y.cpu()
-    idx = select_correct(model, test_ds, n, seed, batch_size, correct=correct)
-    dev = _device(model)
-    if name != "fmn":  # start points of last resort: other correctly classified test samples
-        kwargs.setdefault("pool", (test_ds.x[correct].to(dev), test_ds.y[correct].to(dev)))
-    kwargs.setdefault("progress", progress)
-    parts = []
-    starts = range(0, n, chunk)
-    for c, s in enumerate(starts):
-        part_path = path.with_name(f"{key}.part{c}.pt") if path is not None and len(starts) > 1 else None
-        part = cache.load(part_path) if part_path is not None else None
-        if part is None:
-            t_part = time.perf_counter()
-            rows = idx[s:s + chunk]
-            res = _attacks.ATTACKS[name](model, test_ds.x[rows].to(dev), test_ds.y[rows].to(dev), box,
-                                         **{**kwargs, "seed": _chunk_seed(kwargs["seed"], c)})
-            part = {
-                "index": rows.numpy().astype(np.int64).tolist(),
-                "label": test_ds.y[rows].numpy().astype(np.int64).tolist(),
-                "distance": res.distance.detach().double().cpu().numpy().tolist(),
-                "queries": res.queries.cpu().numpy().astype(np.int64).tolist(),
-                "success": res.success.cpu().numpy().astype(bool).tolist(),
-                "seconds": time.perf_counter() - t_part,
-            }
-            if part_path is not None:
-                cache.save(part, part_path)
-        parts.append(part)
-    table = {k: [v for p in parts for v in p[k]] for k in ("index", "label", "distance", "queries", "success")}
-    table["attack"] = [name] * n
-    seconds = sum(p["seconds"] for p in parts)  # the attack's compute time, resumed pieces at their original time
-    if path is not None:
-        cache.save({**table, "seconds": seconds}, path)
-        for c in range(len(starts)):
-            path.with_name(f"{key}.part{c}.pt").unlink(missing_ok=True)
-    cache.note_compute("attack", key, seconds)  # uncached attacks count too (key None: a new entry per call)
-    out = _with_certified(pd.DataFrame(table)[COLUMNS], model, test_ds, certify)  # as from the cache
-    out.attrs["seconds"] = seconds  # the attack's compute time (the original one when loaded from the cache)
-    return out
+    with cache.key_lock(path) if path is not None else contextlib.nullcontext():  # one process per key
+        if path is not None:
+            stored = cache.load(path)
+            if stored is not None:
+                seconds = stored.pop("seconds")
+                cache.note_compute("attack", key, seconds)
+                table = _with_certified(pd.DataFrame(stored)[COLUMNS], model, test_ds, certify)
+                table.attrs["seconds"] = seconds
+                return table
+        correct = predict(model, test_ds.x, batch_size).cpu() == test_ds.y.cpu()
+        idx = select_correct(model, test_ds, n, seed, batch_size, correct=correct)
+        dev = _device(model)
+        if name != "fmn":  # start points of last resort: other correctly classified test samples
+            kwargs.setdefault("pool", (test_ds.x[correct].to(dev), test_ds.y[correct].to(dev)))
+        kwargs.setdefault("progress", progress)
+        parts = []
+        starts = range(0, n, chunk)
+        for c, s in enumerate(starts):
+            part_path = path.with_name(f"{key}.part{c}.pt") if path is not None and len(starts) > 1 else None
+            part = cache.load(part_path) if part_path is not None else None
+            if part is None:
+                t_part = time.perf_counter()
+                rows = idx[s:s + chunk]
+                res = _attacks.ATTACKS[name](model, test_ds.x[rows].to(dev), test_ds.y[rows].to(dev), box,
+                                             **{**kwargs, "seed": _chunk_seed(kwargs["seed"], c)})
+                part = {
+                    "index": rows.numpy().astype(np.int64).tolist(),
+                    "label": test_ds.y[rows].numpy().astype(np.int64).tolist(),
+                    "distance": res.distance.detach().double().cpu().numpy().tolist(),
+                    "queries": res.queries.cpu().numpy().astype(np.int64).tolist(),
+                    "success": res.success.cpu().numpy().astype(bool).tolist(),
+                    "seconds": time.perf_counter() - t_part,
+                }
+                if part_path is not None:
+                    cache.save(part, part_path)
+            parts.append(part)
+        table = {k: [v for p in parts for v in p[k]] for k in ("index", "label", "distance", "queries", "success")}
+        table["attack"] = [name] * n
+        seconds = sum(p["seconds"] for p in parts)  # the attack's compute time, resumed pieces at their original time
+        if path is not None:
+            cache.save({**table, "seconds": seconds}, path)
+            for c in range(len(starts)):
+                path.with_name(f"{key}.part{c}.pt").unlink(missing_ok=True)
+        cache.note_compute("attack", key, seconds)  # uncached attacks count too (key None: a new entry per call)
+        out = _with_certified(pd.DataFrame(table)[COLUMNS], model, test_ds, certify)  # as from the cache
+        out.attrs["seconds"] = seconds  # the attack's compute time (the original one when loaded from the cache)
+        return out
 
 
 def _with_certified(table: pd.DataFrame, model: nn.Module, test_ds, certify: bool = True) -> pd.DataFrame:

@@ -484,6 +484,13 @@ def notebook_params(namespace: dict[str, Any], notebook: str) -> NotebookRun:
         import torch
 
         torch.set_num_threads(int(params["torch_threads"]))
+    if "executor" in params:  # where this notebook's training and attack jobs run (never part of a cache key)
+        from . import executor as _executor
+
+        try:
+            _executor.configure(params["executor"], params.get("max_workers") or None)
+        except ValueError as err:
+            raise ParameterError(str(err)) from None
     run = NotebookRun(notebook, params)
     cache.reset_compute()
     (run.fig_dir / RECORD_FILE).unlink(missing_ok=True)

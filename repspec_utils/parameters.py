@@ -121,6 +121,8 @@ RULES: dict[str, Rule] = {
     "acc_tolerance": NON_NEGATIVE, "level": between(0, 1, open_=True),
     # machine
     "torch_threads": COUNT_OR_ALL,
+    "executor": one_of("", "inline", "local", "slurm", "debug"),
+    "max_workers": COUNT_OR_ALL,
 }
 
 

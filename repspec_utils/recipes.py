@@ -83,17 +83,56 @@ def _batch_group(cfg: TrainConfig) -> str:
     return cache.make_key(kind="batch-group", cfg=shared)
 
 
-def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, device="auto") -> list[TrainResult]:
-    """Train every config (cached): small MLP groups with the batched engine, the rest one by one."""
+def _train_job(cfg: TrainConfig, recompute: bool | str) -> str:
+    """One training job of an executor: train (or load) cfg into the shared cache; returns its key."""
+    return train(cfg, progress=False, recompute=recompute).key
+
+
+def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, device="auto", executor: str | None = None,
+              max_workers: int | None = None, recompute: bool = False) -> list[TrainResult]:
+    """Train every config (cached): small MLP groups with the batched engine (in this process), the rest one by one,
+    or as jobs on an executor (`executor.resolve_executor`: inline, local, slurm, debug). As jobs: per burn-in, the
+    first config trains it (and its branch), every other config of the same burn-in is a job that needs that one;
+    configs already cached are not submitted; afterwards every model is read from the cache. recompute: train
+    everything anew without reading the cache (each burn-in once), overwriting the entries."""
+    from .executor import Job, check_max_workers, resolve_executor, run_jobs
+    from .train import _phase_key
+
     configs = list(configs)
+    name = resolve_executor(executor)
+    check_max_workers(max_workers)
     results: list[TrainResult | None] = [None] * len(configs)
     groups: dict[str, list[int]] = {}
+    big: list[int] = []
     for i, c in enumerate(configs):
         small = c.model.get("kind") == "mlp" and c.dataset in SMALL_DATASETS
         if small:
             groups.setdefault(_batch_group(c), []).append(i)
         else:
-            results[i] = train(c, progress=progress, device=device)
+            big.append(i)
+    first_of: dict[str, int] = {}
+    jobs: list[Job] = []
+    root = cache.cache_root() / "train"
+    for i in big:
+        c = configs[i]
+        base = _phase_key(c, "base")
+        first = base not in first_of
+        mode = (True if first else "branch") if recompute else False
+        if name == "inline":
+            first_of.setdefault(base, i)
+            results[i] = train(c, progress=progress, device=device, recompute=mode)
+            continue
+        if not recompute and (root / _phase_key(c, "final") / "final.pt").exists():
+            continue  # cached: nothing to submit
+        needs = () if first else (first_of[base],)
+        if first:
+            first_of[base] = len(jobs)
+        jobs.append(Job(f"train {c.dataset} {c.method} seed {c.seed}", _train_job, (c, mode), needs))
+    if jobs:
+        run_jobs(jobs, name, max_workers, progress=progress, desc="training")
+    for i in big:
+        if results[i] is None:  # trained by a job: read from the cache
+            results[i] = train(configs[i], progress=False, device=device)
     for idx in groups.values():
         for i, r in zip(idx, train_batched([configs[i] for i in idx], progress=progress)):
             results[i] = r

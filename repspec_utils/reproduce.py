@@ -371,9 +371,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--executed-dir", default="runs/executed", help="where executed notebooks go")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: one running this python)")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    run.add_argument("--executor", default=None, help="where training / attack jobs run: inline, local, slurm, debug "
+                                                      "(default $REPSPEC_EXECUTOR, else inline; settings in "
+                                                      "profiles/executor.yaml); = --set executor=NAME")
+    run.add_argument("--max-workers", type=int, default=None, help="jobs at once (local default: cores ÷ threads)")
     args = ap.parse_args(argv)
     try:
         overrides = parse_set(args.sets)
+        if args.executor is not None:  # checked here, before any notebook starts
+            from .executor import check_max_workers, load_settings, resolve_executor
+
+            overrides["executor"] = resolve_executor(args.executor)
+            load_settings()  # a settings file with unknown keys fails now, not in the first job
+        if args.max_workers is not None:
+            from .executor import check_max_workers
+
+            check_max_workers(args.max_workers)
+            overrides["max_workers"] = args.max_workers
         if args.list:
             print(_describe(plan(args.only, args.profile, overrides), args.profile))
             return 0

@@ -70,9 +70,17 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
     return RefitModel(copy.deepcopy(result.model), readout).eval(), stored["acc"]
 
 
+def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
+    """One attack job of an executor: the model of cfg from the cache, its attack table into the cache."""
+    from .train import train
+
+    return len(robustness_table([train(cfg, progress=False)], **kwargs))
+
+
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",
                      attack_kwargs: dict | None = None, seed: int = 0, readout: str = "original",
-                     progress: bool | None = None, precision: str = "fp32", certify: bool = True) -> pd.DataFrame:
+                     progress: bool | None = None, precision: str = "fp32", certify: bool = True,
+                     executor: str | None = None, max_workers: int | None = None) -> pd.DataFrame:
     """Attack every model (cached): one row per attacked sample with the model's settings, test accuracy,
     data source and the attack's output. n=None attacks every correctly classified test sample (XOR); an n larger
     than a model's number of correctly classified samples is a ValueError saying how many there are;
@@ -80,6 +88,15 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
     (`evaluate.evaluate_robustness`)."""
     if readout not in ("original", "refit"):
         raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
+    from .executor import Job, check_max_workers, resolve_executor, run_jobs
+
+    name = resolve_executor(executor)
+    check_max_workers(max_workers)
+    if name != "inline":  # one job per model fills the cache; the loop below then reads every table from it
+        kwargs = dict(n=n, attack=attack, attack_kwargs=attack_kwargs, seed=seed, readout=readout, progress=False,
+                      precision=precision, certify=False)
+        run_jobs([Job(f"attack {r.config.method} seed {r.config.seed} ({readout})", _attack_job, (r.config, kwargs))
+                  for r in results], name, max_workers, progress=progress, desc="attacks")
     rows = []
     for r in results:
         train_ds, test_ds = load_training_data(r.config)
@@ -117,6 +134,15 @@ def whitebox_table(results: Sequence[TrainResult], eps: Sequence[float], n: int,
     n_eval. readout='refit': the readout re-trained on frozen Φ first (as `robustness_table`)."""
     if readout not in ("original", "refit"):
         raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
+    from .executor import Job, check_max_workers, resolve_executor, run_jobs
+
+    name = resolve_executor(executor)
+    check_max_workers(max_workers)
+    if name != "inline":  # one job per model fills the cache; the loop below then reads every table from it
+        kwargs = dict(n=n, attack=attack, attack_kwargs=attack_kwargs, seed=seed, readout=readout, progress=False,
+                      precision=precision, certify=False)
+        run_jobs([Job(f"attack {r.config.method} seed {r.config.seed} ({readout})", _attack_job, (r.config, kwargs))
+                  for r in results], name, max_workers, progress=progress, desc="attacks")
     rows = []
     for r in results:
         train_ds, test_ds = load_training_data(r.config)

@@ -470,13 +470,18 @@ def train(
     checkpoint_every_s: float = 30.0,
     on_epoch_end: Callable[[int], None] | None = None,
     amp: bool | None = None,
+    recompute: bool | str = False,
 ) -> TrainResult:
     """Train (or load from the cache) the model of `cfg`: burn-in to cfg.burn_in without a penalty, then
     cfg.method to cfg.epochs from that shared checkpoint. Returns the final model and per-epoch history.
     On CUDA, `amp` (default on) runs the task loss in bfloat16 autocast and conv models use channels-last;
     like `device`, these do not enter the cache key. On the CPU both are off unless cfg.precision is 'bf16'
     (part of the key): then the task loss runs under bfloat16 autocast, while master weights, optimiser state
-    and the spectral penalty stay fp32."""
+    and the spectral penalty stay fp32. recompute: True trains both phases anew without reading the cache (and
+    overwrites its entries), 'branch' only the method branch (the burn-in is read from the cache). One process
+    at a time trains a key (`cache.key_lock`): a second one waits and then loads what the first wrote."""
+    if recompute not in (False, True, "branch"):
+        raise ValueError(f"recompute must be False, True or 'branch', got {recompute!r}")
     validate(cfg)
     progress = cache.progress_enabled(progress)
     device = resolve_device(device)
@@ -486,8 +491,15 @@ def train(
         checkpoint_every_s = math.inf
     root = cache.cache_root() / "train"
     key = _phase_key(cfg, "final")
+    lock = cache.key_lock(root / key) if use_cache else contextlib.nullcontext()
+    with lock:
+        return _train_locked(cfg, root, key, device, progress, use_cache, checkpoint_every_s, on_epoch_end, amp,
+                             recompute)
+
+
+def _train_locked(cfg, root, key, device, progress, use_cache, checkpoint_every_s, on_epoch_end, amp, recompute):
     final_path = root / key / "final.pt"
-    done = cache.load(final_path) if use_cache else None
+    done = cache.load(final_path) if use_cache and not recompute else None
     data = load_training_data(cfg)
     model = make_model(cfg, data[0]).to(device)
     if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
@@ -500,15 +512,20 @@ def train(
 
     t0 = time.perf_counter()
     base_path = root / base_key / "burn_in.pt"
-    base = cache.load(base_path) if use_cache else None
     base_cfg = cfg.replace(method="none", lam=0.0)
-    if base is None:
-        history = _run_phase(cfg, model, data, 0, cfg.burn_in, base_cfg, root / base_key, device, progress, [],
-                             checkpoint_every_s, on_epoch_end, amp)
-        base = {"model": model.state_dict(), "history": history, "wall_time": time.perf_counter() - t0}
-        if use_cache:
-            cache.save(base, base_path)
-            (root / base_key / "resume.pt").unlink(missing_ok=True)
+    with cache.key_lock(root / base_key) if use_cache else contextlib.nullcontext():  # one burn-in per key
+        base = cache.load(base_path) if use_cache and recompute is not True else None
+        if base is None:
+            if recompute is True:
+                (root / base_key / "resume.pt").unlink(missing_ok=True)
+            history = _run_phase(cfg, model, data, 0, cfg.burn_in, base_cfg, root / base_key, device, progress, [],
+                                 checkpoint_every_s, on_epoch_end, amp)
+            base = {"model": model.state_dict(), "history": history, "wall_time": time.perf_counter() - t0}
+            if use_cache:
+                cache.save(base, base_path)
+                (root / base_key / "resume.pt").unlink(missing_ok=True)
+    if recompute:
+        (root / key / "resume.pt").unlink(missing_ok=True)
     model.load_state_dict(base["model"])
     t1 = time.perf_counter()
     history = _run_phase(cfg, model, data, cfg.burn_in, cfg.epochs, cfg, root / key, device, progress,

@@ -1,0 +1,260 @@
+"""Fan a notebook's training and attacks out as jobs through submitit (issue 14): local processes, SLURM, or in-process.
+
+| executor | what runs the jobs                                                                      |
+|----------|------------------------------------------------------------------------------------------|
+| `inline` | the notebook's own process, one after another (the default; nbval and the smoke profile) |
+| `local`  | submitit's LocalExecutor: one process per job on this machine, at most `max_workers` at once |
+| `slurm`  | submitit's SlurmExecutor: one sbatch job per job; settings from `profiles/executor.yaml`     |
+| `debug`  | submitit's DebugExecutor: in this process, through submitit's pickling path (for tests)     |
+
+The choice: a notebook's `executor` parameter, else `$REPSPEC_EXECUTOR`, else `inline`; it is never part of a cache
+key. Jobs are exactly what the cache keys: per burn-in (seed, shared settings) one job trains the burn-in and its first
+branch, and each other branch is a job that depends on it and reads the burn-in from the cache (never a second
+burn-in); one attack table per model. Jobs write to the shared cache (atomic files; `cache.key_lock` lets one process
+compute a key while a second waits for it), the notebook shows a progress bar over the jobs and then reads every
+result from the cache; a failed job stops the notebook with its config, job id and log file; a re-run submits only
+the trainings that are not cached yet.
+
+`local` with several GPUs pins one job per GPU (CUDA_VISIBLE_DEVICES); `slurm` asks for `gpus_per_node`. The device a
+job ran on comes back with its result (`JobReport.device`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .files import REPO_ROOT
+
+__all__ = ["EXECUTORS", "Job", "JobReport", "resolve_executor", "configure", "load_settings", "check_max_workers", "run_jobs",
+           "make_submitit_executor", "default_max_workers", "PROFILE_KEYS"]
+
+EXECUTORS = ("inline", "local", "slurm", "debug")
+PROFILE_PATH = REPO_ROOT / "profiles" / "executor.yaml"
+# the keys profiles/executor.yaml (or --set) may give, with their meaning
+PROFILE_KEYS = {
+    "max_workers": "jobs running at once (local: default cores ÷ threads_per_job; slurm: no cap)",
+    "threads_per_job": "torch CPU threads in each job (default 1)",
+    "timeout_min": "a job's time limit in minutes (local and slurm; default 10080 = a week, submitit's own is 2)",
+    "partition": "SLURM partition",
+    "time_min": "SLURM time limit in minutes (default: timeout_min)",
+    "gpus_per_node": "GPUs per job (SLURM; local pins one visible GPU per job when the machine has several)",
+    "cpus_per_task": "CPUs per SLURM job",
+    "mem_gb": "memory per SLURM job in GB",
+    "sbatch": "extra #SBATCH options, a mapping such as {constraint: a100, account: my_lab}",
+    "setup": "shell lines run before each SLURM job (module load …, source .venv/bin/activate)",
+}
+POLL_S = 0.5
+DEFAULT_MAX_WORKERS: int | None = None  # set by `configure` (a notebook's max_workers parameter)
+
+
+@dataclasses.dataclass
+class Job:
+    """One unit of work: fn(*args) in a worker; `needs`: indices of jobs that must have finished first."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    needs: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass
+class JobReport:
+    """What a finished job returns: its value, the device it ran on and its wall time."""
+
+    value: Any
+    device: str
+    seconds: float
+
+
+def resolve_executor(name: str | None = None) -> str:
+    """The executor to use: `name`, else $REPSPEC_EXECUTOR, else 'inline'; ValueError for an unknown one."""
+    chosen = name if name not in (None, "") else os.environ.get("REPSPEC_EXECUTOR", "") or "inline"
+    if chosen not in EXECUTORS:
+        source = "executor" if name not in (None, "") else "$REPSPEC_EXECUTOR"
+        raise ValueError(f"{source} {chosen!r} is unknown; choose one of {', '.join(EXECUTORS)}")
+    return chosen
+
+
+def configure(executor: str | None, max_workers: int | None = None) -> str:
+    """Make `executor` (if given) and `max_workers` this process's defaults, for every later `train_all` /
+    `robustness_table` call that does not name its own: a notebook's parameters do this in its first cell (the
+    parameter wins over $REPSPEC_EXECUTOR). Returns the executor now in force."""
+    global DEFAULT_MAX_WORKERS
+    check_max_workers(max_workers)
+    if executor not in (None, ""):
+        os.environ["REPSPEC_EXECUTOR"] = resolve_executor(executor)
+    DEFAULT_MAX_WORKERS = max_workers
+    return resolve_executor(None)
+
+
+def check_max_workers(max_workers: int | None) -> None:
+    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
+                                    or max_workers < 1):
+        raise ValueError(f"max_workers must be an integer >= 1 (or None: the executor's default), got "
+                         f"{max_workers!r}")
+
+
+def load_settings(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """The executor settings: profiles/executor.yaml (if present) updated by `overrides`; ValueError naming any key
+    that is not one of PROFILE_KEYS."""
+    import yaml
+
+    p = Path(path) if path is not None else PROFILE_PATH
+    settings = {}
+    if p.exists():
+        settings = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"{p} must hold a mapping of executor settings, got {type(settings).__name__}")
+    settings.update(overrides or {})
+    unknown = sorted(set(settings) - set(PROFILE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown executor setting(s) {unknown} (in {p} or given); the valid keys: "
+                         f"{', '.join(PROFILE_KEYS)}")
+    check_max_workers(settings.get("max_workers"))
+    return settings
+
+
+def default_max_workers(settings: dict) -> int:
+    """cores ÷ torch threads per job (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // int(settings.get("threads_per_job", 1)))
+
+
+def make_submitit_executor(name: str, folder: str | Path, settings: dict):
+    """The submitit executor for `name` ('local', 'slurm', 'debug') writing its job files to `folder`."""
+    import submitit
+
+    folder = Path(folder)
+    timeout = int(settings.get("timeout_min", 7 * 24 * 60))
+    if name == "debug":
+        return submitit.DebugExecutor(folder)
+    if name == "local":
+        ex = submitit.LocalExecutor(folder)
+        ex.update_parameters(timeout_min=timeout)
+        return ex
+    if name == "slurm":
+        ex = submitit.SlurmExecutor(folder)
+        params: dict[str, Any] = {"time": int(settings.get("time_min", timeout))}
+        for key, target in (("partition", "partition"), ("gpus_per_node", "gpus_per_node"),
+                            ("cpus_per_task", "cpus_per_task")):
+            if settings.get(key) is not None:
+                params[target] = settings[key]
+        if settings.get("mem_gb") is not None:
+            params["mem"] = f"{int(settings['mem_gb'])}GB"
+        if settings.get("sbatch"):
+            params["additional_parameters"] = dict(settings["sbatch"])
+        if settings.get("setup"):
+            params["setup"] = list(settings["setup"])
+        ex.update_parameters(**params)
+        return ex
+    raise ValueError(f"no submitit executor for {name!r}; choose one of local, slurm, debug")
+
+
+def _run_in_worker(fn: Callable, args: tuple, threads: int) -> JobReport:
+    """The function a submitit job runs: fn(*args) on `threads` torch threads, timed, with the device it saw."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    device = (f"cuda ({torch.cuda.get_device_name(0)}; CUDA_VISIBLE_DEVICES={visible})"
+              if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    value = fn(*args)
+    return JobReport(value=value, device=device, seconds=time.perf_counter() - t0)
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch / no driver: no GPUs
+        return 0
+
+
+def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int | None = None,
+             settings: dict | None = None, folder: str | Path | None = None, progress: bool | None = None,
+             desc: str = "jobs") -> list[JobReport]:
+    """Run `jobs` (dependencies respected) on the executor; returns their reports in order. A failed job stops the
+    run (the jobs still running are cancelled) with a RuntimeError naming the job, its id and its log file."""
+    from .cache import cache_root, progress_enabled
+
+    name = resolve_executor(executor)
+    check_max_workers(max_workers)
+    settings = load_settings(overrides=settings)
+    for i, j in enumerate(jobs):
+        if any(not 0 <= k < i for k in j.needs):
+            raise ValueError(f"job {i} ({j.name}) needs {list(j.needs)}: a job may only need earlier jobs")
+    if name == "slurm" and shutil.which("sbatch") is None:
+        raise RuntimeError("executor 'slurm': no `sbatch` on PATH, so nothing was submitted; run on a SLURM login "
+                           "node, or use executor 'local'")
+    threads = int(settings.get("threads_per_job", 1))
+    if name == "inline":
+        return [_run_in_worker(j.fn, j.args, threads) for j in jobs]
+    cap = (max_workers or DEFAULT_MAX_WORKERS or settings.get("max_workers")
+           or (default_max_workers(settings) if name == "local" else len(jobs)))
+    folder = Path(folder) if folder is not None else cache_root() / "jobs" / "%j"
+    ex = make_submitit_executor(name, folder, settings)
+    gpus = _gpu_count() if name == "local" else 0
+    reports: list[JobReport | None] = [None] * len(jobs)
+    pending = list(range(len(jobs)))
+    running: dict[int, Any] = {}
+    free_gpus = list(range(gpus))
+    gpu_of: dict[int, int] = {}
+    bar = None
+    if progress_enabled(progress):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"{desc} ({name})", leave=False)
+
+    def fail(i: int, job, err: BaseException):
+        for other in running.values():
+            try:
+                other.cancel(check=False)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+        log = getattr(getattr(job, "paths", None), "stderr", "?")
+        raise RuntimeError(f"job {jobs[i].name!r} (id {job.job_id}, executor {name}) failed: {err}; its log: {log}. "
+                           f"Re-running submits only what is not cached yet") from err
+
+    try:
+        while pending or running:
+            ready = [i for i in pending if all(reports[k] is not None for k in jobs[i].needs)]
+            for i in ready:
+                if len(running) >= cap:
+                    break
+                if gpus > 1:
+                    if not free_gpus:
+                        break
+                    gpu_of[i] = free_gpus.pop(0)
+                    ex.update_parameters(gpus_per_node=1, visible_gpus=[gpu_of[i]])
+                running[i] = ex.submit(_run_in_worker, jobs[i].fn, jobs[i].args, threads)
+                pending.remove(i)
+            for i, job in list(running.items()):
+                if name != "debug" and not job.done():
+                    continue
+                try:
+                    reports[i] = job.result()
+                except Exception as err:  # noqa: BLE001 - reported with the job's id and log
+                    fail(i, job, err)
+                del running[i]
+                if i in gpu_of:
+                    free_gpus.append(gpu_of.pop(i))
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.set_postfix(queued=len(pending), running=len(running),
+                                done=sum(r is not None for r in reports), failed=0)
+            if running and name != "debug":
+                time.sleep(POLL_S)
+            elif not running and pending and not any(all(reports[k] is not None for k in jobs[i].needs)
+                                                      for i in pending):
+                raise RuntimeError("internal error: jobs wait for dependencies that can never finish")
+    finally:
+        if bar is not None:
+            bar.close()
+    return reports  # type: ignore[return-value]

@@ -1,0 +1,180 @@
+"""Sweeps through submitit (issue 14): the executors give bit-identical models and attack tables to inline runs, a
+killed job resumes when resubmitted, two processes on one key leave one valid entry, bad settings fail before any
+submission, and the SLURM script carries the requested resources."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import torch
+
+from repspec_utils import cache, executor as X, recipes, tables
+from repspec_utils.train import TrainConfig, _phase_key, train
+
+BASE = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [16], "init": "torch"}, lr=0.3, batch_size=64,
+                   epochs=3, burn_in=2, lam=0.05)
+CONFIGS = [BASE.replace(method=m, seed=s, lam=0.0 if m == "none" else 0.05) for s in (0, 1) for m in ("none", "rep")]
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        sa, sb = ra.model.state_dict(), rb.model.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture
+def inline(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "inline"))
+    results = recipes.train_all(CONFIGS, progress=False)
+    table = tables.robustness_table(results, n=3, attack_kwargs={"T": 2}, progress=False, certify=False)
+    return results, table
+
+
+@pytest.mark.parametrize("name", ["debug", "local"])
+def test_executors_match_inline_bit_for_bit(name, inline, tmp_path, monkeypatch):
+    ref, ref_table = inline
+    k = len(CONFIGS) if name == "debug" else 2  # local: one seed (each job is a fresh Python process, ~4 s to start)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / name))
+    got = recipes.train_all(CONFIGS[:k], progress=False, executor=name, max_workers=2, recompute=True)
+    _same(ref[:k], got)
+    table = tables.robustness_table(got, n=3, attack_kwargs={"T": 2}, progress=False, certify=False, executor=name,
+                                    max_workers=2)
+    assert table.equals(ref_table[ref_table.seed.isin({c.seed for c in CONFIGS[:k]})].reset_index(drop=True))
+    # every burn-in once: one per seed, one final entry per config
+    root = cache.cache_root() / "train"
+    assert len(list(root.glob("*/burn_in.pt"))) == k // 2 and len(list(root.glob("*/final.pt"))) == k
+
+
+def test_recompute_inline_retrains_identically(inline, tmp_path, monkeypatch):
+    ref, _ = inline  # the cache of `inline` is still REPSPEC_CACHE: recompute ignores what it holds
+    again = recipes.train_all(CONFIGS, progress=False, recompute=True)
+    _same(ref, again)
+
+
+def test_rerun_submits_only_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "c"))
+    recipes.train_all(CONFIGS[:2], progress=False)
+    submitted = []
+    real = X.run_jobs
+
+    def spy(jobs, *a, **k):
+        submitted.extend(j.name for j in jobs)
+        return real(jobs, *a, **k)
+
+    monkeypatch.setattr(X, "run_jobs", spy)
+    recipes.train_all(CONFIGS, progress=False, executor="debug")
+    assert submitted == ["train digits none seed 1", "train digits rep seed 1"]
+
+
+def test_killed_local_job_resumes_when_resubmitted(tmp_path, monkeypatch):
+    cfg = BASE.replace(method="rep", epochs=40, burn_in=20, seed=4)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "ref"))
+    ref = train(cfg, progress=False)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "run"))
+    ex = X.make_submitit_executor("local", tmp_path / "jobs" / "%j", {})
+    job = ex.submit(X._run_in_worker, functools.partial(train, cfg, progress=False, checkpoint_every_s=0), (), 1)
+    resume = cache.cache_root() / "train" / _phase_key(cfg, "base") / "resume.pt"
+    deadline = time.monotonic() + 120
+    while not resume.exists() and time.monotonic() < deadline and not job.done():
+        time.sleep(0.05)
+    job.cancel(check=False)
+    while not job.done():
+        time.sleep(0.05)
+    assert resume.exists(), "the job was killed after a checkpoint, during the burn-in"
+    assert not (cache.cache_root() / "train" / _phase_key(cfg, "final") / "final.pt").exists()
+    got = recipes.train_all([cfg], progress=False, executor="local")
+    _same([ref], got)
+
+
+def test_two_processes_on_one_key_leave_one_valid_entry(tmp_path, monkeypatch):
+    cfg = BASE.replace(method="rep", epochs=12, burn_in=6, seed=5)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "ref"))
+    ref = train(cfg, progress=False)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "two"))
+    jobs = [X.Job("a", recipes._train_job, (cfg, False)), X.Job("b", recipes._train_job, (cfg, False))]
+    reports = X.run_jobs(jobs, "local", max_workers=2, progress=False)
+    assert reports[0].value == reports[1].value == ref.key
+    root = cache.cache_root() / "train"
+    assert len(list(root.glob("*/final.pt"))) == 1 and len(list(root.glob("*/burn_in.pt"))) == 1
+    assert not list(root.rglob("*.tmp")) and not list(root.rglob("resume.pt"))
+    _same([ref], [train(cfg, progress=False)])
+
+
+def test_failed_job_names_config_id_and_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "f"))
+    bad = BASE.replace(lr=1e9, method="none", lam=0.0)  # diverges: TrainingDiverged in the worker
+    with pytest.raises(RuntimeError, match=r"job 'train digits none seed 0' \(id .*\) failed: .*its log: "):
+        recipes.train_all([bad], progress=False, executor="debug")
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input, before any job is submitted
+# ----------------------------------------------------------------------------------------------------
+def test_executor_choice_and_bad_values(monkeypatch):
+    monkeypatch.setenv("REPSPEC_EXECUTOR", "local")
+    assert X.resolve_executor(None) == "local" and X.resolve_executor("debug") == "debug"  # the parameter wins
+    monkeypatch.setenv("REPSPEC_EXECUTOR", "ray")
+    with pytest.raises(ValueError, match=r"\$REPSPEC_EXECUTOR 'ray' is unknown"):
+        X.resolve_executor(None)
+    monkeypatch.delenv("REPSPEC_EXECUTOR")
+    assert X.resolve_executor("") == "inline"
+    with pytest.raises(ValueError, match="executor 'dask' is unknown; choose one of inline, local, slurm, debug"):
+        recipes.train_all(CONFIGS, executor="dask")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_workers"):
+            recipes.train_all(CONFIGS, executor="local", max_workers=bad)
+
+
+def test_settings_file_with_unknown_keys_is_rejected(tmp_path):
+    f = tmp_path / "executor.yaml"
+    f.write_text("partition: gpu\ngpus: 1\n")
+    with pytest.raises(ValueError, match=r"unknown executor setting\(s\) \['gpus'\]"):
+        X.load_settings(f)
+    with pytest.raises(ValueError, match="max_workers"):
+        X.load_settings(tmp_path / "absent.yaml", {"max_workers": 0})
+
+
+def test_slurm_without_sbatch_fails_before_submitting(monkeypatch):
+    monkeypatch.setattr(X.shutil, "which", lambda name: None)
+
+    def never(*a, **k):
+        raise AssertionError("an executor was made before the sbatch check")
+
+    monkeypatch.setattr(X, "make_submitit_executor", never)
+    with pytest.raises(RuntimeError, match="no `sbatch` on PATH"):
+        X.run_jobs([X.Job("x", print, ())], "slurm")
+
+
+def test_slurm_script_has_the_requested_resources(tmp_path, monkeypatch):
+    import submitit
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # no srun here: pretend
+    settings = X.load_settings(tmp_path / "absent.yaml", {"partition": "gpu", "time_min": 180, "gpus_per_node": 1,
+                                                          "cpus_per_task": 8, "mem_gb": 32,
+                                                          "sbatch": {"constraint": "a100"},
+                                                          "setup": ["source .venv/bin/activate"]})
+    ex = X.make_submitit_executor("slurm", tmp_path / "%j", settings)
+    text = ex._make_submission_file_text("python -m submitit.core._submit /jobs", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=180", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --constraint=a100",
+                 "source .venv/bin/activate", "python -m submitit.core._submit /jobs"):
+        assert line in text, line
+
+
+def test_a_notebooks_parameter_sets_the_process_default(monkeypatch):
+    """A notebook's `executor` parameter wins over $REPSPEC_EXECUTOR for the calls that do not name one; its
+    `max_workers` becomes the cap; a bad value is a ParameterError from the first cell."""
+    from repspec_utils import notebook
+
+    monkeypatch.setenv("REPSPEC_EXECUTOR", "local")
+    monkeypatch.setattr(X, "DEFAULT_MAX_WORKERS", None)
+    assert X.configure("debug", 3) == "debug" and X.resolve_executor(None) == "debug" and X.DEFAULT_MAX_WORKERS == 3
+    assert X.configure("", None) == "debug"  # "": keep what the environment says
+    with pytest.raises(ValueError, match="unknown"):
+        X.configure("threads")
+    ns = {**notebook.notebook_defaults("fig4_mnist"), "executor": "cluster"}
+    with pytest.raises(notebook.ParameterError, match="executor"):
+        notebook.notebook_params(ns, "fig4_mnist")
