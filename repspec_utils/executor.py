@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 from .files import REPO_ROOT
 
 __all__ = ["EXECUTORS", "Job", "JobReport", "resolve_executor", "configure", "load_settings", "check_max_workers", "run_jobs",
-           "make_submitit_executor", "default_max_workers", "PROFILE_KEYS"]
+           "make_submitit_executor", "default_max_workers", "PROFILE_KEYS", "job_devices",
+           "reset_job_devices"]
 
 EXECUTORS = ("inline", "local", "slurm", "debug")
 PROFILE_PATH = REPO_ROOT / "profiles" / "executor.yaml"
@@ -50,6 +51,17 @@ PROFILE_KEYS = {
 }
 POLL_S = 0.5
 DEFAULT_MAX_WORKERS: int | None = None  # set by `configure` (a notebook's max_workers parameter)
+# what this process's runs submitted: executor -> {device: jobs}; a notebook's manifest records it (`job_devices`)
+_JOB_DEVICES: dict[str, dict[str, int]] = {}
+
+
+def job_devices() -> dict[str, dict[str, int]]:
+    """The devices the jobs of this process's `run_jobs` calls ran on, per executor (a copy; for the manifest)."""
+    return {k: dict(v) for k, v in _JOB_DEVICES.items()}
+
+
+def reset_job_devices() -> None:
+    _JOB_DEVICES.clear()
 
 
 @dataclasses.dataclass
@@ -241,6 +253,8 @@ def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int 
                     reports[i] = job.result()
                 except Exception as err:  # noqa: BLE001 - reported with the job's id and log
                     fail(i, job, err)
+                seen = _JOB_DEVICES.setdefault(name, {})
+                seen[reports[i].device] = seen.get(reports[i].device, 0) + 1
                 del running[i]
                 if i in gpu_of:
                     free_gpus.append(gpu_of.pop(i))

@@ -363,6 +363,10 @@ class NotebookRun:
         if summary:
             info["compute"] = format_compute(summary)
             self.record(compute=summary)
+        from .executor import job_devices
+
+        if job_devices():  # work that ran as jobs (local / slurm / debug): where
+            self.record(job_devices=job_devices())
         info.update(extra)
         return info
 
@@ -493,6 +497,9 @@ def notebook_params(namespace: dict[str, Any], notebook: str) -> NotebookRun:
             raise ParameterError(str(err)) from None
     run = NotebookRun(notebook, params)
     cache.reset_compute()
+    from .executor import reset_job_devices
+
+    reset_job_devices()
     (run.fig_dir / RECORD_FILE).unlink(missing_ok=True)
     run.record(notebook=notebook, profile=run.profile, deviations=run.deviations)
     return run

@@ -36,12 +36,14 @@ def inline(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["debug", "local"])
 def test_executors_match_inline_bit_for_bit(name, inline, tmp_path, monkeypatch):
     ref, ref_table = inline
+    X.reset_job_devices()
     k = len(CONFIGS) if name == "debug" else 2  # local: one seed (each job is a fresh Python process, ~4 s to start)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / name))
     got = recipes.train_all(CONFIGS[:k], progress=False, executor=name, max_workers=2, recompute=True)
     _same(ref[:k], got)
     table = tables.robustness_table(got, n=3, attack_kwargs={"T": 2}, progress=False, certify=False, executor=name,
                                     max_workers=2)
+    assert X.job_devices()[name] == {"cpu": k + k}  # k trainings + k attack tables, all on the CPU
     assert table.equals(ref_table[ref_table.seed.isin({c.seed for c in CONFIGS[:k]})].reset_index(drop=True))
     # every burn-in once: one per seed, one final entry per config
     root = cache.cache_root() / "train"
