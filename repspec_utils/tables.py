@@ -134,15 +134,6 @@ def whitebox_table(results: Sequence[TrainResult], eps: Sequence[float], n: int,
     n_eval. readout='refit': the readout re-trained on frozen Φ first (as `robustness_table`)."""
     if readout not in ("original", "refit"):
         raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
-    from .executor import Job, check_max_workers, resolve_executor, run_jobs
-
-    name = resolve_executor(executor)
-    check_max_workers(max_workers)
-    if name != "inline":  # one job per model fills the cache; the loop below then reads every table from it
-        kwargs = dict(n=n, attack=attack, attack_kwargs=attack_kwargs, seed=seed, readout=readout, progress=False,
-                      precision=precision, certify=False)
-        run_jobs([Job(f"attack {r.config.method} seed {r.config.seed} ({readout})", _attack_job, (r.config, kwargs))
-                  for r in results], name, max_workers, progress=progress, desc="attacks")
     rows = []
     for r in results:
         train_ds, test_ds = load_training_data(r.config)
