@@ -389,3 +389,14 @@ def test_epoch_times_relative_to_none():
                               result("none", 1, [1.0, 4.0, 4.0]), result("pgd_at", 1, [1.0, 40.0, 40.0])])
     assert list(out.epoch_seconds) == [2.0, 20.0, 4.0, 40.0]  # branch epochs only
     assert list(out.epoch_time_vs_none) == [1.0, 10.0, 1.0, 10.0]
+
+
+def test_whitebox_table_for_trained_models_both_readouts():
+    from repspec_utils import tables
+
+    results = [train(DIGITS.replace(method=m, lam=0.05 if m == "rep" else 0.0, method_kwargs={}), progress=False)
+               for m in ("none", "rep")]
+    for readout in ("original", "refit"):
+        t = tables.whitebox_table(results, [0.0, 0.1], 30, readout=readout, pgd_steps=3)
+        assert list(t.method) == ["none", "rep"] and (t.readout == readout).all() and (t.n_eval == 30).all()
+        assert (t["pgd_acc_eps=0"] == t.clean_acc_eval).all() and (t["pgd_acc_eps=0.1"] <= t.clean_acc_eval).all()
