@@ -71,10 +71,11 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
 
 
 def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
-    """One attack job of an executor: the model of cfg from the cache, its attack table into the cache."""
-    from .train import train
+    """One attack job of an executor: the model of cfg from the cache (through `recipes.train_all`, so that the small
+    2-D nets come from the batched engine's cache, as in the notebook), its attack table into the cache."""
+    from .recipes import train_all
 
-    return len(robustness_table([train(cfg, progress=False)], **kwargs))
+    return len(robustness_table(train_all([cfg], progress=False, executor="inline"), **kwargs))
 
 
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",

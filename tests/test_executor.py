@@ -180,3 +180,16 @@ def test_a_notebooks_parameter_sets_the_process_default(monkeypatch):
     ns = {**notebook.notebook_defaults("fig4_mnist"), "executor": "cluster"}
     with pytest.raises(notebook.ParameterError, match="executor"):
         notebook.notebook_params(ns, "fig4_mnist")
+
+
+def test_xor_attack_jobs_use_the_batched_models(tmp_path, monkeypatch):
+    """The 2-D nets train in-process with the batched engine whatever the executor; their attack jobs read those
+    models (not a retrained copy), so the table equals the inline one."""
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "xor"))
+    configs = recipes.xor_configs(widths=[3], seeds=[400], weight_decays=[0.0], epochs=300, burn_in=200)
+    results = recipes.train_all(configs, progress=False, executor="debug")
+    ref = tables.robustness_table(results, attack_kwargs={"T": 3}, progress=False, certify=False)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "xor2"))
+    results2 = recipes.train_all(configs, progress=False)
+    got = tables.robustness_table(results2, attack_kwargs={"T": 3}, progress=False, certify=False, executor="debug")
+    assert got.equals(ref)
