@@ -175,7 +175,15 @@ def _run_in_worker(fn: Callable, args: tuple, threads: int) -> JobReport:
     device = (f"cuda ({torch.cuda.get_device_name(0)}; CUDA_VISIBLE_DEVICES={visible})"
               if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    value = fn(*args)
+    old = os.environ.get("REPSPEC_EXECUTOR")
+    os.environ["REPSPEC_EXECUTOR"] = "inline"  # a job never submits jobs (the debug executor runs in this process)
+    try:
+        value = fn(*args)
+    finally:
+        if old is None:
+            os.environ.pop("REPSPEC_EXECUTOR", None)
+        else:
+            os.environ["REPSPEC_EXECUTOR"] = old
     return JobReport(value=value, device=device, seconds=time.perf_counter() - t0)
 
 

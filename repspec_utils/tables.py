@@ -75,7 +75,7 @@ def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
     2-D nets come from the batched engine's cache, as in the notebook), its attack table into the cache."""
     from .recipes import train_all
 
-    return len(robustness_table(train_all([cfg], progress=False, executor="inline"), **kwargs))
+    return len(robustness_table(train_all([cfg], progress=False, executor="inline"), **{**kwargs, "executor": "inline"}))
 
 
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",

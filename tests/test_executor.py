@@ -193,3 +193,22 @@ def test_xor_attack_jobs_use_the_batched_models(tmp_path, monkeypatch):
     results2 = recipes.train_all(configs, progress=False)
     got = tables.robustness_table(results2, attack_kwargs={"T": 3}, progress=False, certify=False, executor="debug")
     assert got.equals(ref)
+
+
+def test_jobs_never_submit_jobs(tmp_path, monkeypatch):
+    """With the executor chosen through the environment (as a notebook's parameter does), a job's own train_all /
+    robustness_table calls run inline in the job: no nested submission; the parent's setting is restored."""
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "n"))
+    monkeypatch.setenv("REPSPEC_EXECUTOR", "debug")
+    calls = []
+    real = X.run_jobs
+
+    def spy(jobs, *a, **k):
+        calls.append([j.name for j in jobs])
+        return real(jobs, *a, **k)
+
+    monkeypatch.setattr(X, "run_jobs", spy)
+    results = recipes.train_all(CONFIGS[:2], progress=False)
+    tables.robustness_table(results, n=2, attack_kwargs={"T": 1}, progress=False, certify=False)
+    assert [len(c) for c in calls] == [2, 2]  # one training round, one attack round: nothing nested
+    assert X.resolve_executor(None) == "debug"
