@@ -98,6 +98,24 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(seed) + 1_000_003 * int(chunk)
 
 
+def _attack_key(cache_key: dict, name: str, kwargs: dict, n: int, seed: int, test_ds, chunk: int):
+    pieces = {"chunk": chunk} if n > chunk else {}  # one piece: the key (and the result) as before chunking
+    key = cache.make_key(kind="attack", model=cache_key, attack=name, kwargs=kwargs, n=n, seed=seed,
+                         data=[getattr(test_ds, "name", None), len(test_ds.y)], version=ATTACK_TABLE_VERSION, **pieces)
+    return key, cache.cache_root() / "attacks" / f"{key}.pt"
+
+
+def attack_is_cached(cache_key: dict, test_ds, n: int, seed: int = 0, attack: str = "tangent",
+                     attack_kwargs: dict | None = None, precision: str = "fp32", chunk: int = ATTACK_CHUNK) -> bool:
+    """Whether `evaluate_robustness` with these arguments would load its table from the cache (the executor submits
+    only the attacks that are not)."""
+    kwargs = dict(attack_kwargs or {})
+    if precision != "fp32":
+        kwargs["precision"] = precision
+    kwargs.setdefault("seed", seed)
+    return _attack_key(cache_key, resolve_attack(attack), kwargs, int(n), seed, test_ds, int(chunk))[1].exists()
+
+
 def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack: str = "tangent",
                         attack_kwargs: dict | None = None, cache_key: dict | None = None,
                         progress: bool = True, batch_size: int = 4096, precision: str = "fp32",
@@ -131,11 +149,7 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
     kwargs.setdefault("seed", seed)
     path = key = None
     if cache_key is not None:
-        pieces = {"chunk": chunk} if n > chunk else {}  # one piece: the key (and the result) as before chunking
-        key = cache.make_key(kind="attack", model=cache_key, attack=name, kwargs=kwargs, n=n, seed=seed,
-                             data=[getattr(test_ds, "name", None), len(test_ds.y)], version=ATTACK_TABLE_VERSION,
-                             **pieces)
-        path = cache.cache_root() / "attacks" / f"{key}.pt"
+        key, path = _attack_key(cache_key, name, kwargs, n, seed, test_ds, chunk)
     with cache.key_lock(path) if path is not None else contextlib.nullcontext():  # one process per key
         if path is not None:
             stored = cache.load(path)

@@ -8,9 +8,10 @@
 | `debug`  | submitit's DebugExecutor: in this process, through submitit's pickling path (for tests)     |
 
 The choice: a notebook's `executor` parameter, else `$REPSPEC_EXECUTOR`, else `inline`; it is never part of a cache
-key. Jobs are exactly what the cache keys: per burn-in (seed, shared settings) one job trains the burn-in and its first
-branch, and each other branch is a job that depends on it and reads the burn-in from the cache (never a second
-burn-in); one attack table per model. Jobs write to the shared cache (atomic files; `cache.key_lock` lets one process
+key. Jobs are exactly what the cache keys: per burn-in (seed, shared settings) one job trains the burn-in and all its
+branches (the default: fewest process starts), or, with `split_branches: true`, the burn-in and its first branch, each
+other branch being a job that needs it and reads the burn-in from the cache (never a second burn-in); one attack table
+per model. Jobs write to the shared cache (atomic files; `cache.key_lock` lets one process
 compute a key while a second waits for it), the notebook shows a progress bar over the jobs and then reads every
 result from the cache; a failed job stops the notebook with its config, job id and log file; a re-run submits only
 the trainings that are not cached yet.
@@ -48,6 +49,8 @@ PROFILE_KEYS = {
     "mem_gb": "memory per SLURM job in GB",
     "sbatch": "extra #SBATCH options, a mapping such as {constraint: a100, account: my_lab}",
     "setup": "shell lines run before each SLURM job (module load …, source .venv/bin/activate)",
+    "split_branches": "true: each method branch is its own job, needing its burn-in's job (more parallel jobs, for "
+                      "clusters); false (default): one job per burn-in trains it and all its branches",
 }
 POLL_S = 0.5
 DEFAULT_MAX_WORKERS: int | None = None  # set by `configure` (a notebook's max_workers parameter)
@@ -81,6 +84,7 @@ class JobReport:
     value: Any
     device: str
     seconds: float
+    error: str | None = None  # "Type: message" of the exception the job raised (its traceback is in the job's log)
 
 
 def resolve_executor(name: str | None = None) -> str:
@@ -179,6 +183,13 @@ def _run_in_worker(fn: Callable, args: tuple, threads: int) -> JobReport:
     os.environ["REPSPEC_EXECUTOR"] = "inline"  # a job never submits jobs (the debug executor runs in this process)
     try:
         value = fn(*args)
+    except Exception as err:  # noqa: BLE001 - returned, not raised: submitit's debug executor would open pdb
+        import sys
+        import traceback
+
+        sys.stderr.write(traceback.format_exc())  # into the job's log file (local / slurm)
+        return JobReport(value=None, device=device, seconds=time.perf_counter() - t0,
+                         error=f"{type(err).__name__}: {err}")
     finally:
         if old is None:
             os.environ.pop("REPSPEC_EXECUTOR", None)
@@ -213,8 +224,8 @@ def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int 
         raise RuntimeError("executor 'slurm': no `sbatch` on PATH, so nothing was submitted; run on a SLURM login "
                            "node, or use executor 'local'")
     threads = int(settings.get("threads_per_job", 1))
-    if name == "inline":
-        return [_run_in_worker(j.fn, j.args, threads) for j in jobs]
+    if name == "inline":  # in this process, exceptions as they are
+        return [JobReport(value=j.fn(*j.args), device="this process", seconds=float("nan")) for j in jobs]
     cap = (max_workers or DEFAULT_MAX_WORKERS or settings.get("max_workers")
            or (default_max_workers(settings) if name == "local" else len(jobs)))
     folder = Path(folder) if folder is not None else cache_root() / "jobs" / "%j"
@@ -261,6 +272,8 @@ def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int 
                     reports[i] = job.result()
                 except Exception as err:  # noqa: BLE001 - reported with the job's id and log
                     fail(i, job, err)
+                if reports[i].error is not None:
+                    fail(i, job, RuntimeError(reports[i].error))
                 seen = _JOB_DEVICES.setdefault(name, {})
                 seen[reports[i].device] = seen.get(reports[i].device, 0) + 1
                 del running[i]

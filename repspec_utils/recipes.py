@@ -88,14 +88,21 @@ def _train_job(cfg: TrainConfig, recompute: bool | str) -> str:
     return train(cfg, progress=False, recompute=recompute).key
 
 
+def _train_group_job(cfgs: list[TrainConfig], modes: list) -> list[str]:
+    """One job for a burn-in and every branch from it, in order (the burn-in trains once, with the first)."""
+    return [train(c, progress=False, recompute=m).key for c, m in zip(cfgs, modes)]
+
+
 def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, device="auto", executor: str | None = None,
               max_workers: int | None = None, recompute: bool = False) -> list[TrainResult]:
     """Train every config (cached): small MLP groups with the batched engine (in this process), the rest one by one,
-    or as jobs on an executor (`executor.resolve_executor`: inline, local, slurm, debug). As jobs: per burn-in, the
-    first config trains it (and its branch), every other config of the same burn-in is a job that needs that one;
-    configs already cached are not submitted; afterwards every model is read from the cache. recompute: train
-    everything anew without reading the cache (each burn-in once), overwriting the entries."""
-    from .executor import Job, check_max_workers, resolve_executor, run_jobs
+    or as jobs on an executor (`executor.resolve_executor`: inline, local, slurm, debug). As jobs: by default one
+    job per burn-in trains it and then every branch from it (fewest process starts: the fastest on one machine);
+    with the executor setting `split_branches: true` (profiles/executor.yaml; for clusters with many GPUs) the first
+    config's job trains the burn-in and its branch and every other branch is a job that needs it. Configs already
+    cached are not submitted; afterwards every model is read from the cache. recompute: train everything anew
+    without reading the cache (each burn-in once), overwriting the entries."""
+    from .executor import Job, check_max_workers, load_settings, resolve_executor, run_jobs
     from .train import _phase_key
 
     configs = list(configs)
@@ -128,6 +135,13 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
         if first:
             first_of[base] = len(jobs)
         jobs.append(Job(f"train {c.dataset} {c.method} seed {c.seed}", _train_job, (c, mode), needs))
+    if jobs and not load_settings().get("split_branches", False):  # one job per burn-in with all its branches
+        groups_of: dict[int, list[int]] = {}
+        for j, job in enumerate(jobs):
+            groups_of.setdefault(job.needs[0] if job.needs else j, []).append(j)
+        jobs = [Job(f"train {jobs[g[0]].args[0].dataset} seed {jobs[g[0]].args[0].seed} "
+                    f"({', '.join(jobs[j].args[0].method for j in g)})", _train_group_job,
+                    ([jobs[j].args[0] for j in g], [jobs[j].args[1] for j in g])) for g in groups_of.values()]
     if jobs:
         run_jobs(jobs, name, max_workers, progress=progress, desc="training")
     for i in big:

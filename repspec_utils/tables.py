@@ -78,6 +78,22 @@ def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
     return len(robustness_table(train_all([cfg], progress=False, executor="inline"), **{**kwargs, "executor": "inline"}))
 
 
+def _attack_cached(r: TrainResult, n, attack, attack_kwargs, seed, readout, precision) -> bool:
+    """Whether the attack table of one model (and readout) is in the cache already (a re-fit not yet cached: no)."""
+    from .evaluate import attack_is_cached
+
+    _, test_ds = load_training_data(r.config)
+    if readout == "refit":
+        stored = cache.load(cache.cache_root() / "refit" / f"{cache.make_key(kind='refit', model=r.key, C=1.0)}.pt")
+        if stored is None:
+            return False
+        acc, key = stored["acc"], {"train": r.key, "refit": 1.0}
+    else:
+        acc, key = accuracy(r.model.eval(), test_ds), {"train": r.key}
+    n_attack = int(round(acc * len(test_ds))) if n is None else int(n)
+    return n_attack > 0 and attack_is_cached(key, test_ds, n_attack, seed, attack, attack_kwargs, precision)
+
+
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",
                      attack_kwargs: dict | None = None, seed: int = 0, readout: str = "original",
                      progress: bool | None = None, precision: str = "fp32", certify: bool = True,
@@ -93,11 +109,13 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
 
     name = resolve_executor(executor)
     check_max_workers(max_workers)
-    if name != "inline":  # one job per model fills the cache; the loop below then reads every table from it
+    if name != "inline":  # one job per model not cached yet; the loop below then reads every table from the cache
         kwargs = dict(n=n, attack=attack, attack_kwargs=attack_kwargs, seed=seed, readout=readout, progress=False,
                       precision=precision, certify=False)
-        run_jobs([Job(f"attack {r.config.method} seed {r.config.seed} ({readout})", _attack_job, (r.config, kwargs))
-                  for r in results], name, max_workers, progress=progress, desc="attacks")
+        todo = [r for r in results if not _attack_cached(r, n, attack, attack_kwargs, seed, readout, precision)]
+        if todo:
+            run_jobs([Job(f"attack {r.config.method} seed {r.config.seed} ({readout})", _attack_job,
+                          (r.config, kwargs)) for r in todo], name, max_workers, progress=progress, desc="attacks")
     rows = []
     for r in results:
         train_ds, test_ds = load_training_data(r.config)

@@ -43,7 +43,7 @@ def test_executors_match_inline_bit_for_bit(name, inline, tmp_path, monkeypatch)
     _same(ref[:k], got)
     table = tables.robustness_table(got, n=3, attack_kwargs={"T": 2}, progress=False, certify=False, executor=name,
                                     max_workers=2)
-    assert X.job_devices()[name] == {"cpu": k + k}  # k trainings + k attack tables, all on the CPU
+    assert X.job_devices()[name] == {"cpu": k // 2 + k}  # a training job per seed + an attack job per model
     assert table.equals(ref_table[ref_table.seed.isin({c.seed for c in CONFIGS[:k]})].reset_index(drop=True))
     # every burn-in once: one per seed, one final entry per config
     root = cache.cache_root() / "train"
@@ -68,7 +68,27 @@ def test_rerun_submits_only_what_is_missing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(X, "run_jobs", spy)
     recipes.train_all(CONFIGS, progress=False, executor="debug")
-    assert submitted == ["train digits none seed 1", "train digits rep seed 1"]
+    assert submitted == ["train digits seed 1 (none, rep)"]  # one job: the burn-in and both branches
+
+
+def test_split_branches_makes_each_branch_a_job_after_its_burn_in(tmp_path, monkeypatch, inline):
+    ref, _ = inline
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "split"))
+    seen = []
+    real = X.run_jobs
+
+    def spy(jobs, *a, **k):
+        seen.extend((j.name, j.needs) for j in jobs)
+        return real(jobs, *a, **k)
+
+    monkeypatch.setattr(X, "run_jobs", spy)
+    real_load = X.load_settings
+    monkeypatch.setattr(X, "load_settings", lambda path=None, overrides=None: {**real_load(path, overrides),
+                                                                               "split_branches": True})
+    got = recipes.train_all(CONFIGS, progress=False, executor="debug")
+    assert seen == [("train digits none seed 0", ()), ("train digits rep seed 0", (0,)),
+                    ("train digits none seed 1", ()), ("train digits rep seed 1", (2,))]
+    _same(ref, got)
 
 
 def test_killed_local_job_resumes_when_resubmitted(tmp_path, monkeypatch):
@@ -108,7 +128,8 @@ def test_two_processes_on_one_key_leave_one_valid_entry(tmp_path, monkeypatch):
 def test_failed_job_names_config_id_and_log(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "f"))
     bad = BASE.replace(lr=1e9, method="none", lam=0.0)  # diverges: TrainingDiverged in the worker
-    with pytest.raises(RuntimeError, match=r"job 'train digits none seed 0' \(id .*\) failed: .*its log: "):
+    with pytest.raises(RuntimeError, match=r"job 'train digits seed 0 \(none\)' \(id .*\) failed: TrainingDiverged: "
+                                           r"training diverged .*its log: "):
         recipes.train_all([bad], progress=False, executor="debug")
 
 
@@ -210,5 +231,26 @@ def test_jobs_never_submit_jobs(tmp_path, monkeypatch):
     monkeypatch.setattr(X, "run_jobs", spy)
     results = recipes.train_all(CONFIGS[:2], progress=False)
     tables.robustness_table(results, n=2, attack_kwargs={"T": 1}, progress=False, certify=False)
-    assert [len(c) for c in calls] == [2, 2]  # one training round, one attack round: nothing nested
+    assert [len(c) for c in calls] == [1, 2]  # one training job (a seed), two attack jobs: nothing nested
     assert X.resolve_executor(None) == "debug"
+
+
+def test_rerun_submits_only_the_attacks_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "att"))
+    results = recipes.train_all(CONFIGS[:2], progress=False)
+    kw = dict(n=3, attack_kwargs={"T": 2}, progress=False, certify=False)
+    tables.robustness_table(results[:1], **kw)  # the first model's table is cached
+    tables.robustness_table(results[:1], readout="refit", **kw)
+    submitted = []
+    real = X.run_jobs
+
+    def spy(jobs, *a, **k):
+        submitted.extend(j.name for j in jobs)
+        return real(jobs, *a, **k)
+
+    monkeypatch.setattr(X, "run_jobs", spy)
+    for readout in ("original", "refit"):
+        tables.robustness_table(results, executor="debug", readout=readout, **kw)
+    assert submitted == ["attack rep seed 0 (original)", "attack rep seed 0 (refit)"]
+    tables.robustness_table(results, executor="debug", **kw)
+    assert len(submitted) == 2  # everything cached now: nothing submitted
