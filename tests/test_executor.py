@@ -254,3 +254,17 @@ def test_rerun_submits_only_the_attacks_not_cached(tmp_path, monkeypatch):
     assert submitted == ["attack rep seed 0 (original)", "attack rep seed 0 (refit)"]
     tables.robustness_table(results, executor="debug", **kw)
     assert len(submitted) == 2  # everything cached now: nothing submitted
+
+
+def test_mnist_subset_debug_matches_inline(tmp_path, monkeypatch):
+    """An MNIST subset (500 images; needs scripts/fetch_data.sh, which the test command runs) through the debug
+    executor: models and attack table bit-identical to inline."""
+    cfgs = [c.replace(dataset="mnist", n_train=500, batch_size=100) for c in CONFIGS[:2]]
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "m1"))
+    ref = recipes.train_all(cfgs, progress=False)
+    ref_table = tables.robustness_table(ref, n=2, attack_kwargs={"T": 2}, progress=False, certify=False)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "m2"))
+    got = recipes.train_all(cfgs, progress=False, executor="debug")
+    _same(ref, got)
+    assert tables.robustness_table(got, n=2, attack_kwargs={"T": 2}, progress=False, certify=False,
+                                   executor="debug").equals(ref_table)
