@@ -70,6 +70,17 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
     return RefitModel(copy.deepcopy(result.model), readout).eval(), stored["acc"]
 
 
+def _with_readout(r: TrainResult, readout: str):
+    """(test set, model, cache key, test accuracy) of a trained model with its own ('original') or a re-fitted
+    ('refit', cached) readout: what every evaluation table attacks."""
+    train_ds, test_ds = load_training_data(r.config)
+    if readout == "refit":
+        model, acc = refit_cached(r, train_ds, test_ds)
+        return test_ds, model, {"train": r.key, "refit": 1.0}, acc
+    model = r.model.eval()
+    return test_ds, model, {"train": r.key}, accuracy(model, test_ds)
+
+
 def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
     """One attack job of an executor: the model of cfg from the cache (through `recipes.train_all`, so that the small
     2-D nets come from the batched engine's cache, as in the notebook), its attack table into the cache."""
@@ -118,13 +129,7 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
                           (r.config, kwargs)) for r in todo], name, max_workers, progress=progress, desc="attacks")
     rows = []
     for r in results:
-        train_ds, test_ds = load_training_data(r.config)
-        model, key = r.model.eval(), {"train": r.key}
-        if readout == "refit":
-            model, acc = refit_cached(r, train_ds, test_ds)
-            key = {"train": r.key, "refit": 1.0}
-        else:
-            acc = accuracy(model, test_ds)
+        test_ds, model, key, acc = _with_readout(r, readout)
         n_correct = int(round(acc * len(test_ds)))
         n_attack = n_correct if n is None else int(n)
         if n_attack > n_correct:  # never fewer than asked without a word (issue 12 item 4)
@@ -155,13 +160,7 @@ def whitebox_table(results: Sequence[TrainResult], eps: Sequence[float], n: int,
         raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
     rows = []
     for r in results:
-        train_ds, test_ds = load_training_data(r.config)
-        model, key = r.model.eval(), {"train": r.key}
-        if readout == "refit":
-            model, acc = refit_cached(r, train_ds, test_ds)
-            key = {"train": r.key, "refit": 1.0}
-        else:
-            acc = accuracy(model, test_ds)
+        test_ds, model, key, acc = _with_readout(r, readout)
         out = whitebox_robustness(model, test_ds, list(eps), n, seed=seed, pgd_steps=pgd_steps,
                                   autoattack_eps=autoattack_eps, autoattack_n=autoattack_n, cache_key=key)
         rows.append({**settings(r.config), "readout": readout, "test_acc": acc,
