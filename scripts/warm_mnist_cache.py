@@ -5,8 +5,9 @@ The jobs are exactly what the notebooks would compute (the same configs from the
 `robustness_table` calls, hence the same cache keys), scheduled on `--workers` processes of one torch thread
 each: per seed, the `none` model first (it trains the shared burn-in), then the other methods' branches, then one
 attack table per model, then (with --refit) the re-fitted readouts and their attack tables. Every job is cached
-atomically, so an interrupted run resumes where it stopped. This is a stop-gap for one machine; see issue 14
-for the submitit executor that replaces it.
+atomically, so an interrupted run resumes where it stopped. `repspec run --profile cpu --only fig4_mnist,fig5_mnist_refit
+--executor local --max-workers 2` now does the same through submitit (repspec_utils/executor.py), jobs and all; this
+script stays for its --train-only mode.
 """
 
 from __future__ import annotations
