@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import spectral
-from .attacks import pgd_examples
+from .attacks import _eval_mode as _eval, pgd_examples
 from .models import MLP, build_model
 from .registry import DATASETS, METHODS, MODELS
 from .train import MethodParts, TrainConfig
@@ -209,17 +209,6 @@ def bn_route(model: nn.Module, route: str) -> Iterator[None]:
     finally:
         for m, r in zip(splits, old):
             m.route = r
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -378,14 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         overrides = parse_set(args.sets)
-        if args.executor is not None:  # checked here, before any notebook starts
-            from .executor import check_max_workers, load_settings, resolve_executor
+        from .executor import check_max_workers, load_settings, resolve_executor
 
+        if args.executor is not None:  # checked here, before any notebook starts
             overrides["executor"] = resolve_executor(args.executor)
             load_settings()  # a settings file with unknown keys fails now, not in the first job
         if args.max_workers is not None:
-            from .executor import check_max_workers
-
             check_max_workers(args.max_workers)
             overrides["max_workers"] = args.max_workers
         if args.list:

@@ -159,6 +159,19 @@ def test_split_batchnorm_on_resnet18_and_its_aligned_layers():
     assert not torch.allclose(z[3], block_out["o"].mean(dim=(2, 3)))
 
 
+def _interrupted_then_resumed(cfg, cache_dir, monkeypatch):
+    """Train cfg into `cache_dir`, interrupted after epoch 3 (inside the branch), then resumed: the result."""
+    monkeypatch.setenv("REPSPEC_CACHE", str(cache_dir))
+
+    def interrupt(epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, checkpoint_every_s=0, on_epoch_end=interrupt)
+    return train(cfg, progress=False, checkpoint_every_s=0)
+
+
 def test_arat_trains_resumes_and_loads_from_cache(tmp_path, monkeypatch):
     cfg = DIGITS.replace(method="arat", lam=1.0, model={"kind": "mlp", "widths": [32], "init": "torch",
                                                         "batchnorm": True})
@@ -169,15 +182,7 @@ def test_arat_trains_resumes_and_loads_from_cache(tmp_path, monkeypatch):
     again = train(cfg, progress=False)  # from the cache: the prepared architecture, the same weights
     for a, b in zip(ref.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
-    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "b"))
-
-    def interrupt(epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=False, checkpoint_every_s=0, on_epoch_end=interrupt)
-    resumed = train(cfg, progress=False, checkpoint_every_s=0)
+    resumed = _interrupted_then_resumed(cfg, tmp_path / "b", monkeypatch)
     for a, b in zip(ref.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -190,15 +195,7 @@ def test_methods_train_and_resume_exactly(method, tmp_path, monkeypatch):
     assert ref.history["test_acc"].iloc[-1] > 0.3
     if method != "pgd_at":
         assert ref.history["penalty"].iloc[-1] > 0
-    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "b"))
-
-    def interrupt(epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=False, checkpoint_every_s=0, on_epoch_end=interrupt)
-    resumed = train(cfg, progress=False, checkpoint_every_s=0)
+    resumed = _interrupted_then_resumed(cfg, tmp_path / "b", monkeypatch)
     for a, b in zip(ref.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
 

@@ -25,6 +25,19 @@ def _same(a, b):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _spy_jobs(monkeypatch) -> list[list]:
+    """Record the jobs of every run_jobs call (one list per call), then run them."""
+    calls: list[list] = []
+    real = X.run_jobs
+
+    def spy(jobs, *a, **k):
+        calls.append(list(jobs))
+        return real(jobs, *a, **k)
+
+    monkeypatch.setattr(X, "run_jobs", spy)
+    return calls
+
+
 @pytest.fixture
 def inline(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "inline"))
@@ -59,35 +72,23 @@ def test_recompute_inline_retrains_identically(inline, tmp_path, monkeypatch):
 def test_rerun_submits_only_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "c"))
     recipes.train_all(CONFIGS[:2], progress=False)
-    submitted = []
-    real = X.run_jobs
-
-    def spy(jobs, *a, **k):
-        submitted.extend(j.name for j in jobs)
-        return real(jobs, *a, **k)
-
-    monkeypatch.setattr(X, "run_jobs", spy)
+    calls = _spy_jobs(monkeypatch)
     recipes.train_all(CONFIGS, progress=False, executor="debug")
-    assert submitted == ["train digits seed 1 (none, rep)"]  # one job: the burn-in and both branches
+    # one job: the burn-in and both branches
+    assert [j.name for c in calls for j in c] == ["train digits seed 1 (none, rep)"]
 
 
 def test_split_branches_makes_each_branch_a_job_after_its_burn_in(tmp_path, monkeypatch, inline):
     ref, _ = inline
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "split"))
-    seen = []
-    real = X.run_jobs
-
-    def spy(jobs, *a, **k):
-        seen.extend((j.name, j.needs) for j in jobs)
-        return real(jobs, *a, **k)
-
-    monkeypatch.setattr(X, "run_jobs", spy)
+    calls = _spy_jobs(monkeypatch)
     real_load = X.load_settings
     monkeypatch.setattr(X, "load_settings", lambda path=None, overrides=None: {**real_load(path, overrides),
                                                                                "split_branches": True})
     got = recipes.train_all(CONFIGS, progress=False, executor="debug")
-    assert seen == [("train digits none seed 0", ()), ("train digits rep seed 0", (0,)),
-                    ("train digits none seed 1", ()), ("train digits rep seed 1", (2,))]
+    assert [(j.name, j.needs) for c in calls for j in c] == [
+        ("train digits none seed 0", ()), ("train digits rep seed 0", (0,)),
+        ("train digits none seed 1", ()), ("train digits rep seed 1", (2,))]
     _same(ref, got)
 
 
@@ -221,14 +222,7 @@ def test_jobs_never_submit_jobs(tmp_path, monkeypatch):
     robustness_table calls run inline in the job: no nested submission; the parent's setting is restored."""
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "n"))
     monkeypatch.setenv("REPSPEC_EXECUTOR", "debug")
-    calls = []
-    real = X.run_jobs
-
-    def spy(jobs, *a, **k):
-        calls.append([j.name for j in jobs])
-        return real(jobs, *a, **k)
-
-    monkeypatch.setattr(X, "run_jobs", spy)
+    calls = _spy_jobs(monkeypatch)
     results = recipes.train_all(CONFIGS[:2], progress=False)
     tables.robustness_table(results, n=2, attack_kwargs={"T": 1}, progress=False, certify=False)
     assert [len(c) for c in calls] == [1, 2]  # one training job (a seed), two attack jobs: nothing nested
@@ -241,19 +235,13 @@ def test_rerun_submits_only_the_attacks_not_cached(tmp_path, monkeypatch):
     kw = dict(n=3, attack_kwargs={"T": 2}, progress=False, certify=False)
     tables.robustness_table(results[:1], **kw)  # the first model's table is cached
     tables.robustness_table(results[:1], readout="refit", **kw)
-    submitted = []
-    real = X.run_jobs
-
-    def spy(jobs, *a, **k):
-        submitted.extend(j.name for j in jobs)
-        return real(jobs, *a, **k)
-
-    monkeypatch.setattr(X, "run_jobs", spy)
+    calls = _spy_jobs(monkeypatch)
     for readout in ("original", "refit"):
         tables.robustness_table(results, executor="debug", readout=readout, **kw)
+    submitted = [j.name for c in calls for j in c]
     assert submitted == ["attack rep seed 0 (original)", "attack rep seed 0 (refit)"]
     tables.robustness_table(results, executor="debug", **kw)
-    assert len(submitted) == 2  # everything cached now: nothing submitted
+    assert len([j for c in calls for j in c]) == 2  # everything cached now: nothing submitted
 
 
 def test_mnist_subset_debug_matches_inline(tmp_path, monkeypatch):
