@@ -84,6 +84,9 @@ def pgd_settings(cfg: TrainConfig) -> dict:
     return {"eps": eps, "steps": steps, "alpha": float(alpha)}
 
 
+BOX_KINDS = ("image", "transfer")  # dataset kinds whose inputs live in the [0, 1] box that PGD projects onto
+
+
 def _check_keys(cfg: TrainConfig, allowed: Sequence[str]) -> None:
     unknown = sorted(set(cfg.method_kwargs) - set(allowed))
     if unknown:
@@ -92,9 +95,10 @@ def _check_keys(cfg: TrainConfig, allowed: Sequence[str]) -> None:
 
 def _check_common(cfg: TrainConfig) -> None:
     kind = DATASETS.meta(cfg.dataset).get("kind")
-    if kind != "image":
+    if kind not in BOX_KINDS:  # images in [0, 1]: the datasets as loaded and their resized transfer versions
+        allowed = [d for k in BOX_KINDS for d in DATASETS.where(kind=k)]
         raise ValueError(f"method {cfg.method!r} needs an image dataset with inputs in [0, 1] (the PGD box), got "
-                         f"{cfg.dataset!r} ({kind}); image datasets: {', '.join(DATASETS.where(kind='image'))}")
+                         f"{cfg.dataset!r} ({kind}); image datasets: {', '.join(allowed)}")
     if cfg.objective != "supervised":
         raise ValueError(f"method {cfg.method!r} trains the supervised objective only, got objective "
                          f"{cfg.objective!r}")

@@ -110,6 +110,7 @@ RULES: dict[str, Rule] = {
     "lsp_k": POSITIVE_INT, "arat_bn": Rule(lambda v: isinstance(v, bool), "True or False"),
     "eval_eps": non_empty_list(between(0, 1), unique=True), "n_eval": POSITIVE_INT, "pgd_steps": POSITIVE_INT,
     "n_autoattack": COUNT_OR_ALL,
+    "train_eps_255": between(0, 255), "eval_eps_255": non_empty_list(between(0, 255), unique=True),  # CIFAR: ε·255
     # attacks
     "n_attack": POSITIVE_INT, "attack_T": at_least(0, integer=True), "T": at_least(0, integer=True),
     "attack_probes": POSITIVE_INT, "fmn_steps": POSITIVE_INT,
@@ -149,6 +150,8 @@ RELATIONS: list[tuple[tuple[str, ...], Callable[[Mapping], bool], str]] = [
      "n_attack must not exceed n_test (only test samples can be attacked; n_test 0 = all)"),
     (("n_autoattack", "n_eval"), lambda p: p["n_autoattack"] <= p["n_eval"],
      "n_autoattack must not exceed n_eval (AutoAttack runs on the first n_autoattack of the n_eval samples; 0: skip)"),
+    (("n_eval", "n_test"), lambda p: p["n_test"] == 0 or p["n_eval"] <= p["n_test"],
+     "n_eval must not exceed n_test (the white-box attacks run on n_eval of the test images; n_test 0 = all)"),
     (("lsp_k", "batch_size"), lambda p: p["lsp_k"] < p["batch_size"],
      "lsp_k must be below batch_size (the neighbours are other samples of the minibatch)"),
 ]

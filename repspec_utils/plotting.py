@@ -255,6 +255,31 @@ def plot_method_distribution(
     return ax
 
 
+def plot_defences(models: pd.DataFrame, pgd_column: str, suptitle: str = "", suptitle_color: str = "black") -> plt.Figure:
+    """The defence comparison (issue 13): per method, clean test accuracy, the mean Tangent-Attack distance and the
+    PGD robust accuracy in `pgd_column` (seeds as dots, `plot_method_distribution`); one row per readout of
+    `models` (`tables.defence_models`): the model's own readout, then the one re-fitted on frozen Φ."""
+    missing = [c for c in ("method", "readout", "test_acc", "ta_mean_distance", pgd_column) if c not in models]
+    if missing:
+        raise ValueError(f"plot_defences needs the columns {missing} (tables.defence_models gives them)")
+    eps = pgd_column.split("=", 1)[1] if "=" in pgd_column else pgd_column
+    panels = [("test_acc", "test accuracy"), ("ta_mean_distance", r"mean TA distance $\Delta x$"),
+              (pgd_column, f"PGD robust accuracy (ε = {eps})")]
+    readouts = [r for r in ("original", "refit") if (models["readout"] == r).any()]
+    fig, axes = plt.subplots(len(readouts), 3, figsize=(11, 3.2 * len(readouts)), constrained_layout=True,
+                             squeeze=False)
+    for row, readout in enumerate(readouts):
+        part = models[models["readout"] == readout]
+        for col, (y, label) in enumerate(panels):
+            ax = axes[row, col]
+            plot_method_distribution(part, y=y, ax=ax, ylabel=label)
+            ax.set_title(("own readout" if readout == "original" else "readout re-fitted on frozen Φ") + f": {label}")
+            plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor", fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=8, color=suptitle_color)  # darkred: a SYNTHETIC STAND-IN says so
+    return fig
+
+
 def plot_mean_sd_bars(
     df: pd.DataFrame, y: str, *, x: str = "method", by: str | None = None, ax=None, order: Sequence | None = None,
     ylabel: str | None = None, by_label: str | None = None, dots: bool = True,

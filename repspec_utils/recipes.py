@@ -199,7 +199,7 @@ def baseline_configs(dataset: str = "mnist", methods=BASELINE_METHODS, seeds=(0,
                      n_train: int | None = None, weight_decay: float = 1e-4, lam_rep: float = 1e-3,
                      lam_lsp: float = 1.0, lam_arat: float = 30.0, train_eps: float | None = None,
                      train_steps: int = 10, lsp_k: int = 10, arat_bn: bool = True, precision: str = "fp32",
-                     n_test: int | None = None) -> list[TrainConfig]:
+                     n_test: int | None = None, image_size: int = 32, reg_every: int = 24) -> list[TrainConfig]:
     """rep-spectral beside the field's representation-level defences (issue 13; `adversarial`): every method of
     `methods` per seed, each branching from its architecture's burn-in. MNIST-like data: the 784→width→10 GELU MLP;
     CIFAR ('cifar10', 'cifar10_synthetic'): the ResNet18 recipe of `cifar_configs` (lr, batch, augmentation,
@@ -207,11 +207,14 @@ def baseline_configs(dataset: str = "mnist", methods=BASELINE_METHODS, seeds=(0,
     L∞ radius `train_eps` (default: 0.1 MNIST, 8/255 CIFAR with α 2/255) with `train_steps` steps; λ per method:
     rep and rep+pgd_at `lam_rep`, lsp and lsp+pgd_at `lam_lsp` (k = `lsp_k` neighbours), arat `lam_arat` (AR-AT's
     ResNet value, 30). arat_bn: AR-AT on an MLP with a split BatchNorm1d after the hidden layer (an architecture
-    change, so its own burn-in), else without split BN (an ablation); ResNet18 always splits its BatchNorms."""
+    change, so its own burn-in), else without split BN (an ablation); ResNet18 always splits its BatchNorms.
+    CIFAR only: image_size (32: CIFAR's own; else a bilinear resize, `cifar_data`) and reg_every (rep-spectral's
+    penalty on every reg_every-th minibatch plus the epoch-end step, as Fig 6)."""
     cifar = dataset in CIFAR_DATASETS
     if cifar:
         base = cifar_configs(dataset, methods=["none"], seeds=[0], epochs=epochs, burn_in=burn_in,
                              weight_decays=[weight_decay], n_train=n_train, n_test=n_test,
+                             image_size=image_size, reg_every=reg_every,
                              **({} if (lr, batch_size) == (2.0, 128) else {"lr": lr, "batch_size": batch_size}))[0]
         eps = 8 / 255 if train_eps is None else float(train_eps)
         pgd = {"eps": eps, "steps": int(train_steps), "alpha": 2 / 255 if train_eps is None else 2.5 * eps / train_steps}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -197,6 +197,55 @@ def defence_models(samples: pd.DataFrame, whitebox: pd.DataFrame) -> pd.DataFram
     out = ta.merge(fmn, on=keys, how="left")
     wb = whitebox.drop(columns=[c for c in ("test_acc", "data_source") if c in whitebox.columns])
     return out.merge(wb, on=[k for k in keys if k in wb.columns], how="left")
+
+
+class DefenceTables(NamedTuple):
+    """The tables of a defence comparison (`defence_comparison`): `samples` one row per attacked sample, attack and
+    readout; `models` one row per model × readout; `summary` across seeds; `timing` the epoch times (kept apart:
+    wall-clock); `values` the summary's measures; `pgd_columns` the PGD robust-accuracy columns, by ε."""
+    samples: pd.DataFrame
+    models: pd.DataFrame
+    summary: pd.DataFrame
+    timing: pd.DataFrame
+    values: list
+    pgd_columns: list
+
+
+def pgd_column(eps: float) -> str:
+    """The column of PGD robust accuracy at L∞ radius eps in `whitebox_table` / `defence_models`."""
+    return f"pgd_acc_eps={float(eps):g}"
+
+
+def defence_comparison(results: Sequence[TrainResult], n_attack: int, eval_eps: Sequence[float], n_eval: int,
+                       attack_kwargs: dict | None = None, fmn_steps: int = 200, pgd_steps: int = 40,
+                       autoattack_eps: float | None = None, n_autoattack: int = 0, precision: str = "fp32",
+                       readouts: Sequence[str] = ("original", "refit")) -> DefenceTables:
+    """Every evaluation of the defence comparison (issue 13) for each model and readout (cached): the Tangent
+    Attack (`attack_kwargs`) and FMN (`fmn_steps`) on the same `n_attack` correctly classified test images, PGD
+    robust accuracy at every ε of `eval_eps` (`pgd_steps` steps) on `n_eval` seeded test images, AutoAttack at
+    `autoattack_eps` on the first `n_autoattack` of them (0: none), and the epoch times; the same tables for
+    MNIST MLPs and CIFAR ResNets."""
+    for readout in readouts:
+        if readout not in ("original", "refit"):
+            raise ValueError(f"readouts must be 'original' and/or 'refit', got {readout!r}")
+    if n_autoattack and autoattack_eps is None:
+        raise ValueError("n_autoattack > 0 needs autoattack_eps (the training ε)")
+    attacked, whitebox = [], []
+    for readout in readouts:
+        attacked.append(robustness_table(results, n=n_attack, attack_kwargs=attack_kwargs, readout=readout,
+                                         precision=precision))
+        attacked.append(robustness_table(results, n=n_attack, attack="fmn", attack_kwargs={"steps": int(fmn_steps)},
+                                         readout=readout, certify=False))
+        whitebox.append(whitebox_table(results, eval_eps, n_eval, readout=readout, pgd_steps=pgd_steps,
+                                       autoattack_eps=autoattack_eps if n_autoattack else None,
+                                       autoattack_n=n_autoattack or None))
+    samples = pd.concat(attacked, ignore_index=True)
+    models = defence_models(samples, pd.concat(whitebox, ignore_index=True))
+    pgd_cols = [pgd_column(e) for e in eval_eps]
+    values = ["test_acc", "ta_mean_distance", "fmn_mean_distance", *pgd_cols,
+              *(["autoattack_acc"] if n_autoattack else [])]
+    return DefenceTables(samples, models, seed_summary(models, values=values), epoch_times(results), values,
+                         pgd_cols)
 
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:

@@ -240,6 +240,7 @@ def test_lsp_gradient_reaches_both_sides():
     ("arat", {"model": {"kind": "cifar_resnet18"}, "dataset": "cifar10_synthetic",
               "method_kwargs": {"layers": ["layer4.0.bn3"]}}, "do not exist"),
     ("pgd_at", {"dataset": "xor", "model": {"kind": "mlp", "widths": [8]}}, "image dataset"),
+    ("lsp+pgd_at", {"dataset": "sin", "model": {"kind": "mlp", "widths": [8]}}, "image dataset"),
 ])
 def test_bad_settings_fail_before_any_work(method, changes, match, monkeypatch):
     def no_data(*a, **k):
@@ -339,6 +340,15 @@ def test_baseline_configs_validate_on_mnist_and_the_cifar_recipe():
             assert arat.model["batchnorm"] is True and ADV.pgd_settings(arat)["eps"] == 0.1
         else:
             assert arat.model == {"kind": "cifar_resnet18"} and ADV.pgd_settings(arat)["alpha"] == pytest.approx(2 / 255)
+    small = recipes.baseline_configs("cifar10_synthetic", seeds=[0], image_size=8, reg_every=3, n_train=64,
+                                     n_test=50, train_eps=4 / 255, train_steps=2, lr=0.01, batch_size=32)
+    for c in small:  # the resized stand-in (a 'transfer_' dataset of [0, 1] images) passes the PGD box check
+        T.validate(c)
+        assert c.dataset == "transfer_cifar10_synthetic" and c.data_kwargs == {"image_size": 8, "n_train": 64,
+                                                                                "n_test": 50}
+        assert (c.reg_every, c.lr, c.batch_size) == (3, 0.01, 32)
+    pgd = ADV.pgd_settings(next(c for c in small if c.method == "pgd_at"))
+    assert pgd["eps"] == pytest.approx(4 / 255) and pgd["alpha"] == pytest.approx(2.5 * (4 / 255) / 2)
     ablation = next(c for c in recipes.baseline_configs("mnist", seeds=[0], arat_bn=False) if c.method == "arat")
     assert "batchnorm" not in ablation.model and ablation.method_kwargs["split_bn"] is False
     with pytest.raises(ValueError, match="knows the methods"):
@@ -397,3 +407,24 @@ def test_whitebox_table_for_trained_models_both_readouts():
         t = tables.whitebox_table(results, [0.0, 0.1], 30, readout=readout, pgd_steps=3)
         assert list(t.method) == ["none", "rep"] and (t.readout == readout).all() and (t.n_eval == 30).all()
         assert (t["pgd_acc_eps=0"] == t.clean_acc_eval).all() and (t["pgd_acc_eps=0.1"] <= t.clean_acc_eval).all()
+
+
+def test_defence_comparison_tables_and_bad_input():
+    from repspec_utils import plotting, tables
+
+    results = [train(DIGITS.replace(method=m, method_kwargs=kw), progress=False)
+               for m, kw in (("none", {}), ("pgd_at", {"eps": 0.1, "steps": 2}))]
+    with pytest.raises(ValueError, match="autoattack_eps"):
+        tables.defence_comparison(results, 2, [0.1], 10, n_autoattack=5)
+    with pytest.raises(ValueError, match="readouts"):
+        tables.defence_comparison(results, 2, [0.1], 10, readouts=("own",))
+    out = tables.defence_comparison(results, 2, [0.05, 0.1], 10, attack_kwargs={"T": 1}, fmn_steps=5, pgd_steps=2)
+    assert out.pgd_columns == [tables.pgd_column(0.05), "pgd_acc_eps=0.1"]
+    assert len(out.models) == 4 and set(out.models.readout) == {"original", "refit"}
+    assert (out.samples.groupby(["method", "readout", "attack"]).size() == 2).all() and len(out.samples) == 16
+    assert list(out.timing.method) == ["none", "pgd_at"] and out.timing.epoch_time_vs_none.iloc[0] == 1.0
+    assert {f"{v}_mean" for v in out.values} <= set(out.summary.columns) and "autoattack_acc" not in out.values
+    fig = plotting.plot_defences(out.models, "pgd_acc_eps=0.1", suptitle="x", suptitle_color="darkred")
+    assert len(fig.axes) == 6 and fig._suptitle.get_color() == "darkred"
+    with pytest.raises(ValueError, match="pgd_acc_eps=0.3"):
+        plotting.plot_defences(out.models, "pgd_acc_eps=0.3")
