@@ -299,6 +299,23 @@ def autoattack_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, n_cl
     return robust.double().mean().item(), robust
 
 
+def _whitebox_key(cache_key: dict, test_ds, eps, n, seed, pgd_steps, autoattack_eps, n_aa):
+    """The cache key and path of one white-box evaluation (`whitebox_robustness`)."""
+    key = cache.make_key(kind="whitebox", model=cache_key, eps=[float(e) for e in eps], n=int(n), seed=seed,
+                         pgd_steps=int(pgd_steps), autoattack_eps=autoattack_eps,
+                         autoattack_n=None if autoattack_eps is None else n_aa,
+                         data=[getattr(test_ds, "name", None), len(test_ds.y)], version=WHITEBOX_VERSION)
+    return key, cache.cache_root() / "whitebox" / f"{key}.pt"
+
+
+def whitebox_is_cached(cache_key: dict, test_ds, eps: list, n: int, seed: int = 0, pgd_steps: int = 40,
+                       autoattack_eps: float | None = None, autoattack_n: int | None = None) -> bool:
+    """Whether `whitebox_robustness` with these arguments would load its values from the cache (the executor
+    submits only the evaluations that are not)."""
+    n_aa = int(n) if autoattack_n is None else int(autoattack_n)
+    return _whitebox_key(cache_key, test_ds, eps, n, seed, pgd_steps, autoattack_eps, n_aa)[1].exists()
+
+
 def whitebox_robustness(model: nn.Module, test_ds, eps: list, n: int, seed: int = 0, pgd_steps: int = 40,
                         autoattack_eps: float | None = None, autoattack_n: int | None = None,
                         cache_key: dict | None = None, batch_size: int = 4096) -> dict:
@@ -322,11 +339,7 @@ def whitebox_robustness(model: nn.Module, test_ds, eps: list, n: int, seed: int 
         raise ValueError(f"autoattack_n must be an integer in [1, n={n}], got {autoattack_n!r}")
     path = None
     if cache_key is not None:
-        key = cache.make_key(kind="whitebox", model=cache_key, eps=[float(e) for e in eps], n=int(n), seed=seed,
-                             pgd_steps=int(pgd_steps), autoattack_eps=autoattack_eps,
-                             autoattack_n=None if autoattack_eps is None else n_aa,
-                             data=[getattr(test_ds, "name", None), len(test_ds.y)], version=WHITEBOX_VERSION)
-        path = cache.cache_root() / "whitebox" / f"{key}.pt"
+        key, path = _whitebox_key(cache_key, test_ds, eps, n, seed, pgd_steps, autoattack_eps, n_aa)
         stored = cache.load(path)
         if stored is not None:
             cache.note_compute("whitebox", key, stored["seconds"])

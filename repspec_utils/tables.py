@@ -89,18 +89,24 @@ def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
     return len(robustness_table(train_all([cfg], progress=False, executor="inline"), **{**kwargs, "executor": "inline"}))
 
 
+def _cached_readout_key(r: TrainResult, readout: str, test_ds, need_acc: bool = True):
+    """(cache key, test accuracy) of a model with the given readout without computing anything expensive: None for
+    a re-fit not cached yet; the accuracy of the original readout is computed only with need_acc."""
+    if readout == "refit":
+        stored = cache.load(cache.cache_root() / "refit" / f"{cache.make_key(kind='refit', model=r.key, C=1.0)}.pt")
+        return None if stored is None else ({"train": r.key, "refit": 1.0}, stored["acc"])
+    return {"train": r.key}, accuracy(r.model.eval(), test_ds) if need_acc else None
+
+
 def _attack_cached(r: TrainResult, n, attack, attack_kwargs, seed, readout, precision) -> bool:
     """Whether the attack table of one model (and readout) is in the cache already (a re-fit not yet cached: no)."""
     from .evaluate import attack_is_cached
 
     _, test_ds = load_training_data(r.config)
-    if readout == "refit":
-        stored = cache.load(cache.cache_root() / "refit" / f"{cache.make_key(kind='refit', model=r.key, C=1.0)}.pt")
-        if stored is None:
-            return False
-        acc, key = stored["acc"], {"train": r.key, "refit": 1.0}
-    else:
-        acc, key = accuracy(r.model.eval(), test_ds), {"train": r.key}
+    found = _cached_readout_key(r, readout, test_ds)
+    if found is None:
+        return False
+    key, acc = found
     n_attack = int(round(acc * len(test_ds))) if n is None else int(n)
     return n_attack > 0 and attack_is_cached(key, test_ds, n_attack, seed, attack, attack_kwargs, precision)
 
@@ -150,14 +156,49 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
     return pd.concat(rows, ignore_index=True)
 
 
+def _whitebox_cached(r: TrainResult, kwargs: dict) -> bool:
+    """Whether the white-box values of one model (and readout) are in the cache already (a re-fit not yet cached:
+    no)."""
+    from .evaluate import whitebox_is_cached
+
+    _, test_ds = load_training_data(r.config)
+    found = _cached_readout_key(r, kwargs["readout"], test_ds, need_acc=False)
+    if found is None:
+        return False
+    key = found[0]
+    rest = {k: v for k, v in kwargs.items() if k != "readout"}
+    return whitebox_is_cached(key, test_ds, **rest)
+
+
+def _whitebox_job(cfg: TrainConfig, kwargs: dict) -> int:
+    """One white-box job of an executor: the model of cfg from the cache, its values into the cache."""
+    from .recipes import train_all
+
+    return len(whitebox_table(train_all([cfg], progress=False, executor="inline"), **kwargs, executor="inline"))
+
+
 def whitebox_table(results: Sequence[TrainResult], eps: Sequence[float], n: int, readout: str = "original",
                    pgd_steps: int = 40, autoattack_eps: float | None = None, autoattack_n: int | None = None,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, progress: bool | None = None, executor: str | None = None,
+                   max_workers: int | None = None) -> pd.DataFrame:
     """White-box robust accuracy of every model (cached, `evaluate.whitebox_robustness`): one row per model with
     its settings, readout, test accuracy, `pgd_acc_eps=<ε>` per ε, `autoattack_acc` (with `autoattack_eps`) and
-    n_eval. readout='refit': the readout re-trained on frozen Φ first (as `robustness_table`)."""
+    n_eval. readout='refit': the readout re-trained on frozen Φ first (as `robustness_table`). On an executor
+    other than inline, the models whose values are not cached yet are evaluated as one job each (as the attacks
+    of `robustness_table`), then every row is read from the cache."""
     if readout not in ("original", "refit"):
         raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
+    from .executor import Job, check_max_workers, resolve_executor, run_jobs
+
+    name = resolve_executor(executor)
+    check_max_workers(max_workers)
+    kwargs = dict(eps=list(eps), n=n, readout=readout, pgd_steps=pgd_steps, autoattack_eps=autoattack_eps,
+                  autoattack_n=autoattack_n, seed=seed)
+    if name != "inline":
+        todo = [r for r in results if not _whitebox_cached(r, kwargs)]
+        if todo:
+            run_jobs([Job(f"white-box {r.config.method} seed {r.config.seed} ({readout})", _whitebox_job,
+                          (r.config, kwargs)) for r in todo], name, max_workers, progress=progress, desc="white-box")
     rows = []
     for r in results:
         test_ds, model, key, acc = _with_readout(r, readout)

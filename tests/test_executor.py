@@ -256,3 +256,24 @@ def test_mnist_subset_debug_matches_inline(tmp_path, monkeypatch):
     _same(ref, got)
     assert tables.robustness_table(got, n=2, attack_kwargs={"T": 2}, progress=False, certify=False,
                                    executor="debug").equals(ref_table)
+
+
+def test_whitebox_jobs_match_inline_and_submit_only_what_is_missing(tmp_path, monkeypatch):
+    """White-box evaluations as executor jobs (one per model not cached): the same values as inline, for both
+    readouts; a rerun submits nothing."""
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "wb"))
+    results = recipes.train_all(CONFIGS[:2], progress=False)
+    kw = dict(eps=[0.05, 0.2], n=40, pgd_steps=3)
+    ref = {ro: tables.whitebox_table(results, readout=ro, **kw) for ro in ("original", "refit")}
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "wb2"))
+    tables.whitebox_table(results[:1], **kw)  # the first model's original-readout values are cached
+    calls = _spy_jobs(monkeypatch)
+    got = {ro: tables.whitebox_table(results, readout=ro, executor="debug", progress=False, **kw)
+           for ro in ("original", "refit")}
+    assert [j.name for c in calls for j in c] == ["white-box rep seed 0 (original)", "white-box none seed 0 (refit)",
+                                                  "white-box rep seed 0 (refit)"]
+    for ro in ref:
+        assert got[ro].equals(ref[ro])
+    assert got["original"]["pgd_acc_eps=0.2"].le(got["original"]["pgd_acc_eps=0.05"]).all()
+    tables.whitebox_table(results, readout="refit", executor="debug", progress=False, **kw)
+    assert len([j for c in calls for j in c]) == 3  # everything cached now: nothing submitted
