@@ -411,11 +411,15 @@ def _duration(seconds: float) -> str:
 
 def format_compute(summary: dict) -> str:
     """`cache.compute_summary()` as one footer phrase, e.g. 'training 42.0 min (12 models + 3 burn-ins), attacks
-    18.5 min (12 runs)'; uncached analyses add 'metric …' (pull-back metric on a plane, per model) and 'σ traces …'
+    18.5 min (12 runs)', 'white-box PGD / AutoAttack …' (evaluations); a kind it has no label for is listed
+    under its own name; uncached analyses add 'metric …' (pull-back metric on a plane, per model) and 'σ traces …'
     (timed now, every run); entries cached without a time are counted and said to be missing (the total then is a
     lower bound, marked ≥, or 'time not recorded' when no entry of that kind has one)."""
-    order = [("train", "training", "models"), ("attack", "attacks", "runs"), ("refit", "re-fits", "re-fits"),
+    order = [("train", "training", "models"), ("attack", "attacks", "runs"),
+             ("whitebox", "white-box PGD / AutoAttack", "evaluations"), ("refit", "re-fits", "re-fits"),
              ("metric", "metric", "models"), ("sigma-trace", "σ traces", "runs")]
+    known = {kind for kind, _, _ in order} | {"burn-in"}
+    order += [(kind, kind, "entries") for kind in summary if kind not in known]  # never drop a kind's time silently
     parts = []
     for kind, label, noun in order:
         row = summary.get(kind)

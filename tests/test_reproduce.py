@@ -169,6 +169,10 @@ def test_footer_and_manifest_say_how_long_the_results_took(toy):
     assert nbk.format_compute({"metric": {"seconds": 630.0, "entries": 3, "unrecorded": 0},
                               "sigma-trace": {"seconds": 90.0, "entries": 4, "unrecorded": 0}}) == \
         "metric 10.5 min (3 models), σ traces 1.5 min (4 runs)"
+    assert nbk.format_compute({"whitebox": {"seconds": 120.0, "entries": 2, "unrecorded": 0},
+                              "train": {"seconds": 60.0, "entries": 1, "unrecorded": 0},
+                              "newkind": {"seconds": 6.0, "entries": 1, "unrecorded": 0}}) == \
+        "training 1.0 min (1 models), white-box PGD / AutoAttack 2.0 min (2 evaluations), newkind 6 s (1 entries)"
 
 
 def test_uncreatable_folders_fail_before_running(toy, monkeypatch):
