@@ -227,9 +227,18 @@ def epoch_times(results: Sequence[TrainResult], baseline: str = "none") -> pd.Da
 def defence_models(samples: pd.DataFrame, whitebox: pd.DataFrame) -> pd.DataFrame:
     """One row per model × readout for the defence comparison (issue 13): settings, readout, test accuracy, the
     Tangent-Attack mean / median distance (`ta_…`), FMN's mean distance (`fmn_mean_distance`), the mean certified
-    radius where defined, and the white-box columns of `whitebox_table` (pgd_acc_eps=…, autoattack_acc)."""
-    pm = per_model(samples)
-    keys = [c for c in [*SETTING_COLUMNS, "readout"] if c in pm.columns]
+    radius where defined, and the white-box columns of `whitebox_table` (pgd_acc_eps=…, autoattack_acc). Every
+    model keeps its row: one whose hard-label attack found no adversarial point on any sample (a model near chance
+    that predicts one class, say) gets a NaN distance and a success rate of 0, not a missing row."""
+    keys = [c for c in [*SETTING_COLUMNS, "readout"] if c in samples.columns]
+    by = [*keys, "attack"]
+    extra = {"data_source": ("data_source", "first")} if "data_source" in samples.columns else {}
+    every = (samples.assign(_ok=samples["success"].astype(bool) & np.isfinite(samples["distance"]))
+             .groupby(by, dropna=False).agg(n_attacked=("_ok", "sum"), test_acc=("test_acc", "first"),
+                                            success_rate=("_ok", "mean"), **extra).reset_index())
+    found = per_model(samples)
+    pm = every.merge(found.drop(columns=[c for c in every.columns if c not in by]), on=by, how="left")
+    pm = pm[[c for c in found.columns if c in pm.columns]]
     ta = pm[pm["attack"] == "tangent"].drop(columns="attack").rename(columns={
         "mean_distance": "ta_mean_distance", "median_distance": "ta_median_distance", "n_attacked": "n_attacked",
         "mean_queries": "ta_mean_queries", "success_rate": "ta_success_rate"})

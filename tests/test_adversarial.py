@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -428,3 +430,27 @@ def test_defence_comparison_tables_and_bad_input():
     assert len(fig.axes) == 6 and fig._suptitle.get_color() == "darkred"
     with pytest.raises(ValueError, match="pgd_acc_eps=0.3"):
         plotting.plot_defences(out.models, "pgd_acc_eps=0.3")
+
+
+def test_defence_models_keep_a_model_whose_attack_never_succeeded():
+    """A model whose Tangent Attack found no adversarial point on any sample (seen on a near-chance stand-in ResNet)
+    keeps its row, with a NaN distance and a success rate of 0; the others' means are over their successes."""
+    from repspec_utils import tables
+
+    rows = []
+    for method, ta in (("none", [1.0, 3.0]), ("arat", [np.inf, np.inf])):
+        for attack, dist in (("tangent", ta), ("fmn", [0.5, 0.7])):
+            for i, d in enumerate(dist):
+                rows.append({"dataset": "mnist", "method": method, "seed": 0, "readout": "original",
+                             "attack": attack, "index": i, "distance": d, "success": bool(np.isfinite(d)),
+                             "queries": 10, "test_acc": 0.9 if method == "none" else 0.1, "data_source": "real"})
+    samples = pd.DataFrame(rows)
+    wb = pd.DataFrame([{"dataset": "mnist", "method": m, "seed": 0, "readout": "original", "test_acc": 0.5,
+                        "pgd_acc_eps=0.1": 0.25} for m in ("none", "arat")])
+    models = tables.defence_models(samples, wb).set_index("method")
+    assert len(models) == 2
+    assert models.at["none", "ta_mean_distance"] == 2.0 and models.at["none", "ta_success_rate"] == 1.0
+    assert np.isnan(models.at["arat", "ta_mean_distance"]) and models.at["arat", "ta_success_rate"] == 0.0
+    assert models.at["arat", "n_attacked"] == 0 and models.at["arat", "test_acc"] == 0.1
+    assert models.at["arat", "fmn_mean_distance"] == pytest.approx(0.6) and (models["pgd_acc_eps=0.1"] == 0.25).all()
+    assert (models["data_source"] == "real").all()
