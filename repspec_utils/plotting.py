@@ -255,6 +255,18 @@ def plot_method_distribution(
     return ax
 
 
+def eps_label(eps) -> str:
+    """An L∞ radius as people write it: in units of 1/255 where it is one (0.0313725… -> '8/255'), else as given."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        return str(eps)
+    k = value * 255
+    if value > 0 and abs(k - round(k)) < 1e-4 and abs(value * 100 - round(value * 100)) > 1e-9:
+        return f"{round(k)}/255"
+    return f"{value:g}"
+
+
 def plot_defences(models: pd.DataFrame, pgd_column: str, suptitle: str = "", suptitle_color: str = "black") -> plt.Figure:
     """The defence comparison (issue 13): per method, clean test accuracy, the mean Tangent-Attack distance and the
     PGD robust accuracy in `pgd_column` (seeds as dots, `plot_method_distribution`); one row per readout of
@@ -264,7 +276,7 @@ def plot_defences(models: pd.DataFrame, pgd_column: str, suptitle: str = "", sup
         raise ValueError(f"plot_defences needs the columns {missing} (tables.defence_models gives them)")
     eps = pgd_column.split("=", 1)[1] if "=" in pgd_column else pgd_column
     panels = [("test_acc", "test accuracy"), ("ta_mean_distance", r"mean TA distance $\Delta x$"),
-              (pgd_column, f"PGD robust accuracy (ε = {eps})")]
+              (pgd_column, f"PGD robust accuracy (ε = {eps_label(eps)})")]
     readouts = [r for r in ("original", "refit") if (models["readout"] == r).any()]
     fig, axes = plt.subplots(len(readouts), 3, figsize=(11, 3.2 * len(readouts)), constrained_layout=True,
                              squeeze=False)
@@ -273,7 +285,7 @@ def plot_defences(models: pd.DataFrame, pgd_column: str, suptitle: str = "", sup
         for col, (y, label) in enumerate(panels):
             ax = axes[row, col]
             plot_method_distribution(part, y=y, ax=ax, ylabel=label)
-            ax.set_title(("own readout" if readout == "original" else "readout re-fitted on frozen Φ") + f": {label}")
+            ax.set_title(("own readout" if readout == "original" else "re-fitted readout") + f": {label}", fontsize=9)
             plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor", fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=8, color=suptitle_color)  # darkred: a SYNTHETIC STAND-IN says so

@@ -173,3 +173,11 @@ def test_portable_paths_and_merged_splits(monkeypatch, tmp_path):
     monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "d"))
     assert files.portable(f"from {tmp_path}/d/MNIST/raw") == "from $REPSPEC_DATA/MNIST/raw"
     assert merge_splits(["a, train split", "a, test split", "b"]) == ["a, train + test split", "b"]
+
+
+def test_eps_label_writes_radii_in_units_of_1_255_where_they_are():
+    from repspec_utils.plotting import eps_label
+
+    assert eps_label(8 / 255) == "8/255" and eps_label("0.0313725") == "8/255" and eps_label(4 / 255) == "4/255"
+    assert eps_label(0.1) == "0.1" and eps_label("0.3") == "0.3" and eps_label(0.05) == "0.05"
+    assert eps_label(0.123) == "0.123" and eps_label("linf") == "linf"
