@@ -469,8 +469,8 @@ FIGURES = {  # folder: (title, what it shows); the order of the results page
                         "a re-fitted readout; LSP-style is reconstructed from its abstract"),
     "baselines_cifar": ("The same seven methods through the CIFAR ResNet18 pipeline (ours)",
                         "the comparison of `baselines_mnist` on ResNet18 (split BatchNorm for AR-AT); at the committed "
-                        "scale on the synthetic stand-in, so it shows that every method runs and what its epochs "
-                        "cost, not how robust it is"),
+                        "scale on the synthetic stand-in: it shows that every method runs, not how robust it is "
+                        "(nor, with 2 branch epochs of 8 steps, what each costs: that is the benchmark's)"),
 }
 
 
