@@ -326,10 +326,14 @@ def record(fig_dir: str | os.PathLike, **fields: Any) -> dict:
     return rec
 
 
+EXECUTION_ONLY = ("executor", "max_workers")  # where jobs ran: never part of a result (nor of a cache key)
+
+
 def profile_label(profile: str, deviations: Mapping[str, Any] | None) -> str:
     """'cpu' plus the parameters a run changed from its profile ('cpu n_attack=50'): the footers' and the claims
-    table's name for what produced a figure."""
-    return profile + "".join(f" {k}={v!r}" for k, v in (deviations or {}).items())
+    table's name for what produced a figure. Where the jobs ran (EXECUTION_ONLY: executor, max_workers) is left
+    out: the same profile run inline or on workers gives the same results (the manifest still records it)."""
+    return profile + "".join(f" {k}={v!r}" for k, v in (deviations or {}).items() if k not in EXECUTION_ONLY)
 
 
 class NotebookRun:

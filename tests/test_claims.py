@@ -157,7 +157,9 @@ def test_a_baseline_without_distance_competes_on_accuracy_only(tmp_path):
 def test_profile_names_its_deviations(tmp_path):
     """A run with overrides (e.g. fewer attacked samples) is labelled with them, as its footer is."""
     _write(tmp_path, "fig4_mnist", _models({"none": [1.0, 1.1, 1.2], "rep": [1.5, 1.6, 1.7]}, {"none": 1.0, "rep": 1.0}),
-           manifest={"profile": "cpu", "status": "ok", "deviations": {"n_attack": 50}})
+           manifest={"profile": "cpu", "status": "ok",
+                     "deviations": {"executor": "local", "n_attack": 50, "max_workers": 2}})
+    # where the jobs ran is not a deviation of the results: left out of the label
     assert set(claims_table(tmp_path).query("figure == 'fig4_mnist'").profile) == {"cpu n_attack=50"}
 
 
