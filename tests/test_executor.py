@@ -93,7 +93,9 @@ def test_split_branches_makes_each_branch_a_job_after_its_burn_in(tmp_path, monk
 
 
 def test_killed_local_job_resumes_when_resubmitted(tmp_path, monkeypatch):
-    cfg = BASE.replace(method="rep", epochs=40, burn_in=20, seed=4)
+    # a burn-in of 380 epochs (≈ 5 s): with 20 (≈ 0.5 s) a fast CPU finished it between the poll that saw the
+    # checkpoint and the kill, so the test failed on a race, not on the resume
+    cfg = BASE.replace(method="rep", epochs=400, burn_in=380, seed=4)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "ref"))
     ref = train(cfg, progress=False)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "run"))
