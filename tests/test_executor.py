@@ -93,7 +93,7 @@ def test_split_branches_makes_each_branch_a_job_after_its_burn_in(tmp_path, monk
 
 
 @pytest.mark.slow  # passes alone (3 of 3 here) but failed inside the full suite on 2026-12-06 (resume.pt never seen
-# before the job ended: cause not found yet, see the issue-14 note); run with `pytest -m slow tests/test_executor.py`
+# before the job ended: cause not found yet, see the 2026-12-06 closing note); run with `pytest -m slow tests/test_executor.py`
 def test_killed_local_job_resumes_when_resubmitted(tmp_path, monkeypatch):
     # a burn-in of 380 epochs (≈ 5 s): with 20 (≈ 0.5 s) a fast CPU finished it between the poll that saw the
     # checkpoint and the kill, so the test failed on a race, not on the resume
