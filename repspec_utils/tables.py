@@ -47,14 +47,19 @@ def format_kwargs(kwargs: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(kwargs.items()))
 
 
+def _refit_entry(model_key, C: float):
+    """The cache key and path of a model's re-fitted readout (`refit_cached`)."""
+    key = cache.make_key(kind='refit', model=model_key, C=C)
+    return key, cache.cache_root() / "refit" / f"{key}.pt"
+
+
 def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
     """`evaluate.refit_readout` of a trained model, its fitted readout cached by the model's key: (model, acc).
     The fit runs with single-threaded BLAS: on a busy 2-core machine OpenBLAS threads spin (measured: a 2000×256 fit
     2.3 s instead of 0.05 s; one 60000×2000 gradient 0.62 s instead of 0.43 s)."""
     from threadpoolctl import threadpool_limits
 
-    key = cache.make_key(kind='refit', model=result.key, C=C)
-    path = cache.cache_root() / "refit" / f"{key}.pt"
+    key, path = _refit_entry(result.key, C)
     stored = cache.load(path)
     if stored is None:
         t0 = time.perf_counter()
@@ -93,7 +98,7 @@ def _cached_readout_key(r: TrainResult, readout: str, test_ds, need_acc: bool = 
     """(cache key, test accuracy) of a model with the given readout without computing anything expensive: None for
     a re-fit not cached yet; the accuracy of the original readout is computed only with need_acc."""
     if readout == "refit":
-        stored = cache.load(cache.cache_root() / "refit" / f"{cache.make_key(kind='refit', model=r.key, C=1.0)}.pt")
+        stored = cache.load(_refit_entry(r.key, 1.0)[1])
         return None if stored is None else ({"train": r.key, "refit": 1.0}, stored["acc"])
     return {"train": r.key}, accuracy(r.model.eval(), test_ds) if need_acc else None
 
