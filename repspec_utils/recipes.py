@@ -97,12 +97,13 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
               max_workers: int | None = None, recompute: bool = False) -> list[TrainResult]:
     """Train every config (cached): small MLP groups with the batched engine (in this process), the rest one by one,
     or as jobs on an executor (`executor.resolve_executor`: inline, local, slurm, debug). As jobs: by default one
-    job per burn-in trains it and then every branch from it (fewest process starts: the fastest on one machine);
-    with the executor setting `split_branches: true` (profiles/executor.yaml; for clusters with many GPUs) the first
-    config's job trains the burn-in and its branch and every other branch is a job that needs it. Configs already
+    job per burn-in trains it and then every branch from it (fewest process starts), or, split, the first config's
+    job trains the burn-in and its branch and every other branch is a job that needs it; the executor setting
+    `split_branches` (profiles/executor.yaml) chooses: true, false, or auto (default: split unless the burn-ins divide
+    evenly among the jobs running at once). Configs already
     cached are not submitted; afterwards every model is read from the cache. recompute: train everything anew
     without reading the cache (each burn-in once), overwriting the entries."""
-    from .executor import Job, check_max_workers, load_settings, resolve_executor, run_jobs
+    from .executor import Job, check_max_workers, load_settings, resolve_executor, run_jobs, split_branches
     from .train import _phase_key
 
     configs = list(configs)
@@ -135,7 +136,8 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
         if first:
             first_of[base] = len(jobs)
         jobs.append(Job(f"train {c.dataset} {c.method} seed {c.seed}", _train_job, (c, mode), needs))
-    if jobs and not load_settings().get("split_branches", False):  # one job per burn-in with all its branches
+    if jobs and not split_branches(load_settings(), sum(not j.needs for j in jobs), name, max_workers):
+        # one job per burn-in with all its branches
         groups_of: dict[int, list[int]] = {}
         for j, job in enumerate(jobs):
             groups_of.setdefault(job.needs[0] if job.needs else j, []).append(j)

@@ -92,6 +92,50 @@ def test_split_branches_makes_each_branch_a_job_after_its_burn_in(tmp_path, monk
     _same(ref, got)
 
 
+@pytest.mark.parametrize("setting, name, workers, groups, split", [
+    ("auto", "local", 2, 5, True),    # 5 seeds on 2 workers: grouped, the fifth would run alone at the end
+    ("auto", "local", 2, 4, False),   # evenly divided: one job per seed
+    ("auto", "local", 3, 1, True),    # one seed, several workers: its branches in parallel
+    ("auto", "slurm", None, 8, True),  # no cap: every branch its own job
+    ("auto", "slurm", 4, 8, False),
+    ("auto", "debug", 2, 5, False),   # one job at a time in this process
+    ("auto", "inline", None, 5, False),
+    (True, "local", 2, 4, True), (False, "local", 2, 5, False)])
+def test_split_branches_auto_splits_when_seeds_do_not_divide_among_workers(setting, name, workers, groups, split):
+    assert X.split_branches({"split_branches": setting}, groups, name, workers) is split
+
+
+def test_split_branches_rejects_other_values():
+    with pytest.raises(ValueError, match="true, false or auto"):
+        X.split_branches({"split_branches": "yes"}, 5, "local", 2)
+
+
+class _RecordingExecutor:
+    """A submitit stand-in that runs each job at submission and records the order."""
+
+    def __init__(self):
+        self.order: list[str] = []
+
+    def submit(self, fn, job_fn, args, threads):
+        self.order.append(args[0])
+        report = X.JobReport(value=args[0], device="test", seconds=0.0)
+        return type("Done", (), {"done": lambda self: True, "result": lambda self: report, "job_id": "0"})()
+
+
+def test_run_jobs_starts_the_jobs_others_wait_for_first(monkeypatch):
+    # seed a's burn-in, its two branches, then seed b's burn-in and branch, then an attack nobody needs; one worker:
+    # after a's burn-in the other burn-in (needed by one job) must start before a's branches
+    rec = _RecordingExecutor()
+    monkeypatch.setattr(X, "make_submitit_executor", lambda name, folder, settings: rec)
+    noop = lambda tag: tag  # noqa: E731
+    jobs = [X.Job("a", noop, ("a",)), X.Job("a1", noop, ("a1",), (0,)), X.Job("a2", noop, ("a2",), (0,)),
+            X.Job("x", noop, ("x",)), X.Job("b", noop, ("b",)), X.Job("b1", noop, ("b1",), (4,))]
+    assert X._dependents(jobs) == [2, 0, 0, 0, 1, 0]
+    reports = X.run_jobs(jobs, "local", max_workers=1, progress=False)
+    assert rec.order == ["a", "b", "a1", "a2", "x", "b1"]
+    assert [r.value for r in reports] == ["a", "a1", "a2", "x", "b", "b1"]  # reports in the jobs' order
+
+
 @pytest.mark.slow  # passes alone (3 of 3 here) but failed inside the full suite on 2026-12-06 (resume.pt never seen
 # before the job ended: cause not found yet, see the 2026-12-06 closing note); run with `pytest -m slow tests/test_executor.py`
 def test_killed_local_job_resumes_when_resubmitted(tmp_path, monkeypatch):
