@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 from .files import REPO_ROOT
 
 __all__ = ["EXECUTORS", "Job", "JobReport", "resolve_executor", "configure", "load_settings", "check_max_workers", "run_jobs",
-           "split_branches", "make_submitit_executor", "default_max_workers", "PROFILE_KEYS", "job_devices",
+           "submit", "split_branches", "make_submitit_executor", "default_max_workers", "PROFILE_KEYS", "job_devices",
            "reset_job_devices"]
 
 EXECUTORS = ("inline", "local", "slurm", "debug")
@@ -199,6 +199,26 @@ def make_submitit_executor(name: str, folder: str | Path, settings: dict):
     raise ValueError(f"no submitit executor for {name!r}; choose one of local, slurm, debug")
 
 
+def submit(ex, fn: Callable, args: tuple = (), threads: int = 1):
+    """`ex.submit(_run_in_worker, fn, args, threads)` with SIGINT at its default in the processes it starts.
+
+    submitit cancels a local job with SIGINT to its controller process, which kills the job. A process started from
+    a shell script with `&` (`nohup repspec run … &`, a backgrounded pytest) has SIGINT ignored, the processes it
+    starts inherit that, and the SIGINT does nothing: a failed run's other jobs, and a cancelled job, kept running
+    to the end. Python handlers are reset by exec, so a Python handler installed for the submission gives the
+    children the default disposition (only here, in the main thread; elsewhere submitted as is)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return ex.submit(_run_in_worker, fn, args, threads)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return ex.submit(_run_in_worker, fn, args, threads)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_in_worker(fn: Callable, args: tuple, threads: int) -> JobReport:
     """The function a submitit job runs: fn(*args) on `threads` torch threads, timed, with the device it saw."""
     import torch
@@ -294,7 +314,7 @@ def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int 
                         break
                     gpu_of[i] = free_gpus.pop(0)
                     ex.update_parameters(gpus_per_node=1, visible_gpus=[gpu_of[i]])
-                running[i] = ex.submit(_run_in_worker, jobs[i].fn, jobs[i].args, threads)
+                running[i] = submit(ex, jobs[i].fn, jobs[i].args, threads)
                 pending.remove(i)
             for i, job in list(running.items()):
                 if name != "debug" and not job.done():
