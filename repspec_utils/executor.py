@@ -149,10 +149,15 @@ def split_branches(settings: dict, n_groups: int, name: str, max_workers: int | 
         raise ValueError(f"split_branches must be true, false or auto, got {value!r}")
     if name in ("inline", "debug"):
         return False  # one job after another in this process: nothing to balance
-    cap = max_workers or DEFAULT_MAX_WORKERS or settings.get("max_workers")
-    if cap is None and name == "local":
-        cap = default_max_workers(settings)
+    cap = _worker_cap(name, max_workers, settings)
     return cap is None or n_groups % cap != 0
+
+
+def _worker_cap(name: str, max_workers: int | None, settings: dict) -> int | None:
+    """How many jobs run at once: the argument, else the process default (`configure`), else the settings, else
+    (local) cores ÷ threads per job; None: no cap (slurm, debug)."""
+    return (max_workers or DEFAULT_MAX_WORKERS or settings.get("max_workers")
+            or (default_max_workers(settings) if name == "local" else None))
 
 
 def _dependents(jobs: Sequence[Job]) -> list[int]:
@@ -210,7 +215,8 @@ def submit(ex, fn: Callable, args: tuple = (), threads: int = 1):
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
         return ex.submit(_run_in_worker, fn, args, threads)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -275,8 +281,7 @@ def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int 
     threads = int(settings.get("threads_per_job", 1))
     if name == "inline":  # in this process, exceptions as they are
         return [JobReport(value=j.fn(*j.args), device="this process", seconds=float("nan")) for j in jobs]
-    cap = (max_workers or DEFAULT_MAX_WORKERS or settings.get("max_workers")
-           or (default_max_workers(settings) if name == "local" else len(jobs)))
+    cap = _worker_cap(name, max_workers, settings) or len(jobs)
     folder = Path(folder) if folder is not None else cache_root() / "jobs" / "%j"
     ex = make_submitit_executor(name, folder, settings)
     gpus = _gpu_count() if name == "local" else 0
