@@ -113,8 +113,9 @@ def method_order(methods: Iterable) -> list[str]:
 
 def git_commit(repo: str | Path | None = None) -> str:
     """Short hash of HEAD of the repspec repository (or `repo`), plus '-dirty' if tracked files have uncommitted
-    changes (untracked files are ignored, as in `git describe --dirty`, and so are the generated outputs under
-    figures/, which a batch run rewrites as it goes); 'unknown' outside git or without commits."""
+    changes (untracked files are ignored, as in `git describe --dirty`, and so are the generated outputs a batch run
+    rewrites as it goes: figures/ and the results page RESULTS.md, which the claims notebook writes before its
+    manifest); 'unknown' outside git or without commits."""
     cwd = Path(repo) if repo is not None else _REPO
 
     def git(*args: str) -> str:
@@ -122,7 +123,8 @@ def git_commit(repo: str | Path | None = None) -> str:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)figures")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)figures",
+                    ":(exclude)RESULTS.md")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "") if head else "unknown"
