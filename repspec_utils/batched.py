@@ -21,7 +21,7 @@ from . import cache, spectral
 from .authors import activation_term
 from .models import MLP, BatchedMLP
 from .train import (TrainConfig, TrainResult, _diverged, epoch_generator, load_training_data, resolve_device,
-                    torch_threads, validate)
+                    schedule_epochs, torch_threads, validate)
 
 BATCH_VARYING = ("seed", "method", "lam", "weight_decay", "max_layer")
 PERM_CHUNK = 500
@@ -66,6 +66,7 @@ class _BatchedRun:
             spec.get("activation", "gelu"),
             spec.get("init_std", 0.01),
             spec.get("init", "normal"),
+            bool(spec.get("bias_scaled", False)),
         ).to(device)
         self.cfgs, self.device = cfgs, device
         self.params = [*self.net.weights, *self.net.biases]
@@ -152,16 +153,23 @@ def _member_perms(seeds: list[int], block: int, n: int) -> torch.Tensor:
 
 def _run_batched_phase(run: _BatchedRun, start: int, end: int, regularize: bool, folder: Path, progress: bool,
                        history: list[dict], phase_of, log_every: int, checkpoint_every_s: float, use_cache: bool,
-                       on_epoch_end=None) -> list[dict]:
+                       on_epoch_end=None, reg_from: int = 0, snapshot_at: int | None = None,
+                       snapshot: dict | None = None) -> list[dict]:
+    """Epochs [start, end) of a batched run (the penalty on epochs from `reg_from` on when `regularize`); with
+    `snapshot_at`, `snapshot['params']` receives every member's parameters after that many epochs (the reference
+    schedule's None members end one epoch before the others); it rides in the resume checkpoint."""
     from tqdm.auto import tqdm
 
     cfg0 = run.cfgs[0]
     resume = folder / "resume.pt"
     state = cache.load(resume) if use_cache else None
     epoch = start
+    snapshot = {} if snapshot is None else snapshot
     if state is not None:
         run.load(state["run"])
         epoch, history = state["epoch"], state["history"]
+        if state.get("snapshot") is not None:
+            snapshot["params"] = state["snapshot"]
     x, y = run.train_ds.x.to(run.device), run.train_ds.y.to(run.device)
     n, bs = len(x), min(cfg0.batch_size, len(x))
     seeds = [c.seed for c in run.cfgs]
@@ -181,17 +189,21 @@ def _run_batched_phase(run: _BatchedRun, start: int, end: int, regularize: bool,
                 xb, yb = x[idx], y[idx]
             else:
                 xb, yb = x, y.expand(len(run.cfgs), -1)
-            ce, acc = run.step(xb, yb, cfg0.lr, cfg0.momentum, regularize and i % cfg0.reg_every == 0)
+            ce, acc = run.step(xb, yb, cfg0.lr, cfg0.momentum,
+                               regularize and epoch >= reg_from and i % cfg0.reg_every == 0)
         epoch += 1
+        if epoch == snapshot_at:
+            snapshot["params"] = [p.detach().clone() for p in run.params]
         bar.update(1)
         if epoch % log_every == 0 or epoch == end or (use_cache and time.monotonic() - last_save >= checkpoint_every_s):
             _check_finite(run, ce, epoch - 1, "branch" if regularize else "burn-in")
-        if epoch % log_every == 0 or epoch == end:
+        if epoch % log_every == 0 or epoch == end or epoch == snapshot_at:
             history = history + run.log_row(epoch, phase_of, ce, acc)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if use_cache and epoch < end and time.monotonic() - last_save >= checkpoint_every_s:
-            cache.save({"run": run.state(), "epoch": epoch, "history": history}, resume)
+            cache.save({"run": run.state(), "epoch": epoch, "history": history,
+                        "snapshot": snapshot.get("params")}, resume)
             last_save = time.monotonic()
     bar.close()
     return history
@@ -232,9 +244,10 @@ def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_e
     progress = cache.progress_enabled(progress)
     device = resolve_device(device)
     root = cache.cache_root() / "train-batched"
-    keys = [cache.make_key(kind="train-batched", cfg=c) for c in configs]
-    results: list[TrainResult | None] = [None] * len(configs)
     data = load_training_data(configs[0])
+    data_id = data[0].identity  # the data's content fingerprint: part of every key
+    keys = [cache.make_key(kind="train-batched", cfg=c, data=data_id) for c in configs]
+    results: list[TrainResult | None] = [None] * len(configs)
     todo = []
     for i, (c, k) in enumerate(zip(configs, keys)):
         done = cache.load(root / k / "final.pt") if use_cache else None
@@ -246,9 +259,11 @@ def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_e
         return results  # type: ignore[return-value]
     t0 = time.perf_counter()
     todo_cfgs = [configs[i] for i in todo]
+    reference = todo_cfgs[0].schedule == "reference"
+    base_end = schedule_epochs(todo_cfgs[0])[0]
     # burn-in: one member per distinct (seed, weight decay); shared by every method branching from it
     base_of = {i: configs[i].replace(method="none", lam=0.0, max_layer=None) for i in todo}
-    base_key_of = {i: cache.make_key(kind="train-batched-base", cfg=b, until=b.burn_in) for i, b in base_of.items()}
+    base_key_of = {i: cache.make_key(kind="train-batched-base", cfg=b, until=b.burn_in, data=data_id) for i, b in base_of.items()}
     base_keys = list(dict.fromkeys(base_key_of.values()))
     base_cfgs = [base_of[next(i for i in todo if base_key_of[i] == k)] for k in base_keys]
     group = cache.make_key(kind="group", keys=sorted(base_keys))
@@ -256,11 +271,13 @@ def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_e
     missing = [j for j, s in enumerate(base_states) if s is None]
     if missing:
         run = _BatchedRun([base_cfgs[j] for j in missing], data, device)
-        hist = _run_batched_phase(run, 0, base_cfgs[0].burn_in, False, root / ("base-" + group), progress, [],
+        hist = _run_batched_phase(run, 0, base_end, False, root / ("base-" + group), progress, [],
                                   lambda i: "burn-in", log_every, checkpoint_every_s, use_cache, on_epoch_end)
         for pos, j in enumerate(missing):
             base_states[j] = {"params": [p[pos].detach().clone() for p in run.params],
                               "history": [{**r, "member": None} for r in hist if r["member"] == pos]}
+            if reference:  # None continues the base run's momentum
+                base_states[j]["bufs"] = [b[pos].detach().clone() for b in run.bufs]
             if use_cache:
                 cache.save(base_states[j], root / base_keys[j] / "burn_in.pt")
         if use_cache:
@@ -271,14 +288,25 @@ def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_e
     with torch.no_grad():
         for l, p in enumerate(run.params):
             p.copy_(torch.stack([s["params"][l] for s in start_states]))
+        if reference:  # the reference schedule: None members keep their momentum, the others start afresh
+            for l, b in enumerate(run.bufs):
+                for pos, c in enumerate(todo_cfgs):
+                    if c.method == "none":
+                        b[pos].copy_(start_states[pos]["bufs"][l])
+    ends = [schedule_epochs(c)[1] for c in todo_cfgs]
+    branch_end, reg_from = max(ends), schedule_epochs(todo_cfgs[0].replace(method="rep"))[2]
+    snapshot_at = min(ends) if min(ends) < branch_end else None
+    snapshot: dict = {}
     branch_group = cache.make_key(kind="group", keys=sorted(keys[i] for i in todo))
-    hist = _run_batched_phase(run, todo_cfgs[0].burn_in, todo_cfgs[0].epochs, True, root / ("branch-" + branch_group),
+    hist = _run_batched_phase(run, base_end, branch_end, True, root / ("branch-" + branch_group),
                               progress, [], lambda i: todo_cfgs[i].method, log_every, checkpoint_every_s, use_cache,
-                              on_epoch_end)
+                              on_epoch_end, reg_from=reg_from, snapshot_at=snapshot_at, snapshot=snapshot)
     wall = (time.perf_counter() - t0) / len(todo)  # amortised per model
     for pos, i in enumerate(todo):
-        done = {"params": [p[pos].detach().cpu().clone() for p in run.params],
-                "history": start_states[pos]["history"] + [{**r, "member": None} for r in hist if r["member"] == pos],
+        params = snapshot["params"] if ends[pos] != branch_end else run.params
+        done = {"params": [p[pos].detach().cpu().clone() for p in params],
+                "history": start_states[pos]["history"] + [{**r, "member": None} for r in hist
+                                                           if r["member"] == pos and r["epoch"] <= ends[pos]],
                 "wall_time": wall, "data_source": data[0].source, "config": dataclasses.asdict(configs[i]),
                 "burn_in_time_total": t_base}
         if use_cache:
@@ -292,7 +320,8 @@ def _train_batched(configs, device, progress, use_cache, log_every, checkpoint_e
 def _batched_result(cfg: TrainConfig, key: str, done: dict, data) -> TrainResult:
     spec = dict(cfg.model)
     model = MLP(spec.get("d_in", int(data[0].x[0].numel())), spec["widths"],
-                spec.get("n_classes", int(data[0].n_classes)), spec.get("activation", "gelu"))
+                spec.get("n_classes", int(data[0].n_classes)), spec.get("activation", "gelu"),
+                bias_scaled=bool(spec.get("bias_scaled", False)))
     n = len(model.hidden) + 1
     model.set_layers(done["params"][:n], done["params"][n:])
     hist = pd.DataFrame(done["history"]).drop(columns=["member"], errors="ignore")

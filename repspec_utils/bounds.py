@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .models import MLP, RefitModel, activation_derivative, get_activation
+from .models import MLP, RefitModel, activation_derivative, effective_bias, get_activation
 
 __all__ = ["certified_radius", "supports", "derivative_bound", "derivative_range", "METHODS"]
 
@@ -93,7 +93,7 @@ class _Net:
         derivative_bound(mlp.activation)  # a clear error for an unsupported activation, before any work
         self.activation = mlp.activation
         self.W1, self.b1, self.Wr, self.br = (t.detach().to("cpu", torch.float64) for t in (
-            mlp.hidden[0].weight, mlp.hidden[0].bias, model.readout.weight, model.readout.bias))
+            mlp.hidden[0].weight, mlp.hidden[0].bias, model.readout.weight, effective_bias(model.readout)))
         self.n = self.W1.shape[0]
         self.scale = 1.0 / math.sqrt(self.n)
         self.sigma1 = torch.linalg.matrix_norm(self.W1, ord=2)

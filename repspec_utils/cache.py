@@ -10,6 +10,7 @@ import time
 import itertools
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -20,11 +21,16 @@ from .files import REPO_ROOT, atomic_write_bytes, clean_stale_temporaries
 
 _MAGIC = b"REPSPEC1"
 # Bump when a change to the code alters what a cached object would contain.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: weights_only entries, data content fingerprints in the keys, the reference MLP and re-fit (issues 26, 29)
 
 
 class CorruptCacheEntry(RuntimeError):
     """A cache file exists but fails its checksum or cannot be decoded."""
+
+
+class UnsafeCacheEntry(RuntimeError):
+    """A cache file with a valid checksum holds objects other than tensors and plain data (a crafted file: loading
+    it with pickle could run code). It is refused, left in place for inspection, and nothing in it was run."""
 
 
 _CLEANED: set[str] = set()
@@ -96,8 +102,15 @@ def _load_verified(path: Path) -> Any:
     payload = raw[head:]
     if hashlib.sha256(payload).digest() != raw[len(_MAGIC) : head]:
         raise CorruptCacheEntry(f"cache file {path} fails its checksum")
+    # weights_only: tensors, dicts, lists, str / numbers only. The sha256 header proves that the file is intact,
+    # not who wrote it (caches are copied between machines and shared), so nothing in it may name code to run.
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCacheEntry(
+            f"cache file {path} holds objects other than tensors and plain data, and was not loaded (nothing in it "
+            f"ran). repspec never writes such entries: the file was crafted or comes from another program. Delete "
+            f"it (or the cache folder) if you do not need it as evidence. Detail: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pragma: no cover - checksum catches nearly everything first
         raise CorruptCacheEntry(f"cache file {path} cannot be decoded: {exc}") from exc
 

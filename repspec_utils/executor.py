@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -215,20 +216,66 @@ def submit(ex, fn: Callable, args: tuple = (), threads: int = 1):
     import signal
     import threading
 
+    # a local job watches the process that submitted it and ends when that one is gone (kill -9, SIGTERM, a closed
+    # terminal): it never trains on under init for hours; its resume checkpoint lets the next run continue it
+    owner = process_token(os.getpid()) if type(ex).__name__ == "LocalExecutor" else None
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
-        return ex.submit(_run_in_worker, fn, args, threads)
+        return ex.submit(_run_in_worker, fn, args, threads, owner)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return ex.submit(_run_in_worker, fn, args, threads)
+        return ex.submit(_run_in_worker, fn, args, threads, owner)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_in_worker(fn: Callable, args: tuple, threads: int) -> JobReport:
-    """The function a submitit job runs: fn(*args) on `threads` torch threads, timed, with the device it saw."""
+OWNER_POLL_S = 0.5  # how often a local job checks that its run is still alive
+
+
+def process_token(pid: int) -> tuple[int, str] | None:
+    """(pid, start time) of a live process, which no later process with a reused pid shares; None if it is gone.
+    The start time is /proc's (Linux); elsewhere '' (the pid alone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):  # exited, not yet reaped: gone
+            return None
+        return pid, fields[19]  # field 22 of stat: the start time, in clock ticks since boot
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid, ""
+
+
+def _watch_owner(owner: tuple[int, str], poll_s: float = OWNER_POLL_S) -> None:
+    """A daemon thread that ends this process (exit status 143) once the process `owner` is gone."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if process_token(owner[0]) != owner:
+                sys.stderr.write(f"repspec job {os.getpid()}: the run that submitted it (pid {owner[0]}) is gone; "
+                                 f"stopping (the next run resumes from the last checkpoint)\n")
+                sys.stderr.flush()
+                os._exit(143)
+
+    threading.Thread(target=watch, name="repspec-owner-watch", daemon=True).start()
+
+
+def _run_in_worker(fn: Callable, args: tuple, threads: int, owner: tuple[int, str] | None = None) -> JobReport:
+    """The function a submitit job runs: fn(*args) on `threads` torch threads, timed, with the device it saw; with
+    `owner` (a local job: `process_token` of the submitting run) it stops when that process is gone."""
     import torch
 
+    if owner is not None and owner[0] != os.getpid():
+        _watch_owner(owner)
     torch.set_num_threads(max(1, int(threads)))
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     device = (f"cuda ({torch.cuda.get_device_name(0)}; CUDA_VISIBLE_DEVICES={visible})"

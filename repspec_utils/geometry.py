@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .models import MLP, BatchedMLP, activation_derivative as _activation_derivative
+from .models import MLP, BatchedMLP, activation_derivative as _activation_derivative, effective_bias
 
 DIGIT_PLANE_COORDS = (
     (-0.5, 0.5 / math.sqrt(3.0)),
@@ -238,7 +238,7 @@ def mlp_feature_jacobian(model: MLP, x: Tensor, dtype: torch.dtype | None = None
     J = None
     with torch.no_grad():
         for layer in model.hidden:
-            W, b = layer.weight.to(dtype), layer.bias.to(dtype)
+            W, b = layer.weight.to(dtype), effective_bias(layer).to(dtype)
             z = a @ W.T + b
             scale = 1.0 / math.sqrt(layer.out_features)
             J = (activation_derivative(model.activation, z) * scale)[:, :, None] * (W if J is None else W @ J)

@@ -73,27 +73,35 @@ def _methods() -> Rule:
                 lambda: f"a non-empty list of distinct method names from: {', '.join(METHODS.names())}")
 
 
+def int_in(lo: int, hi: int, note: str = "") -> Rule:
+    return Rule(lambda v: _int(v) and lo <= v <= hi, f"an integer in {lo}..{hi}{note}")
+
+
 POSITIVE_INT = at_least(1, integer=True)
+SEED = int_in(0, 2**32 - 1, " (2**32 - 1: seeds combine with epochs into exact generator seeds)")
+WIDTH = int_in(1, 10**6, " (wider nets do not fit a machine's memory; the run checks the exact need)")
+# the test sets of the image notebooks: an attack or evaluation count above them cannot be met
+MNIST_TEST = int_in(1, 10_000, " (MNIST / Fashion-MNIST have 10000 test images)")
 COUNT_OR_ALL = at_least(0, integer=True)       # 0 means "all"
 NON_NEGATIVE = at_least(0)
 POSITIVE = at_least(0, strict=True)
-SEEDS = non_empty_list(at_least(0, integer=True), unique=True)
-WIDTHS = non_empty_list(POSITIVE_INT, unique=True)
+SEEDS = non_empty_list(SEED, unique=True)
+WIDTHS = non_empty_list(WIDTH, unique=True)
 STRENGTHS = non_empty_list(NON_NEGATIVE, unique=True)
 
 RULES: dict[str, Rule] = {
     # training
-    "seeds": SEEDS, "xor_seeds": SEEDS, "seed": at_least(0, integer=True), "map_seed": at_least(0, integer=True),
+    "seeds": SEEDS, "xor_seeds": SEEDS, "seed": SEED, "map_seed": SEED,
     "epochs": POSITIVE_INT, "xor_epochs": POSITIVE_INT, "pretrain_epochs": POSITIVE_INT,
     "burn_in": at_least(0, integer=True), "xor_burn_in": at_least(0, integer=True),
     "lam": NON_NEGATIVE, "lam_ll": NON_NEGATIVE, "lam_rep": NON_NEGATIVE, "l2sp_beta": NON_NEGATIVE,
     "lams": STRENGTHS, "spectral_lams": STRENGTHS, "bss_lams": STRENGTHS, "l2sp_alphas": STRENGTHS,
     "weight_decay": NON_NEGATIVE, "map_weight_decay": NON_NEGATIVE,
     "weight_decays": STRENGTHS, "xor_weight_decays": STRENGTHS,
-    "lr": POSITIVE, "batch_size": POSITIVE_INT, "reg_every": POSITIVE_INT,
-    "width": POSITIVE_INT, "map_width": POSITIVE_INT, "pretrain_width": POSITIVE_INT,
-    "widths": Rule(lambda v: WIDTHS.ok(v) or non_empty_list(non_empty_list(POSITIVE_INT), unique=True).ok(v),
-                   "a non-empty list of distinct widths ≥ 1 (deep nets: of distinct non-empty lists of widths ≥ 1)"),
+    "lr": POSITIVE, "batch_size": int_in(1, 10**7), "reg_every": POSITIVE_INT,
+    "width": WIDTH, "map_width": WIDTH, "pretrain_width": WIDTH,
+    "widths": Rule(lambda v: WIDTHS.ok(v) or non_empty_list(non_empty_list(WIDTH), unique=True).ok(v),
+                   "a non-empty list of distinct widths in 1..10**6 (deep nets: of distinct non-empty lists of them)"),
     "xor_widths": WIDTHS,
     "n_train": COUNT_OR_ALL, "pretrain_n_train": COUNT_OR_ALL, "n_per_class": POSITIVE_INT, "n_test": COUNT_OR_ALL,
     "image_size": at_least(4, integer=True),
@@ -113,6 +121,7 @@ RULES: dict[str, Rule] = {
     "train_eps_255": between(0, 255), "eval_eps_255": non_empty_list(between(0, 255), unique=True),  # CIFAR: ε·255
     # attacks
     "n_attack": POSITIVE_INT, "attack_T": at_least(0, integer=True), "T": at_least(0, integer=True),
+    "many_seeds": int_in(0, 1000, " (0: none)"),
     "attack_probes": POSITIVE_INT, "fmn_steps": POSITIVE_INT,
     # geometry, plots
     "grid_n": at_least(2, integer=True), "n_edge": at_least(2, integer=True),
@@ -129,7 +138,10 @@ RULES: dict[str, Rule] = {
 
 # where one notebook gives a name a wider meaning (fig8's paper profile: 0 = each transfer task's own recipe)
 _ALL_CORRECT = Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: every correctly classified point)")
+_MNIST_NOTEBOOKS = ("fig4_mnist", "fig5_mnist_refit", "appC_mnist_sweeps", "appE_fashion_mnist", "bounds_sandwich",
+                    "baselines_mnist")
 NOTEBOOK_RULES: dict[str, dict[str, Rule]] = {
+    **{nb: {"n_attack": MNIST_TEST, "n_eval": MNIST_TEST} for nb in _MNIST_NOTEBOOKS},
     "appA_xor_noisy": {"n_attack": _ALL_CORRECT},
     "appB_sin": {"n_attack": _ALL_CORRECT},
     "fig8_transfer": {"epochs": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)"),

@@ -8,6 +8,7 @@ A notebook calls `*_configs(...)` with its parameters, then `train_all(configs)`
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterable, Sequence
 
 from . import cache, transfer
@@ -22,6 +23,35 @@ from .train import TrainConfig, TrainResult, load_training_data, train  # noqa: 
 SMALL_DATASETS = DATASETS.where(kind="toy")
 
 
+# The MLP recipes' two variants (SPEC §6). 'reference' (default): the authors' code, whose MLP scales each layer
+# after the first *bias included* by 1/√fan_in (MLP bias_scaled=True) and whose scripts train 201 / 202 epochs
+# (train.SCHEDULES 'reference'); 'repspec': repspec's earlier MLP (readout bias unscaled) and schedule.
+MLP_VARIANTS = ("reference", "repspec")
+
+
+def mlp_variant(variant: str) -> tuple[dict, str]:
+    """(extra model-spec entries, training schedule) of an MLP recipe variant; ValueError for an unknown one."""
+    if variant not in MLP_VARIANTS:
+        raise ValueError(f"unknown MLP variant {variant!r}; choose one of {MLP_VARIANTS} ('reference': the authors' "
+                         f"model and epoch schedule; 'repspec': repspec's earlier one)")
+    return ({"bias_scaled": True}, "reference") if variant == "reference" else ({}, "repspec")
+
+
+def _integer(name: str, v) -> int:
+    """v as an int if it is an integer (numpy's too), else ValueError: a seed of 20.5 is not silently 20."""
+    whole = v.is_integer() if isinstance(v, float) else hasattr(v, "__index__")
+    if isinstance(v, (bool, str)) or not whole:
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _number(name: str, v) -> float:
+    """v as a float if it is a finite number, else ValueError (a '0.1' string or inf fails here, not in training)."""
+    if isinstance(v, (bool, str)) or not hasattr(v, "__float__") or not math.isfinite(float(v)):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
 def _grid(base: TrainConfig, methods, seeds, weight_decays, lams=None, max_layers=None) -> list[TrainConfig]:
     out = []
     for wd in weight_decays:
@@ -29,19 +59,21 @@ def _grid(base: TrainConfig, methods, seeds, weight_decays, lams=None, max_layer
             for lam in ([0.0] if m == "none" else (lams or [base.lam])):
                 for ml in ((max_layers or [None]) if m in ("rep", "rep_ub") else [None]):
                     for s in seeds:
-                        out.append(base.replace(method=m, seed=int(s), weight_decay=float(wd), lam=float(lam),
-                                                max_layer=ml))
+                        out.append(base.replace(method=m, seed=_integer("seed", s), weight_decay=_number("weight_decay", wd),
+                                                lam=_number("lam", lam), max_layer=ml))
     return out
 
 
 def xor_configs(widths: Sequence[int] = (3, 8), noisy: bool = False, methods=("none", "ll", "rep"),
                 seeds=(400, 500, 600, 700, 800), weight_decays=(0.0, 1e-4), epochs: int = 15000,
-                burn_in: int = 10500, lam: float = 1e-3, lr: float = 1.0) -> list[TrainConfig]:
-    """SPEC §6 XOR (clean: full batch of 4; noisy: 80 points, batch 20), lr 1.0, λ 1e-3."""
+                burn_in: int = 10500, lam: float = 1e-3, lr: float = 1.0, variant: str = "reference") -> list[TrainConfig]:
+    """SPEC §6 XOR (clean: full batch of 4; noisy: 80 points, batch 20), lr 1.0, λ 1e-3; `variant`: MLP_VARIANTS."""
+    extra, schedule = mlp_variant(variant)
     out = []
     for w in widths:
-        base = TrainConfig(dataset="xor_noisy" if noisy else "xor", model={"kind": "mlp", "widths": [int(w)]},
-                           lam=lam, lr=lr, batch_size=20 if noisy else 4, epochs=epochs, burn_in=burn_in)
+        base = TrainConfig(dataset="xor_noisy" if noisy else "xor", model={"kind": "mlp", "widths": [int(w)], **extra},
+                           lam=lam, lr=lr, batch_size=20 if noisy else 4, epochs=epochs, burn_in=burn_in,
+                           schedule=schedule)
         out += _grid(base, methods, seeds, weight_decays)
     return out
 
@@ -49,19 +81,20 @@ def xor_configs(widths: Sequence[int] = (3, 8), noisy: bool = False, methods=("n
 def sin_configs(widths: Sequence[Sequence[int]] = ([8], [20], [8, 8, 8], [20, 20, 20]), methods=("none", "ll", "rep"),
                 seeds=(0, 1, 2, 3, 4), epochs: int = 15000, burn_in: int = 10500, lam: float = 1e-3,
                 lr: float = 0.05, weight_decay: float = 1e-5, deep_ablation=(1, 2),
-                deep_inits=("normal",)) -> list[TrainConfig]:
+                deep_inits=("normal",), variant: str = "reference") -> list[TrainConfig]:
     """SPEC §6 sin boundary: shallow and deep MLPs; deep nets also get rep on the first 1 or 2 layers only, once per
     init of `deep_inits` ('normal': N(0, 0.01²), SPEC §6; 'torch': PyTorch's default, a labelled deviation)."""
     bad = [i for i in deep_inits if i not in INITS]
     if bad or not deep_inits:
         raise ValueError(f"deep_inits must be a non-empty list of {INITS}, got {list(deep_inits)}")
+    extra, schedule = mlp_variant(variant)
     out = []
     for w in widths:
         w = [int(v) for v in ([w] if isinstance(w, int) else w)]
         for init in (deep_inits if len(w) > 1 else ["normal"]):
-            spec = {"kind": "mlp", "widths": w, **({"init": init} if init != "normal" else {})}
+            spec = {"kind": "mlp", "widths": w, **({"init": init} if init != "normal" else {}), **extra}
             base = TrainConfig(dataset="sin", model=spec, lam=lam, lr=lr, batch_size=64, epochs=epochs,
-                               burn_in=burn_in)
+                               burn_in=burn_in, schedule=schedule)
             ablation = [None, *deep_ablation] if len(w) > 1 else None
             out += _grid(base, methods, seeds, [weight_decay], max_layers=ablation)
     return out
@@ -70,11 +103,13 @@ def sin_configs(widths: Sequence[Sequence[int]] = ([8], [20], [8, 8, 8], [20, 20
 def mnist_configs(dataset: str = "mnist", methods=("none", "ll", "rep"), seeds=range(10), lams=(1e-3,),
                   weight_decays=(1e-4,), epochs: int = 200, burn_in: int = 160, lr: float = 0.1,
                   batch_size: int = 1024, width: int = 2000, n_train: int | None = None,
-                  precision: str = "fp32") -> list[TrainConfig]:
-    """SPEC §6 MNIST / Fashion-MNIST: 784→2000→10 GELU MLP, SGD lr 0.1, batch 1024 (precision: fp32 or bf16)."""
-    base = TrainConfig(dataset=dataset, model={"kind": "mlp", "widths": [int(width)]}, lr=lr, batch_size=batch_size,
-                       epochs=epochs, burn_in=burn_in, n_train=n_train, eval_every=max(1, epochs // 20),
-                       precision=precision)
+                  precision: str = "fp32", variant: str = "reference") -> list[TrainConfig]:
+    """SPEC §6 MNIST / Fashion-MNIST: 784→2000→10 GELU MLP, SGD lr 0.1, batch 1024 (precision: fp32 or bf16);
+    `variant`: MLP_VARIANTS. The first epoch's test accuracy is always in the history (a check of the model)."""
+    extra, schedule = mlp_variant(variant)
+    base = TrainConfig(dataset=dataset, model={"kind": "mlp", "widths": [int(width)], **extra}, lr=lr,
+                       batch_size=batch_size, epochs=epochs, burn_in=burn_in, n_train=n_train,
+                       eval_every=max(1, epochs // 20), precision=precision, schedule=schedule)
     return _grid(base, methods, seeds, weight_decays, lams=list(lams))
 
 
@@ -104,7 +139,7 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
     cached are not submitted; afterwards every model is read from the cache. recompute: train everything anew
     without reading the cache (each burn-in once), overwriting the entries."""
     from .executor import Job, check_max_workers, load_settings, resolve_executor, run_jobs, split_branches
-    from .train import _phase_key
+    from .train import _phase_key, data_identity
 
     configs = list(configs)
     name = resolve_executor(executor)
@@ -121,16 +156,24 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
     first_of: dict[str, int] = {}
     jobs: list[Job] = []
     root = cache.cache_root() / "train"
+    ids: dict[str, str] = {}  # each dataset's content fingerprint, hashed once for this call
+
+    def data_id(c: TrainConfig) -> str:
+        k = cache.make_key(d=c.dataset, s=c.data_seed, k=c.data_kwargs)
+        if k not in ids:
+            ids[k] = data_identity(c)
+        return ids[k]
+
     for i in big:
         c = configs[i]
-        base = _phase_key(c, "base")
+        base = _phase_key(c, "base", data_id(c))
         first = base not in first_of
         mode = (True if first else "branch") if recompute else False
         if name == "inline":
             first_of.setdefault(base, i)
             results[i] = train(c, progress=progress, device=device, recompute=mode)
             continue
-        if not recompute and (root / _phase_key(c, "final") / "final.pt").exists():
+        if not recompute and (root / _phase_key(c, "final", data_id(c)) / "final.pt").exists():
             continue  # cached: nothing to submit
         needs = () if first else (first_of[base],)
         if first:

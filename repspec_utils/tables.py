@@ -14,7 +14,8 @@ import torch
 
 from . import bounds, cache, geometry
 from .files import portable
-from .evaluate import accuracy, evaluate_robustness, predict, refit_readout, whitebox_robustness
+from .evaluate import (REFIT_CONVENTIONS, REFIT_DEFAULT, accuracy, evaluate_robustness, predict, refit_readout,
+                       whitebox_robustness)
 from .models import MLP, RefitModel
 from .recipes import SMALL_DATASETS
 from .spectral import conv_sigma, linear_sigma_exact
@@ -47,24 +48,39 @@ def format_kwargs(kwargs: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(kwargs.items()))
 
 
-def _refit_entry(model_key, C: float):
+# The readouts every evaluation table can attack: the model's own, and re-fitted ones by convention
+# (`evaluate.REFIT_CONVENTIONS`): 'refit' is the authors' convention, 'refit_scaled' repspec's earlier one.
+REFIT_READOUTS = {"refit": "reference", "refit_scaled": "scaled"}
+READOUTS = ("original", *REFIT_READOUTS)
+
+
+def check_readout(readout: str, what: str = "readout") -> str:
+    """`readout` if it is one of READOUTS, else ValueError naming them (and the argument, `what`)."""
+    if readout not in READOUTS:
+        raise ValueError(f"{what} must be one of {READOUTS} ('refit': the authors' re-fit convention, "
+                         f"'refit_scaled': repspec's earlier one; SPEC §4), got {readout!r}")
+    return readout
+
+
+def _refit_entry(model_key, convention: str):
     """The cache key and path of a model's re-fitted readout (`refit_cached`)."""
-    key = cache.make_key(kind='refit', model=model_key, C=C)
+    key = cache.make_key(kind='refit', model=model_key, convention=convention,
+                         settings=REFIT_CONVENTIONS[convention])
     return key, cache.cache_root() / "refit" / f"{key}.pt"
 
 
-def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
-    """`evaluate.refit_readout` of a trained model, its fitted readout cached by the model's key: (model, acc).
-    The fit runs with single-threaded BLAS: on a busy 2-core machine OpenBLAS threads spin (measured: a 2000×256 fit
-    2.3 s instead of 0.05 s; one 60000×2000 gradient 0.62 s instead of 0.43 s)."""
+def refit_cached(result: TrainResult, train_ds, test_ds, convention: str = REFIT_DEFAULT):
+    """`evaluate.refit_readout` of a trained model, its fitted readout cached by the model's key and the convention:
+    (model, acc). The fit runs with single-threaded BLAS: on a busy 2-core machine OpenBLAS threads spin (measured:
+    a 2000×256 fit 2.3 s instead of 0.05 s; one 60000×2000 gradient 0.62 s instead of 0.43 s)."""
     from threadpoolctl import threadpool_limits
 
-    key, path = _refit_entry(result.key, C)
+    key, path = _refit_entry(result.key, convention)
     stored = cache.load(path)
     if stored is None:
         t0 = time.perf_counter()
         with threadpool_limits(limits=1, user_api="blas"):
-            refit, acc = refit_readout(result.model, train_ds, test_ds, C=C)
+            refit, acc = refit_readout(result.model, train_ds, test_ds, convention=convention)
         seconds = time.perf_counter() - t0
         cache.save({"readout": refit.readout.state_dict(), "acc": acc, "seconds": seconds}, path)
         cache.note_compute("refit", key, seconds)
@@ -75,15 +91,20 @@ def refit_cached(result: TrainResult, train_ds, test_ds, C: float = 1.0):
     return RefitModel(copy.deepcopy(result.model), readout).eval(), stored["acc"]
 
 
+def _readout_key(r: TrainResult, readout: str) -> dict:
+    """The model part of an evaluation's cache key: the trained model's key, and the re-fit convention if any."""
+    return {"train": r.key} if readout == "original" else {"train": r.key, "refit": REFIT_READOUTS[readout]}
+
+
 def _with_readout(r: TrainResult, readout: str):
     """(test set, model, cache key, test accuracy) of a trained model with its own ('original') or a re-fitted
-    ('refit', cached) readout: what every evaluation table attacks."""
+    ('refit' / 'refit_scaled', cached) readout: what every evaluation table attacks."""
     train_ds, test_ds = load_training_data(r.config)
-    if readout == "refit":
-        model, acc = refit_cached(r, train_ds, test_ds)
-        return test_ds, model, {"train": r.key, "refit": 1.0}, acc
+    if readout != "original":
+        model, acc = refit_cached(r, train_ds, test_ds, REFIT_READOUTS[check_readout(readout)])
+        return test_ds, model, _readout_key(r, readout), acc
     model = r.model.eval()
-    return test_ds, model, {"train": r.key}, accuracy(model, test_ds)
+    return test_ds, model, _readout_key(r, readout), accuracy(model, test_ds)
 
 
 def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
@@ -97,10 +118,10 @@ def _attack_job(cfg: TrainConfig, kwargs: dict) -> int:
 def _cached_readout_key(r: TrainResult, readout: str, test_ds, need_acc: bool = True):
     """(cache key, test accuracy) of a model with the given readout without computing anything expensive: None for
     a re-fit not cached yet; the accuracy of the original readout is computed only with need_acc."""
-    if readout == "refit":
-        stored = cache.load(_refit_entry(r.key, 1.0)[1])
-        return None if stored is None else ({"train": r.key, "refit": 1.0}, stored["acc"])
-    return {"train": r.key}, accuracy(r.model.eval(), test_ds) if need_acc else None
+    if readout != "original":
+        stored = cache.load(_refit_entry(r.key, REFIT_READOUTS[check_readout(readout)])[1])
+        return None if stored is None else (_readout_key(r, readout), stored["acc"])
+    return _readout_key(r, readout), accuracy(r.model.eval(), test_ds) if need_acc else None
 
 
 def _attack_cached(r: TrainResult, n, attack, attack_kwargs, seed, readout, precision) -> bool:
@@ -125,8 +146,7 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
     than a model's number of correctly classified samples is a ValueError saying how many there are;
     readout='refit' first re-trains the readout on frozen Φ (SPEC §4); certify: the certified_radius column
     (`evaluate.evaluate_robustness`)."""
-    if readout not in ("original", "refit"):
-        raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
+    check_readout(readout)
     from .executor import Job, check_max_workers, resolve_executor, run_jobs
 
     name = resolve_executor(executor)
@@ -191,8 +211,7 @@ def whitebox_table(results: Sequence[TrainResult], eps: Sequence[float], n: int,
     n_eval. readout='refit': the readout re-trained on frozen Φ first (as `robustness_table`). On an executor
     other than inline, the models whose values are not cached yet are evaluated as one job each (as the attacks
     of `robustness_table`), then every row is read from the cache."""
-    if readout not in ("original", "refit"):
-        raise ValueError(f"readout must be 'original' or 'refit', got {readout!r}")
+    check_readout(readout)
     from .executor import Job, check_max_workers, resolve_executor, run_jobs
 
     name = resolve_executor(executor)
@@ -281,8 +300,7 @@ def defence_comparison(results: Sequence[TrainResult], n_attack: int, eval_eps: 
     `autoattack_eps` on the first `n_autoattack` of them (0: none), and the epoch times; the same tables for
     MNIST MLPs and CIFAR ResNets."""
     for readout in readouts:
-        if readout not in ("original", "refit"):
-            raise ValueError(f"readouts must be 'original' and/or 'refit', got {readout!r}")
+        check_readout(readout, "readouts")
     if n_autoattack and autoattack_eps is None:
         raise ValueError("n_autoattack > 0 needs autoattack_eps (the training ε)")
     attacked, whitebox = [], []
@@ -412,7 +430,8 @@ def attacked_predictions(results: Sequence[TrainResult], table: pd.DataFrame) ->
             mask = _rows_of(table, r.config) & (table["readout"] == readout).to_numpy()
             if not mask.any():
                 continue
-            model = refit_cached(r, train_ds, test_ds)[0] if readout == "refit" else r.model.eval()
+            model = (r.model.eval() if readout == "original"
+                     else refit_cached(r, train_ds, test_ds, REFIT_READOUTS[check_readout(readout)])[0])
             idx = torch.as_tensor(table.loc[mask, "index"].to_numpy(dtype=np.int64, copy=True))
             pred[mask] = predict(model, test_ds.x[idx]).cpu().numpy()
     return pred
@@ -617,7 +636,8 @@ def sandwich_table(results: Sequence[TrainResult], n: int | None = None, attack_
         if not mask.any() or not bounds.supports(r.model):
             continue
         train_ds, test_ds = load_training_data(r.config)
-        model = refit_cached(r, train_ds, test_ds)[0] if readout == "refit" else r.model
+        model = (r.model if readout == "original"
+                 else refit_cached(r, train_ds, test_ds, REFIT_READOUTS[check_readout(readout)])[0])
         idx = torch.as_tensor(out.loc[mask, "index"].to_numpy(dtype=np.int64, copy=True))
         out.loc[mask, "certified_global"] = bounds.certified_radius(model, test_ds.x[idx], test_ds.y[idx],
                                                                     method="global").numpy()
@@ -654,4 +674,18 @@ def bound_gains(models: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
     base = long[long.method == baseline][[*pair, "quantity", "value"]].rename(columns={"value": "baseline_value"})
     out = long[long.method != baseline].merge(base, on=[*pair, "quantity"], how="inner")
     out["gain"] = out["value"] / out["baseline_value"]
+    return out
+
+
+def first_epoch_accuracy(results: Sequence[TrainResult]) -> dict[str, float]:
+    """Test accuracy after the first epoch, per seed (of each seed's None model, which every branch shares): a
+    check that the model is the authors' (≈ 0.65 at the paper's MNIST recipe vs ≈ 0.11 for the earlier variant).
+    Seeds without a recorded epoch-1 accuracy are left out."""
+    out = {}
+    for r in results:
+        if r.config.method != "none" or "test_acc" not in r.history:
+            continue
+        row = r.history[(r.history["epoch"] == 1) & r.history["test_acc"].notna()]
+        if len(row):
+            out[str(r.config.seed)] = float(row["test_acc"].iloc[0])
     return out

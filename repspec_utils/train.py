@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cache, spectral
-from .attacks import PRECISIONS
-from .data import get_data
+from .attacks import PRECISIONS, full_fp32_matmuls
+from .data import DataIntegrityError, dataset_fingerprint, get_data
 from .models import build_model
 from .registry import AUGMENTATIONS, DATASETS, METHODS, MODELS, OBJECTIVES
 
@@ -58,14 +59,32 @@ class TrainConfig:
     method_kwargs: dict = field(default_factory=dict)
     eval_every: int = 1
     precision: str = "fp32"
+    schedule: str = "repspec"
 
     # fields added after results were cached: left out of the cache key while they hold their default, so the
     # keys of every config that does not use them stay what they were
-    KEY_OMIT_IF_DEFAULT = ("precision",)
+    KEY_OMIT_IF_DEFAULT = ("precision", "schedule")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+# The epoch schedules of burn-in and branches (SPEC §3). 'repspec': burn_in epochs, then every method (None too)
+# from that checkpoint to `epochs` with a fresh optimiser. 'reference' (the authors' scripts, `range(epochs + 1)`):
+# the base run trains burn_in + 1 epochs; None is that run continued, same optimiser, to epochs + 1 epochs in all;
+# every other method starts a fresh optimiser at the checkpoint and trains epochs − burn_in + 1 more epochs, the
+# first without its penalty (the reference regularises only after epoch index burn_in): epochs + 2 in all.
+SCHEDULES = ("repspec", "reference")
+
+
+def schedule_epochs(cfg: "TrainConfig") -> tuple[int, int, int]:
+    """(end of the shared base phase, end of cfg's branch, first regularised epoch index) of cfg's schedule, in
+    epochs trained (the history's `epoch` column counts the same way)."""
+    if cfg.schedule == "reference":
+        base = cfg.burn_in + 1
+        return (base, cfg.epochs + 1, base) if cfg.method == "none" else (base, cfg.epochs + 2, base + 1)
+    return cfg.burn_in, cfg.epochs, cfg.burn_in
 
 
 @dataclass
@@ -122,8 +141,53 @@ def _diverged(cfg: TrainConfig, phase: str, epoch: int, step: int | None, what: 
                             f"was cached for it: lower lr or lam. Config: {cfg}")
 
 
+SEED_MAX = 2**32 - 1  # seeds combine with epochs into generator seeds (`epoch_generator`); 2³²−1 keeps them exact
+_INT_FIELDS = ("batch_size", "epochs", "burn_in", "seed", "reg_every", "n_power_iter", "data_seed", "eval_every")
+_FLOAT_FIELDS = ("lam", "weight_decay", "lr", "momentum", "backbone_lr_mult")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Integers are integers (not bools, not 20.5), numbers are finite numbers, seeds fit: ValueError naming the
+    field, before anything runs (a str λ, a float batch size or a seed of 2**70 used to fail deep inside, or not)."""
+    for name in _INT_FIELDS:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
+    if cfg.n_train is not None and (isinstance(cfg.n_train, bool) or not isinstance(cfg.n_train, int)):
+        raise ValueError(f"n_train must be an integer or None, got {cfg.n_train!r} ({type(cfg.n_train).__name__})")
+    for name in _FLOAT_FIELDS:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r} ({type(v).__name__})")
+    for name in ("seed", "data_seed"):
+        if not 0 <= getattr(cfg, name) <= SEED_MAX:
+            raise ValueError(f"{name} must lie in 0..{SEED_MAX} (2**32 - 1), got {getattr(cfg, name)}")
+    if not isinstance(cfg.method_kwargs, dict) or not isinstance(cfg.data_kwargs, dict):
+        raise ValueError("method_kwargs and data_kwargs must be dicts")
+    widths = cfg.model.get("widths") if isinstance(cfg.model, dict) else None
+    if widths is not None:
+        ws = [widths] if not isinstance(widths, (list, tuple)) else list(widths)
+        if not ws or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in ws):
+            raise ValueError(f"every width must be a positive integer, got widths={widths!r}")
+
+
+def check_memory(n_params: int, activations: int, what: str) -> None:
+    """ValueError when training a model of `n_params` parameters with `activations` floats per step (fp32: weights,
+    gradient, momentum and the forward / backward activations) needs more than 3/4 of this machine's memory."""
+    need = 4 * (3 * int(n_params) + 3 * int(activations))
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return
+    if need > 0.75 * total:
+        raise ValueError(f"{what} needs about {need / 2**30:.1f} GiB to train (parameters, gradients, momentum and "
+                         f"activations in fp32), more than 3/4 of this machine's {total / 2**30:.1f} GiB: use smaller "
+                         f"widths or batch_size")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError for a config that cannot train, before any data is loaded or work is done."""
+    _check_types(cfg)
     DATASETS.check(cfg.dataset)
     METHODS.check(cfg.method)
     if not isinstance(cfg.model, dict) or "kind" not in cfg.model:
@@ -146,7 +210,12 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.spectral_mode in ("power", "exact"), f"spectral_mode must be 'power' or 'exact', got {cfg.spectral_mode!r}"),
         (cfg.lr_schedule in ("constant", "cosine"), f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}"),
         (cfg.n_train is None or cfg.n_train > 0, f"n_train must be positive, got {cfg.n_train}"),
+        (cfg.momentum >= 0, f"momentum must be >= 0, got {cfg.momentum}"),
+        (cfg.backbone_lr_mult >= 0, f"backbone_lr_mult must be >= 0 (0 freezes Φ; a negative one would climb the "
+                                    f"loss on Φ), got {cfg.backbone_lr_mult}"),
+        (cfg.eval_every >= 0, f"eval_every must be >= 0 (0: never), got {cfg.eval_every}"),
         (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {cfg.precision!r}"),
+        (cfg.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -158,6 +227,9 @@ def validate(cfg: TrainConfig) -> None:
     check = METHODS.meta(cfg.method).get("check")
     if check is not None:  # the method's own settings (method_kwargs), e.g. PGD's ε, steps and step size
         check(cfg)
+    elif cfg.method_kwargs:
+        raise ValueError(f"method {cfg.method!r} takes no method_kwargs, got {sorted(cfg.method_kwargs)} (its "
+                         f"strength is lam)")
     if cfg.precision == "bf16":
         warn_if_slow_bf16()
 
@@ -199,12 +271,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 # ------------------------------------------------------------------------------------- building blocks
 def make_model(cfg: TrainConfig, train_ds) -> nn.Module:
-    """The initial model of a config (seeded by cfg.seed); MLP sizes default to the data's."""
+    """The initial model of a config (seeded by cfg.seed); MLP sizes default to the data's. An MLP too large for
+    this machine's memory is refused before it is allocated (`check_memory`)."""
     spec = dict(cfg.model)
     if MODELS.meta(spec["kind"]).get("sized_by_data"):
         spec.setdefault("d_in", int(train_ds.x[0].numel()))
         spec.setdefault("n_classes", int(train_ds.n_classes))
     spec.setdefault("seed", cfg.seed)
+    if spec["kind"] == "mlp":
+        ws = [spec["widths"]] if isinstance(spec["widths"], int) else list(spec["widths"])
+        dims = [int(spec["d_in"]), *map(int, ws), int(spec["n_classes"])]
+        check_memory(sum((a + 1) * b for a, b in zip(dims[:-1], dims[1:])), cfg.batch_size * sum(dims),
+                     f"an MLP {'→'.join(map(str, dims))} at batch_size {cfg.batch_size}")
     return build_model(spec)
 
 
@@ -315,12 +393,22 @@ def evaluate_accuracy(model: nn.Module, ds, batch_size: int = 4096, device=None)
 
 
 # ------------------------------------------------------------------------------------------- the loop
-def _phase_key(cfg: TrainConfig, phase: str) -> str:
+def data_identity(cfg: TrainConfig) -> str:
+    """The content fingerprint of cfg's dataset as it would load now (`data.dataset_fingerprint`: every data file
+    hashed, generated sets generated): part of every training key, so that a model trained on other data (a
+    changed file, a stand-in) is never served from the cache."""
+    return dataset_fingerprint(cfg.dataset, seed=cfg.data_seed, **cfg.data_kwargs)
+
+
+def _phase_key(cfg: TrainConfig, phase: str, data_id: str | None = None) -> str:
+    """The cache key of cfg's shared burn-in ('base') or of its final model ('final'); `data_id`: cfg's
+    `data_identity` if already known."""
+    data_id = data_identity(cfg) if data_id is None else data_id
     if phase == "base":
         base = cfg.replace(method="none", lam=0.0, reg_every=1, reg_epoch_end_step=False, max_layer=None,
                            spectral_mode="power", n_power_iter=1, method_kwargs={}, epochs=cfg.epochs)
-        return cache.make_key(kind="train-base", cfg=base, until=cfg.burn_in)
-    return cache.make_key(kind="train", cfg=cfg)
+        return cache.make_key(kind="train-base", cfg=base, until=cfg.burn_in, data=data_id)
+    return cache.make_key(kind="train", cfg=cfg, data=data_id)
 
 
 def _run_phase(
@@ -337,9 +425,14 @@ def _run_phase(
     checkpoint_every_s: float,
     on_epoch_end: Callable[[int], None] | None,
     amp: bool = False,
+    reg_from: int = 0,
+    opt_state: dict | None = None,
+    final: dict | None = None,
 ) -> list[dict]:
-    """Train epochs [start, end) with method_cfg's penalty; checkpoint to folder/resume.pt; resume from it.
-    amp: the task loss under bfloat16 autocast (the spectral penalty always runs in full precision)."""
+    """Train epochs [start, end) with method_cfg's penalty (on epochs from `reg_from` on); checkpoint to
+    folder/resume.pt; resume from it. amp: the task loss under bfloat16 autocast (the spectral penalty always runs
+    in full precision). opt_state: the optimiser state to continue from (None: a fresh optimiser); `final`, if
+    given, receives the optimiser's state at the end under 'opt'."""
     from tqdm.auto import tqdm
 
     train_ds, test_ds = data
@@ -349,6 +442,8 @@ def _run_phase(
     penalty = parts.penalty
     monitor = make_monitor(model, example)
     opt = make_optimizer(cfg, model)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     resume_path = folder / "resume.pt"
     state = cache.load(resume_path)
     epoch = start
@@ -382,7 +477,8 @@ def _run_phase(
         for i in range(steps_per_epoch):
             idx = perm[i * bs : (i + 1) * bs]
             xb = augment(x_all[idx], gen)
-            regularise = penalty is not None and ((epoch - start) * steps_per_epoch + i) % cfg.reg_every == 0
+            regularise = (penalty is not None and epoch >= reg_from
+                          and ((epoch - start) * steps_per_epoch + i) % cfg.reg_every == 0)
             loss, reg, n_correct = train_step(model, opt, objective, xb, y_all[idx], gen,
                                               penalty if regularise else None, method_cfg.lam, amp)
             loss_value = loss.item()
@@ -395,7 +491,7 @@ def _run_phase(
             if reg is not None:
                 reg_sum += float(reg)
                 n_reg += 1
-        if penalty is not None and cfg.reg_epoch_end_step:
+        if penalty is not None and cfg.reg_epoch_end_step and epoch >= reg_from:
             opt.zero_grad(set_to_none=True)
             (method_cfg.lam * penalty.penalty()).backward()
             opt.step()
@@ -409,7 +505,7 @@ def _run_phase(
         row = {"epoch": epoch, "phase": "burn-in" if method_cfg is not cfg else cfg.method,
                "train_loss": loss_sum / n, "train_acc": correct / n,
                "penalty": reg_sum / max(n_reg, 1), "epoch_time": time.perf_counter() - t0}
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == end) and cfg.objective == "supervised":
+        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch in (1, end)) and cfg.objective == "supervised":
             row["test_acc"] = evaluate_accuracy(model, test_ds, device=device)
         row.update({f"sigma_{j}": s for j, s in enumerate(sig)})
         history = history + [row]
@@ -425,6 +521,8 @@ def _run_phase(
     bar.close()
     if penalty is not None and hasattr(penalty, "close"):
         penalty.close()
+    if final is not None:
+        final["opt"] = opt.state_dict()
     return history
 
 
@@ -474,43 +572,51 @@ def train(
 ) -> TrainResult:
     """Train (or load from the cache) the model of `cfg`: burn-in to cfg.burn_in without a penalty, then
     cfg.method to cfg.epochs from that shared checkpoint. Returns the final model and per-epoch history.
-    On CUDA, `amp` (default on) runs the task loss in bfloat16 autocast and conv models use channels-last;
-    like `device`, these do not enter the cache key. On the CPU both are off unless cfg.precision is 'bf16'
-    (part of the key): then the task loss runs under bfloat16 autocast, while master weights, optimiser state
-    and the spectral penalty stay fp32. recompute: True trains both phases anew without reading the cache (and
+    The precision is cfg.precision on every device (part of the key): 'fp32' runs in full fp32 (TF32 off for CUDA
+    matmuls and convolutions), 'bf16' runs the task loss under bfloat16 autocast while master weights, optimiser
+    state and the spectral penalty stay fp32; `amp`, if given, must agree with it. On CUDA conv models use
+    channels-last (the same arithmetic). recompute: True trains both phases anew without reading the cache (and
     overwrites its entries), 'branch' only the method branch (the burn-in is read from the cache). One process
     at a time trains a key (`cache.key_lock`): a second one waits and then loads what the first wrote."""
     if recompute not in (False, True, "branch"):
         raise ValueError(f"recompute must be False, True or 'branch', got {recompute!r}")
     validate(cfg)
+    if amp is not None and bool(amp) != (cfg.precision == "bf16"):
+        raise ValueError(f"amp={amp!r} contradicts cfg.precision={cfg.precision!r}: the precision is part of the cache "
+                         f"key, label and manifest, so set precision='bf16' (autocast) or 'fp32' in the config")
     progress = cache.progress_enabled(progress)
     device = resolve_device(device)
-    amp = (device.type == "cuda") if amp is None else bool(amp)
-    amp = amp or cfg.precision == "bf16"  # cfg.precision is part of the key; the CUDA default is not
+    amp = cfg.precision == "bf16"  # on every device: what the key and the labels say is what runs
     if not use_cache:
         checkpoint_every_s = math.inf
     root = cache.cache_root() / "train"
-    key = _phase_key(cfg, "final")
+    data_id = data_identity(cfg)
+    key = _phase_key(cfg, "final", data_id)
     lock = cache.key_lock(root / key) if use_cache else contextlib.nullcontext()
-    with lock:
+    with lock, full_fp32_matmuls():  # fp32 means fp32 on a GPU too (no TF32 rounding in matmuls / convolutions)
         return _train_locked(cfg, root, key, device, progress, use_cache, checkpoint_every_s, on_epoch_end, amp,
-                             recompute)
+                             recompute, data_id)
 
 
-def _train_locked(cfg, root, key, device, progress, use_cache, checkpoint_every_s, on_epoch_end, amp, recompute):
+def _train_locked(cfg, root, key, device, progress, use_cache, checkpoint_every_s, on_epoch_end, amp, recompute,
+                  data_id):
     final_path = root / key / "final.pt"
     done = cache.load(final_path) if use_cache and not recompute else None
     data = load_training_data(cfg)
+    if data[0].identity != data_id:  # the files changed between the key and the load
+        raise DataIntegrityError(f"the {cfg.dataset} data changed while training started (fingerprint "
+                                 f"{data_id} when the cache key was made, {data[0].identity} when loaded); load again")
     model = make_model(cfg, data[0]).to(device)
     if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
-    base_key = _phase_key(cfg, "base")
+    base_key = _phase_key(cfg, "base", data_id)
     if done is not None:
         prepare_model(cfg, model).load_state_dict(done["model"])
         _note_training(key, base_key, done["wall_time"], done["burn_in_seconds"])
         return TrainResult(model, pd.DataFrame(done["history"]), cfg, key, done["wall_time"], done["data_source"])
 
     t0 = time.perf_counter()
+    base_end, branch_end, reg_from = schedule_epochs(cfg)
     base_path = root / base_key / "burn_in.pt"
     base_cfg = cfg.replace(method="none", lam=0.0)
     with cache.key_lock(root / base_key) if use_cache else contextlib.nullcontext():  # one burn-in per key
@@ -518,9 +624,12 @@ def _train_locked(cfg, root, key, device, progress, use_cache, checkpoint_every_
         if base is None:
             if recompute is True:
                 (root / base_key / "resume.pt").unlink(missing_ok=True)
-            history = _run_phase(cfg, model, data, 0, cfg.burn_in, base_cfg, root / base_key, device, progress, [],
-                                 checkpoint_every_s, on_epoch_end, amp)
+            end_state: dict = {}
+            history = _run_phase(cfg, model, data, 0, base_end, base_cfg, root / base_key, device, progress, [],
+                                 checkpoint_every_s, on_epoch_end, amp, final=end_state)
             base = {"model": model.state_dict(), "history": history, "wall_time": time.perf_counter() - t0}
+            if cfg.schedule == "reference":  # None continues this run's optimiser
+                base["opt"] = end_state["opt"]
             if use_cache:
                 cache.save(base, base_path)
                 (root / base_key / "resume.pt").unlink(missing_ok=True)
@@ -528,8 +637,10 @@ def _train_locked(cfg, root, key, device, progress, use_cache, checkpoint_every_
         (root / key / "resume.pt").unlink(missing_ok=True)
     model.load_state_dict(base["model"])
     t1 = time.perf_counter()
-    history = _run_phase(cfg, model, data, cfg.burn_in, cfg.epochs, cfg, root / key, device, progress,
-                         list(base["history"]), checkpoint_every_s, on_epoch_end, amp)
+    continued = base.get("opt") if cfg.schedule == "reference" and cfg.method == "none" else None
+    history = _run_phase(cfg, model, data, base_end, branch_end, cfg, root / key, device, progress,
+                         list(base["history"]), checkpoint_every_s, on_epoch_end, amp, reg_from=reg_from,
+                         opt_state=continued)
     wall = base["wall_time"] + time.perf_counter() - t1
     result = {"model": model.state_dict(), "history": history, "wall_time": wall, "data_source": data[0].source,
               "config": dataclasses.asdict(cfg), "burn_in_seconds": base["wall_time"]}

@@ -19,6 +19,7 @@ The finetuning datasets are in `data.finetune` (dataset names 'transfer_<task>')
 
 from __future__ import annotations
 
+import math
 import types
 import warnings
 from pathlib import Path
@@ -120,7 +121,21 @@ def _kwargs(cfg: TrainConfig, allowed: dict) -> dict:
     return {**allowed, **cfg.method_kwargs}
 
 
-@METHODS.register("l2sp", doc="L2-SP towards the pretrained weights (Li et al. 2018)")
+def _check_l2sp(cfg: TrainConfig) -> None:
+    """METHODS['l2sp'] check: only alpha / beta, each a finite number >= 0 (before any data is loaded)."""
+    for k, v in _kwargs(cfg, {"alpha": 0.1, "beta": 0.01}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"method 'l2sp': {k} must be a finite number >= 0, got {v!r}")
+
+
+def _check_bss(cfg: TrainConfig) -> None:
+    """METHODS['bss'] check: only k, a positive integer."""
+    k = _kwargs(cfg, {"k": 1})["k"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"method 'bss': k (singular values shrunk) must be an integer >= 1, got {k!r}")
+
+
+@METHODS.register("l2sp", doc="L2-SP towards the pretrained weights (Li et al. 2018)", check=_check_l2sp)
 def make_l2sp(cfg: TrainConfig, model: nn.Module, example_x: Tensor) -> L2SP:
     """METHODS['l2sp']: L2-SP towards the pretrained weights; method_kwargs alpha (0.1), beta (0.01); lam = 1."""
     kw = _kwargs(cfg, {"alpha": 0.1, "beta": 0.01})
@@ -131,7 +146,7 @@ def make_l2sp(cfg: TrainConfig, model: nn.Module, example_x: Tensor) -> L2SP:
     return L2SP(model, reference_weights(cfg, model, example_x), kw["alpha"], kw["beta"])
 
 
-@METHODS.register("bss", needs_features=True, doc="Batch Spectral Shrinkage (Chen et al. 2019)")
+@METHODS.register("bss", needs_features=True, doc="Batch Spectral Shrinkage (Chen et al. 2019)", check=_check_bss)
 def make_bss(cfg: TrainConfig, model: nn.Module, example_x: Tensor) -> BSS:
     """METHODS['bss']: BSS on the batch features Φ(x); η = cfg.lam, method_kwargs k (1)."""
     kw = _kwargs(cfg, {"k": 1})
@@ -179,7 +194,7 @@ def build_standin_model(weights: str | Path, n_classes: int = 10, head_init_std:
                                 f"repspec_utils.transfer.pretrain_standin_backbone(source='mnist', path='{path}').")
     if weights_md5 is not None and md5_file(path) != weights_md5:
         raise ValueError(f"stand-in backbone {path} has md5 {md5_file(path)}, the config expects {weights_md5}")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: never runs code
     model = MLP(blob["d_in"], blob["widths"], n_classes, blob["activation"], seed=seed)
     missing = model.load_state_dict(blob["state_dict"], strict=False).missing_keys
     if sorted(missing) != ["readout.bias", "readout.weight"]:

@@ -31,8 +31,7 @@ pydata() { PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m repspec_ut
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/repspec-fetch.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 say "data root: $ROOT"
-# Which datasets do not verify yet: one python start, every file hashed (--full: a corrupt copy with a preserved
-# mtime is caught here; the loaders in between trust the (size, mtime) stamp this check writes).
+# Which datasets do not verify yet: one python start, every file hashed (as on every load).
 MISSING="$(pydata missing mnist fashion_mnist --full --root "$ROOT" 2>"$TMP/py.log")" \
     || die "'$PYTHON -m repspec_utils.data' fails to run (it needs torch and numpy; set PYTHON=...):
 $(tail -5 "$TMP/py.log")"

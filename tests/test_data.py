@@ -30,12 +30,6 @@ def _flip_byte(p: Path, offset: int = 20) -> None:
     p.write_bytes(bytes(b))
 
 
-@pytest.fixture(autouse=True)
-def _fresh_memo(monkeypatch):
-    # the in-process verification memo must not leak between tests
-    monkeypatch.setattr(DM, "_VERIFIED", {})
-
-
 def _real_raw(name: str) -> Path:
     raw = D.mnist_raw_dir(name)
     table = DM.MNIST_LIKE[name][1]
@@ -147,18 +141,18 @@ def _fake_raw(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return raw, table
 
 
-def test_verify_detects_corruption_and_uses_stamp(tmp_path, monkeypatch):
+def test_verify_hashes_every_file_on_every_call_and_detects_corruption(tmp_path, monkeypatch):
     raw, table = _fake_raw(tmp_path)
+    fp = D.verify_raw_files(raw, table, label="fake")
+    assert fp == D.data_fingerprint(table) and not list(raw.glob(".*"))  # no stamp file: nothing is trusted later
+    hashed = []
+    real_md5 = DM.md5_file
+    monkeypatch.setattr(DM, "md5_file", lambda p: hashed.append(p) or real_md5(p))
     D.verify_raw_files(raw, table, label="fake")
-    assert (raw / DM.STAMP_NAME).is_file()
-    # a second check trusts the stamp (size + mtime unchanged): no hashing at all
-    monkeypatch.setattr(DM, "_VERIFIED", {})
-    monkeypatch.setattr(DM, "md5_file", lambda p: (_ for _ in ()).throw(AssertionError("re-hashed")))
-    D.verify_raw_files(raw, table, label="fake")
+    assert sorted(Path(h).name for h in hashed) == sorted(table)  # a second check hashes all four files again
     monkeypatch.undo()
-    monkeypatch.setattr(DM, "_VERIFIED", {})
     bad = raw / "train-labels-idx1-ubyte"
-    _flip_byte(bad)  # changes mtime -> stamp no longer matches -> re-hash -> mismatch
+    _flip_byte(bad)
     with pytest.raises(D.DataIntegrityError) as ei:
         D.verify_raw_files(raw, table, label="fake", fix="Fix: run `bash scripts/fetch_data.sh`")
     msg = str(ei.value)
@@ -327,10 +321,9 @@ def test_cifar10_real_path_with_patched_md5s(tmp_path, monkeypatch):
         D.get_data("cifar10", cifar_dir=real)
 
 
-def test_corrupt_copy_with_preserved_mtime_is_caught_by_every_full_check(tmp_path, monkeypatch, capsys):
-    """issue 12 item 12: the (size, mtime) fast path trusts an earlier check, so a corrupt same-size copy with its
-    mtime preserved passes it (documented); the full checks — use_stamp=False, fetch_data.sh's `missing --full`, and
-    any check whose stamp predates the data code — hash and reject it."""
+def test_corrupt_copy_with_preserved_mtime_is_caught_by_every_load(tmp_path, monkeypatch, capsys):
+    """issue 29: a changed label byte with its mtime restored (`cp -p` of a corrupt file) used to load as "md5
+    verified" through a (size, mtime) stamp; every load hashes every file now, and the CLI's check too."""
     import os
 
     from repspec_utils.data.__main__ import main as data_cli
@@ -341,27 +334,35 @@ def test_corrupt_copy_with_preserved_mtime_is_caught_by_every_full_check(tmp_pat
     raw = raw.rename(root / "MNIST" / "raw")
     monkeypatch.setitem(DM.MNIST_LIKE, "mnist", ("MNIST", table, "fake MNIST"))
     D.verify_raw_files(raw, table, label="fake")
-    bad = raw / "t10k-images-idx3-ubyte"
+    bad = raw / "t10k-labels-idx1-ubyte"
     st = bad.stat()
     _flip_byte(bad)
-    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))  # `cp -p` of a corrupt file: same size, same mtime
-    monkeypatch.setattr(DM, "_VERIFIED", {})
-    D.verify_raw_files(raw, table, label="fake")  # the fast path's documented blind spot
-    assert data_cli(["missing", "mnist", "--root", str(root)]) == 0 and capsys.readouterr().out == ""
-    with pytest.raises(D.DataIntegrityError, match="md5 mismatch"):
-        D.verify_raw_files(raw, table, label="fake", use_stamp=False)
-    # fetch_data.sh's check hashes every file: the dataset is listed as missing, so it is fetched again
-    assert data_cli(["missing", "mnist", "--full", "--root", str(root)]) == 0
-    assert capsys.readouterr().out.split() == ["mnist"]
-    assert "missing mnist fashion_mnist --full" in (REPO / "scripts" / "fetch_data.sh").read_text()
-    # a stamp written before the data code last changed is not trusted
-    bad.write_bytes(bytes(range(2, 66)))  # repair, re-stamp, corrupt again with the mtime kept
-    D.verify_raw_files(raw, table, label="fake")
-    st = bad.stat()
-    _flip_byte(bad)
-    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
-    old = Path(DM.__file__).stat().st_mtime - 100
-    os.utime(raw / DM.STAMP_NAME, (old, old))
-    monkeypatch.setattr(DM, "_VERIFIED", {})
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
     with pytest.raises(D.DataIntegrityError, match="md5 mismatch"):
         D.verify_raw_files(raw, table, label="fake")
+    with pytest.raises(D.DataIntegrityError, match="md5 mismatch"):
+        D.dataset_fingerprint("mnist", root=root)
+    assert data_cli(["missing", "mnist", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.split() == ["mnist"]  # fetch_data.sh would fetch it again
+
+
+def test_a_processed_folder_is_refused_not_warned_about(tmp_path):
+    """torchvision prefers MNIST/processed/*.pt over the verified raw files: 3 fake images there loaded as "real …
+    (md5 verified)" with only a warning. Now such a folder stops the load (and the fingerprint) with the fix."""
+    raw = _real_raw("mnist")
+    shutil.copytree(raw, tmp_path / "MNIST" / "raw")
+    (tmp_path / "MNIST" / "processed").mkdir()
+    (tmp_path / "MNIST" / "processed" / "training.pt").write_bytes(b"fake")
+    for call in (lambda: D.get_data("mnist", root=tmp_path), lambda: D.dataset_fingerprint("mnist", root=tmp_path)):
+        with pytest.raises(D.DataIntegrityError, match=r"processed exists.*Delete that folder"):
+            call()
+
+
+def test_loaded_data_carries_its_files_fingerprint():
+    train, test = D.get_data("mnist")
+    assert train.identity == test.identity == D.dataset_fingerprint("mnist") == D.data_fingerprint(D.MNIST_MD5)
+    assert train.subset(range(10)).identity == train.identity  # a subset keeps it (n_train is in the config)
+    assert D.get_data("fashion_mnist")[0].identity != train.identity
+    x1, x2 = D.get_data("xor_noisy", seed=0)[0], D.get_data("xor_noisy", seed=1)[0]
+    assert x1.identity.startswith("tensors:") and x1.identity != x2.identity
+    assert D.dataset_fingerprint("xor_noisy", seed=0) == x1.identity

@@ -4,7 +4,9 @@ submission, and the SLURM script carries the requested resources."""
 
 from __future__ import annotations
 
+
 import functools
+import os
 import signal
 import time
 
@@ -119,7 +121,7 @@ class _RecordingExecutor:
     def __init__(self):
         self.order: list[str] = []
 
-    def submit(self, fn, job_fn, args, threads):
+    def submit(self, fn, job_fn, args, threads, owner=None):
         self.order.append(args[0])
         report = X.JobReport(value=args[0], device="test", seconds=0.0)
         return type("Done", (), {"done": lambda self: True, "result": lambda self: report, "job_id": "0"})()
@@ -339,3 +341,61 @@ def test_whitebox_jobs_match_inline_and_submit_only_what_is_missing(tmp_path, mo
     assert got["original"]["pgd_acc_eps=0.2"].le(got["original"]["pgd_acc_eps=0.05"]).all()
     tables.whitebox_table(results, readout="refit", executor="debug", progress=False, **kw)
     assert len([j for c in calls for j in c]) == 3  # everything cached now: nothing submitted
+
+
+_RUNNER = r'''
+import os, sys, time
+from pathlib import Path
+from repspec_utils import executor as X
+
+def job(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)  # a long job: it must not outlive the run that submitted it
+
+ex = X.make_submitit_executor("local", sys.argv[2], {})
+X.submit(ex, job, (sys.argv[1],), 1)
+time.sleep(600)
+'''
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_local_jobs_die_with_their_run(how, tmp_path):
+    """kill -9 (or SIGTERM) of the process that submitted a local job ends the job within seconds (issue 29)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "runner.py"
+    script.write_text(_RUNNER)
+    pid_file = tmp_path / "job.pid"
+    runner = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path / "jobs" / "%j")],
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert runner.poll() is None and time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        job_pid = int(pid_file.read_text())
+        assert X.process_token(job_pid) is not None
+        os.kill(runner.pid, how)
+        runner.wait(10)
+        deadline = time.monotonic() + 10
+        while X.process_token(job_pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = X.process_token(job_pid) is not None
+        if alive:
+            os.kill(job_pid, signal.SIGKILL)
+        assert not alive, f"the job (pid {job_pid}) still ran 10 s after its run got signal {how!r}"
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+
+
+def test_process_token_tells_a_live_process_from_a_gone_one():
+    me = X.process_token(os.getpid())
+    assert me is not None and me[0] == os.getpid() and X.process_token(os.getpid()) == me
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert X.process_token(child.pid) is None

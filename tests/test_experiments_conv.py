@@ -53,7 +53,7 @@ def test_cifar_configs_follow_the_recipe():
     assert lam == {("none", None): 0.0, ("ll", None): 0.005, ("rep", None): 0.01, ("rep", 2): 0.01}
     # every method of one seed and weight decay branches from the same burn-in checkpoint
     same = [c for c in cfgs if c.seed == 1 and c.weight_decay == 1e-4]
-    assert len({train._phase_key(c, "base") for c in same}) == 1 and len({train._phase_key(c, "final") for c in same}) == 4
+    assert len({train._phase_key(c, "base", "data") for c in same}) == 1 and len({train._phase_key(c, "final", "data") for c in same}) == 4
 
 
 def test_barlow_configs():

@@ -39,3 +39,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in readme and "bash scripts/test.sh" in ci
+
+
+def test_notebooks_carry_the_kernelspec_that_setup_installs():
+    """JupyterLab rewrites a notebook whose kernelspec differs from the kernel it starts (issue 28): the committed
+    one must be what scripts/setup.sh installs, so opening a notebook changes nothing tracked."""
+    import json
+    import re
+
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    m = re.search(r"ipykernel install --sys-prefix --name (\S+) --display-name \"([^\"]+)\"", setup)
+    assert m, "setup.sh no longer installs a named kernel"
+    name, display = m.groups()
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        spec = json.loads(nb.read_text())["metadata"]["kernelspec"]
+        assert (spec["name"], spec["display_name"]) == (name, display), nb.name

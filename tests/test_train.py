@@ -159,10 +159,11 @@ def test_mlp_forward_is_readout_of_features():
 
 
 def test_amp_path_trains_and_keeps_the_penalty_in_full_precision():
-    """The bfloat16 autocast path (default on CUDA) also runs on the CPU: it must learn and still regularise."""
-    cfg = DIGITS.replace(model={"kind": "mlp", "widths": [32], "init_std": 0.1}, epochs=20, burn_in=15)
+    """The bfloat16 autocast path (precision 'bf16') also runs on the CPU: it must learn and still regularise."""
+    cfg = DIGITS.replace(model={"kind": "mlp", "widths": [32], "init_std": 0.1}, epochs=20, burn_in=15,
+                         precision="bf16")
     rep = train(cfg, progress=False, use_cache=False, amp=True)
-    none = train(cfg.replace(method="none"), progress=False, use_cache=False, amp=True)
+    none = train(cfg.replace(method="none"), progress=False, use_cache=False)
     assert rep.history["train_acc"].iloc[-1] > 0.3  # chance is 0.1
     assert all(p.dtype == torch.float32 for p in rep.model.parameters())
     assert rep.history["sigma_0"].iloc[-1] < 0.9 * none.history["sigma_0"].iloc[-1]

@@ -15,7 +15,7 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     verify: exit 1 (message names the file and the fix) unless every dataset's raw files verify.
     missing: print the given datasets whose raw files do not verify, one per line (exit 0).
-    --full: hash every file (ignore the stamp of earlier checks); scripts/fetch_data.sh always passes it.
+    --full: accepted for older scripts; every check hashes every file.
     prepare: copy / decompress the IDX files from --source into the data root and verify them.
     """
     ap = argparse.ArgumentParser(prog="python -m repspec_utils.data", description=main.__doc__,
@@ -26,7 +26,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--root", default=None, help="data root (default: env REPSPEC_DATA or <repo>/data)")
     ap.add_argument("--source", default=None, help="folder with the IDX files (prepare, one dataset)")
     ap.add_argument("--full", action="store_true",
-                    help="hash every file, ignoring the (size, mtime) stamp of earlier checks (fetch_data.sh does)")
+                    help="accepted for older scripts: every check hashes every file (there is no stamp)")
     args = ap.parse_args(None if argv is None else list(argv))
     root = data_root(args.root)
     if args.action == "prepare" and args.source is not None and len(args.datasets) != 1:
@@ -40,7 +40,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                 raw = (prepare_mnist if name == "mnist" else prepare_fashion_mnist)(root, args.source)
                 print(f"{human}: {raw} populated and verified (md5)")
             else:
-                verify_raw_files(raw, table, label=human, fix=_fix_hint(root), use_stamp=not args.full)
+                verify_raw_files(raw, table, label=human, fix=_fix_hint(root))
                 if args.action == "verify":
                     print(f"{human}: all {len(table)} raw files in {raw} verified (md5)")
         except DataIntegrityError as e:

@@ -292,6 +292,36 @@ def _synthetic_manifest(folder: Path) -> dict:
     return man
 
 
+# What a cifar-10-batches-py pickle may name: numpy's array reconstruction and nothing else (the batches are dicts
+# of str / bytes / int lists and one uint8 array). Anything else, os.system included, is refused before it runs.
+_SAFE_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class UnsafePickleError(DataIntegrityError):
+    """A data pickle names a global other than numpy's array reconstruction: refused, nothing was run."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"refusing to unpickle {module}.{name}: a CIFAR batch file holds only plain data and "
+                                f"numpy arrays (the file was crafted or is not a CIFAR batch)")
+
+
+def safe_load_batch(path: str | os.PathLike) -> dict:
+    """A cifar-10-batches-py file as torchvision reads it (pickle, latin1) but with only numpy arrays and plain data
+    allowed: `UnsafePickleError` for any other global, before it is called."""
+    with open(path, "rb") as f:
+        try:
+            return _SafeUnpickler(f, encoding="latin1").load()
+        except UnsafePickleError as e:
+            raise UnsafePickleError(f"{path}: {e}") from None
+
+
 _SYNTHETIC_CLS = None
 
 
@@ -300,7 +330,7 @@ def _synthetic_cifar10_class():
     global _SYNTHETIC_CLS
     if _SYNTHETIC_CLS is not None:
         return _SYNTHETIC_CLS
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10, VisionDataset
 
     class SyntheticCIFAR10(CIFAR10):
         """torchvision CIFAR10 on <root>/cifar-10-synthetic-batches-py; md5s come from the generation manifest."""
@@ -320,8 +350,28 @@ def _synthetic_cifar10_class():
                 self.meta = {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]}
             except KeyError as e:
                 raise DataIntegrityError(f"synthetic CIFAR-10 manifest in {folder} lacks {e}") from e
-            super().__init__(root, train=train, transform=transform, target_transform=target_transform,
-                             download=download)
+            # torchvision's CIFAR10.__init__ would unpickle the batches with pickle.load: read them here with the
+            # restricted unpickler instead (a crafted batch plus an edited manifest must not run code)
+            VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+            self.train = train
+            if download:
+                self.download()
+            if not self._check_integrity():
+                raise DataIntegrityError(f"synthetic CIFAR-10 in {folder} is missing or corrupted (fails its md5 checks); "
+                                         f"regenerate it with make_synthetic_cifar10.")
+            data, targets = [], []
+            for fname, _ in (self.train_list if train else self.test_list):
+                entry = safe_load_batch(folder / fname)
+                data.append(entry["data"])
+                targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+            self.targets = targets
+            self._load_meta()
+
+        def _load_meta(self) -> None:
+            meta = safe_load_batch(Path(self.root) / self.base_folder / self.meta["filename"])
+            self.classes = meta[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
         def download(self) -> None:
             if not self._check_integrity():

