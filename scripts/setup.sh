@@ -22,6 +22,6 @@ if ! .venv/bin/python -c "import torchattacks" 2>/dev/null; then
   echo "[setup] installing torchattacks 3.5.1 (--no-deps)"
   .venv/bin/python -m pip install --quiet --no-deps "torchattacks==3.5.1"
 fi
-.venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (repspec)" >/dev/null
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
 PYTHON=.venv/bin/python bash scripts/fetch_data.sh
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
