@@ -113,6 +113,42 @@ def _mean_sem(values: pd.Series) -> str:
     return f"{v.mean():.4g} ± {sem:.2g}" if np.isfinite(sem) else f"{v.mean():.4g}"
 
 
+# The MLP figures, and the commit that made the authors' MLP, schedule and re-fit the default (issue 26): a table
+# from a run at an earlier commit used this package's earlier MLP and re-fit, and its rows say so.
+MLP_FIGURES = ("fig2_xor_distance", "fig3_xor_geometry", "appA_xor_noisy", "appB_sin", "fig4_mnist",
+               "fig5_mnist_refit", "appC_mnist_sweeps", "appD_mnist_metric_plane", "appE_fashion_mnist",
+               "appG_training_curves", "bounds_sandwich", "baselines_mnist")
+REFERENCE_MODEL_COMMIT = "a18bc30"
+REFERENCE_MODEL = "authors' MLP"
+EARLIER_MODEL = "earlier MLP (before issue 26)"
+
+
+def _descends_from(commit: str, ancestor: str) -> bool | None:
+    """Whether `commit` (a manifest's, '-dirty' allowed) has `ancestor` in its history; None when git cannot say."""
+    import subprocess
+
+    from .files import REPO_ROOT
+
+    commit = str(commit).removesuffix("-dirty")
+    try:
+        out = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=REPO_ROOT,
+                             capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: True, 1: False}.get(out.returncode)
+
+
+def model_label(fig: str, man: dict) -> str:
+    """Which MLP a figure's tables come from: the manifest's own `model` record, else by its commit (the authors'
+    MLP from REFERENCE_MODEL_COMMIT on); '' for figures without an MLP."""
+    if fig not in MLP_FIGURES or not man:
+        return ""
+    if man.get("model"):
+        return REFERENCE_MODEL if "reference" in str(man["model"]) else str(man["model"])
+    newer = _descends_from(man.get("commit", ""), REFERENCE_MODEL_COMMIT)
+    return {True: REFERENCE_MODEL, False: EARLIER_MODEL}.get(newer, "MLP (commit unknown)")
+
+
 def _manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -274,7 +310,7 @@ def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = 
         if extra is not None and not (folder / f"models_{extra}.csv").exists():
             continue  # an optional table (e.g. fig2's many-seed comparison) that this run did not produce
         man = _manifest(folder)
-        base_row = {"claim": claim, "figure": fig, "test": what,
+        base_row = {"claim": claim, "figure": fig, "test": what, "model": model_label(fig, man),
                     "profile": profile_label(man.get("profile", "?"), man.get("deviations")),  # as in the footers
                     "data": "; ".join(sorted(set(map(str, man.get("data_sources", []) or ["?"]))))[:160]}
         missing = {**base_row, "setting": "not produced", "profile": "-", "data": "-", "verdict": "inconclusive",
@@ -316,6 +352,112 @@ def claims_summary(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({"claim": claim, "test": test, "setting": setting, "rep": rep, "profile": g.profile.iloc[0],
                      "verdict": overall, **{f"{v} vs": by[v] for v in VERDICTS}})
     return pd.DataFrame(rows)
+
+
+# The baselines of the verdicts table's columns: family -> heading (claims 1 and 2; the transfer claim's L2-SP / BSS
+# go in "other")
+GLANCE_BASELINES = {"none": "vs None", "ll": "vs ll (paper: every layer)",
+                    "ll_readout": "vs ll (authors' code: readout only)"}
+
+
+def glance_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts at a glance: one row per claim × setting × rep-spectral variant (the statistical claims 1, 2, 4,
+    5, 6), a column per baseline with Δ distance [CI] · Δ accuracy [CI] → that comparison's verdict, then the
+    scale (profile, seeds) and the model. Claim 3 (one model per method) and claim 7 (ours) are not in it."""
+    rows = []
+    stat = table[table.claim.isin([1, 2, 4, 5, 6]) & (table.setting != "not produced")]
+    for (claim, test, setting, rep), g in stat.groupby(["claim", "test", "setting", "rep"], sort=False, dropna=False):
+        row = {"claim": claim, "test": test, "setting": setting, "rep": rep}
+        other = []
+        for r in g.itertuples():
+            family = str(r.baseline).split()[0]
+            dd = _fixed(r.distance_diff, r.distance_diff_ci_low, r.distance_diff_ci_high, 1.0, 3)
+            da = _fixed(r.acc_diff, r.acc_diff_ci_low, r.acc_diff_ci_high, 100.0, 2)
+            cell = f"Δx {dd} · Δacc {da}{' pts' if da != 'n/a' else ''} → **{r.verdict}**"
+            if family in GLANCE_BASELINES:
+                row[GLANCE_BASELINES[family]] = cell
+            else:
+                other.append(f"{str(r.baseline).split(' (its')[0]}: {cell}")
+        row["vs others"] = "; ".join(other)
+        seeds = g.n_seeds.dropna()
+        data = str(g["data"].iloc[0]).upper() if "data" in g else ""
+        row["scale"] = (f"{g.profile.iloc[0]}" + (f", {int(seeds.max())} seeds" if len(seeds) else "")
+                        + (", SYNTHETIC data" if "SYNTHETIC" in data else ", stand-in data" if "STAND-IN" in data
+                           else ""))
+        row["model"] = g["model"].iloc[0] if "model" in g else ""
+        rows.append(row)
+    cols = ["claim", "test", "setting", "rep", *GLANCE_BASELINES.values(), "vs others", "scale", "model"]
+    out = pd.DataFrame(rows).reindex(columns=cols).fillna("")
+    return out.loc[:, [c for c in cols if c not in ("vs others",) or out[c].astype(bool).any()]]
+
+
+def _fixed(mean, lo, hi, scale: float, decimals: int) -> str:
+    """'+0.110 [+0.100, +0.120]' (values × scale, fixed decimals); 'n/a' without a mean, no interval without bounds."""
+    vals = [float(v) * scale if v is not None and np.isfinite(float(v)) else np.nan for v in (mean, lo, hi)]
+    if not np.isfinite(vals[0]):
+        return "n/a"
+    f = lambda v: f"{v:+.{decimals}f}".replace("-0." + "0" * decimals, "+0." + "0" * decimals)  # noqa: E731
+    return f(vals[0]) + (f" [{f(vals[1])}, {f(vals[2])}]" if np.isfinite(vals[1]) and np.isfinite(vals[2]) else "")
+
+
+RULE_SHORT = ("Each cell compares rep-spectral with one baseline, paired by seed: the mean difference rep − baseline "
+              "in mean adversarial distance (Δx) and in test accuracy (Δacc) with its {level:.0%} Student-t interval "
+              "over seeds. It **holds** when the Δx interval lies above 0 and the Δacc interval does not reach below "
+              "−{tol:g} points; it **fails** when the Δx interval lies below 0 or the whole Δacc interval lies below "
+              "−{tol:g} points; otherwise it is **inconclusive**.")
+
+
+def glance_markdown(table: pd.DataFrame, acc_tolerance: float = ACC_TOLERANCE, level: float = LEVEL) -> str:
+    """The verdicts table (`glance_table`) as Markdown, the rule in two sentences above it, claim 3's point
+    comparisons in their own table marked 'one model per method'. The README's verdicts block is this text."""
+    g = glance_table(table)
+    out = [RULE_SHORT.format(level=level, tol=acc_tolerance * 100), ""]
+    out.append("| " + " | ".join(g.columns) + " |")
+    out.append("|" + "---|" * len(g.columns))
+    for r in g.itertuples(index=False):
+        out.append("| " + " | ".join(str(v) for v in r) + " |")
+    metric = table[table.claim == 3]
+    if not metric.empty:
+        out += ["", "Claim 3 (rep-spectral lowers λ_max(g) and the volume-element peaks): point comparisons of **one "
+                "model per method**, no interval:", "",
+                "| test | rep | baseline | value rep | value baseline | verdict | scale | model |", "|---|---|---|---|---|---|---|---|"]
+        for _, r in metric.iterrows():
+            v = lambda c: "" if pd.isna(r.get(c)) else r.get(c)  # noqa: E731
+            out.append(f"| {r['test']} | {r['rep']} | {r['baseline']} | {v('value rep')} | {v('value baseline')} "
+                       f"| **{r['verdict']}** | {r['profile']} | {r['model']} |")
+    return "\n".join(out) + "\n"
+
+
+README_START, README_END = "<!-- verdicts:start (generated by notebooks/claims.ipynb) -->", "<!-- verdicts:end -->"
+
+
+def readme_verdicts(table: pd.DataFrame) -> str:
+    """The README's verdicts block, from the same comparisons as RESULTS.md's table (`glance_table`): one row per
+    claim × test × rep-spectral variant, per baseline how many of its settings hold / fail / are inconclusive."""
+    g = glance_table(table)
+    cols = [c for c in GLANCE_BASELINES.values() if c in g.columns and g[c].astype(bool).any()]
+    out = ["| claim | test | rep | " + " | ".join(cols) + " | scale | model |", "|" + "---|" * (len(cols) + 5)]
+    for (claim, test, rep), rows in g.groupby(["claim", "test", "rep"], sort=False):
+        cells = []
+        for c in cols:
+            vs = [v for cell in rows[c] if cell for v in VERDICTS if f"**{v}**" in cell]
+            if not vs:
+                cells.append("–")
+            elif len(vs) == 1:
+                cells.append(vs[0])
+            else:
+                cells.append(", ".join(f"{vs.count(v)} {v}" for v in VERDICTS if vs.count(v)) + f" (of {len(vs)})")
+        out.append(f"| {claim} | {test} | {rep} | " + " | ".join(cells) + f" | {rows.scale.iloc[0]} | "
+                   f"{rows.model.iloc[0]} |")
+    return "\n".join(out) + "\n"
+
+
+def replace_readme_block(readme: str, block: str) -> str:
+    """`readme` with the text between README_START and README_END replaced by `block` (ValueError without them)."""
+    if README_START not in readme or README_END not in readme:
+        raise ValueError(f"the README has no {README_START!r} … {README_END!r} block")
+    head, rest = readme.split(README_START, 1)
+    return head + README_START + "\n" + block + rest[rest.index(README_END):]
 
 
 def _interval(mean, lo, hi, digits: int = 3) -> str:
@@ -526,7 +668,10 @@ def results_markdown(fig_root, table: pd.DataFrame, acc_tolerance: float = ACC_T
            "Every figure of the paper regenerated by this package, with the claim it tests, the verdict and the scale "
            "it ran at. Generated by `notebooks/claims.ipynb` from the committed tables (`figures/*/models.csv`, "
            "`samples.csv`, `manifest.json`); regenerate with `repspec run --only claims --out-dir figures`.", "",
-           "## Verdicts at a glance", "", rule_text(acc_tolerance, level), "",
+           "## Verdicts at a glance", "", glance_markdown(table, acc_tolerance, level),
+           "Rows marked *earlier MLP (before issue 26)* come from tables made with this package's earlier MLP and "
+           "re-fit (SPEC §6); they are replaced as their figures are regenerated.", "",
+           "## One verdict per setting (all baselines together)", "",
            "| claim | test | setting | rep-spectral | profile | verdict |", "|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         out.append(f"| {r.claim} | {r.test} | {r.setting} | {r.rep if isinstance(r.rep, str) else ''} | {r.profile} "

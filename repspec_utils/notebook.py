@@ -52,9 +52,14 @@ class OutputDirError(OSError):
 # ----------------------------------------------------------------------------------------------------
 # Notebooks, their parameters cells, and profiles
 # ----------------------------------------------------------------------------------------------------
+RUNS_LAST = ("claims",)  # notebooks that read the others' tables: always after them in a run
+
+
 def notebooks() -> list[str]:
-    """Stems of the figure notebooks in notebooks/, sorted."""
-    return sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+    """Stems of the figure notebooks in notebooks/, in run order: sorted, then those that read the others' tables
+    (the claims page) last."""
+    names = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+    return [n for n in names if n not in RUNS_LAST] + [n for n in RUNS_LAST if n in names]
 
 
 def notebook_path(notebook: str) -> Path:
@@ -251,6 +256,26 @@ def default_out_dir(profile: str = "smoke") -> Path:
     """Where a run's figures go unless told otherwise: $REPSPEC_FIGURES, else <repo>/runs/<profile> (git-ignored), so
     exploring (JupyterLab, papermill, `repspec run` without --out-dir) never overwrites the committed figures/."""
     return resolve_path(os.environ.get("REPSPEC_FIGURES") or Path("runs") / profile)
+
+
+RESULT_NEUTRAL = ("executor", "max_workers", "torch_threads")  # overrides that change where work runs, not results
+
+
+def is_committed_root(root: str | os.PathLike) -> bool:
+    """Whether `root` is the committed results folder figures/ itself."""
+    return resolve_path(root).resolve() == (REPO_ROOT / COMMITTED_DIR).resolve()
+
+
+def committed_write_refusal(notebook: str, out_dir: str | os.PathLike, profile: str) -> str | None:
+    """Why a notebook run must not write into `out_dir` directly (None if it may): figures/ is written only through
+    the runner's staging folder (`repspec run --out-dir figures`), so that a partial, failed or smoke run never
+    leaves committed files half-replaced."""
+    if not str(out_dir) or not is_committed_root(out_dir):
+        return None
+    return (f"out_dir {str(out_dir)!r} is the committed results folder: a notebook never writes there directly (a "
+            f"failed or partial run would leave it half-replaced). Explore into runs/ (out_dir '' or runs/...), or "
+            f"regenerate on purpose with `repspec run --profile {profile if profile != 'smoke' else 'cpu'} --only "
+            f"{Path(notebook).stem} --out-dir figures` (staged; replaced only when the run ends ok)")
 
 
 def ensure_dir(path: str | os.PathLike, what: str) -> Path:
@@ -491,6 +516,9 @@ def notebook_params(namespace: dict[str, Any], notebook: str) -> NotebookRun:
                              f"papermill: a typo in -p?); its parameters: {', '.join(defaults)}")
     params = check_params({k: namespace[k] for k in defaults}, notebook)
     parameters.check_relations(params, ParameterError)
+    refusal = committed_write_refusal(notebook, params.get("out_dir", ""), params.get("profile", "smoke"))
+    if refusal:
+        raise ParameterError(refusal)
     namespace.update(params)
     if params.get("torch_threads"):  # 0: torch's default
         import torch

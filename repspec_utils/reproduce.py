@@ -150,10 +150,26 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
 
 
 def _select(names: str | Iterable[str] | None) -> list[str]:
+    """The selected notebooks in run order (`notebook.notebooks()`: claims last, whatever order they were named in)."""
     if names is None:
         return notebooks()
     names = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n) for n in names]
-    return [notebook_path(n).stem for n in names if n]
+    chosen = {notebook_path(n).stem for n in names if n}
+    return [n for n in notebooks() if n in chosen]
+
+
+def committed_redirect(root: Path, profile: str, overrides: Mapping[str, Any]) -> str | None:
+    """Why a run aimed at the committed figures/ must write elsewhere (None if it may write there): only a run at a
+    committed profile (cpu or paper) without overrides that change results replaces committed results."""
+    if not nbapi.is_committed_root(root):
+        return None
+    if profile == "smoke":
+        return "the smoke profile never replaces committed results"
+    changed = sorted(k for k in overrides if k not in nbapi.RESULT_NEUTRAL)
+    if changed:
+        return (f"overrides of {', '.join(changed)} make this run differ from the committed {profile!r} profile, "
+                f"whose results figures/ holds")
+    return None
 
 
 def plan(names: str | Iterable[str] | None = None, profile: str = "cpu",
@@ -308,6 +324,10 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
     """
     todo = plan(names, profile, overrides)
     root = resolve_path(out_dir) if out_dir not in (None, "") else default_out_dir(profile)
+    why = committed_redirect(root, profile, overrides or {})
+    if why:
+        root = default_out_dir(profile if profile == "smoke" else f"{profile}-custom")
+        print(f"repspec: {why}: writing to {portable(str(root))} instead (figures/ is unchanged)", file=sys.stderr)
     ensure_dir(root, "figure output folder")
     for line in clean_staging(root):
         print(f"repspec: {line}", file=sys.stderr)

@@ -239,11 +239,12 @@ def test_only_a_run_into_the_committed_figures_publishes_repo_pages(tmp_path, mo
 
     monkeypatch.setattr(nbk, "REPO_ROOT", tmp_path)
     defaults = {**nbk.notebook_defaults("claims"), "profile": "cpu"}
-    for out_dir, expected in ((str(tmp_path / "figures"), True),
-                              (str(tmp_path / "figures" / ".staging" / "claims.1.2"), True),
+    for out_dir, expected in ((str(tmp_path / "figures" / ".staging" / "claims.1.2"), True),
                               (str(tmp_path / "runs" / "cpu"), False), ("", False)):
         run = nbk.notebook_params({**defaults, "out_dir": out_dir}, "claims")
         assert run.writes_committed_results == expected, out_dir
+    with pytest.raises(nbk.ParameterError, match="committed results folder"):  # only through the runner's staging
+        nbk.notebook_params({**defaults, "out_dir": str(tmp_path / "figures")}, "claims")
 
 
 def test_field_comparison_is_paired_by_seed_and_measured_only(tmp_path):

@@ -399,3 +399,34 @@ def test_exploring_never_writes_into_the_committed_figures(tmp_path, monkeypatch
         assert run.fig_dir == tmp_path / "runs" / profile / "fig1_tradeoff"
     assert nbk.default_out_dir("paper") == tmp_path / "runs" / "paper"
     assert "--out-dir figures" in (Path(rp.__file__).parent.parent / "scripts" / "reproduce.sh").read_text()
+
+
+def test_a_notebook_pointed_at_figures_directly_stops_with_one_line(tmp_path, monkeypatch):
+    """issue 28: `papermill … -p out_dir figures` overwrote the committed png/pdf in place (manifest stale) and a
+    failed one left an untracked record.json; now the parameters cell stops it, naming the way to do it on purpose.
+    The runner's staged writes inside figures/ (figures/.staging/…) stay allowed."""
+    monkeypatch.setattr(nbk, "REPO_ROOT", tmp_path)
+    (tmp_path / "figures").mkdir()
+    for out in ("figures", str(tmp_path / "figures"), "figures/"):
+        with pytest.raises(nbk.ParameterError, match=r"committed results folder.*repspec run --profile cpu --only "
+                                                     r"fig1_tradeoff --out-dir figures"):
+            nbk.notebook_params({**nbk.notebook_defaults("fig1_tradeoff"), "out_dir": out}, "fig1_tradeoff")
+    assert not any((tmp_path / "figures").iterdir())  # nothing written, not even record.json
+    staged = tmp_path / "figures" / ".staging" / "fig1_tradeoff.1.2"
+    run = nbk.notebook_params({**nbk.notebook_defaults("fig1_tradeoff"), "out_dir": str(staged)}, "fig1_tradeoff")
+    assert run.fig_dir == staged / "fig1_tradeoff" and run.writes_committed_results
+
+
+def test_only_a_complete_run_at_a_committed_profile_writes_figures(tmp_path, monkeypatch):
+    monkeypatch.setattr(nbk, "REPO_ROOT", tmp_path)
+    fig = tmp_path / "figures"
+    assert "smoke profile never replaces" in rp.committed_redirect(fig, "smoke", {})
+    assert "overrides of seeds" in rp.committed_redirect(fig, "cpu", {"seeds": [0], "executor": "local"})
+    assert rp.committed_redirect(fig, "cpu", {"executor": "local", "max_workers": 2}) is None
+    assert rp.committed_redirect(fig, "paper", {}) is None
+    assert rp.committed_redirect(tmp_path / "runs" / "x", "smoke", {"seeds": [0]}) is None
+
+
+def test_claims_run_last_whatever_the_order_asked():
+    assert rp._select("claims,fig4_mnist,fig2_xor_distance") == ["fig2_xor_distance", "fig4_mnist", "claims"]
+    assert nbk.notebooks()[-1] == "claims"
