@@ -15,8 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from .files import REPO_ROOT, atomic_write_bytes, clean_stale_temporaries
 
 _MAGIC = b"REPSPEC1"
@@ -74,6 +72,8 @@ def make_key(**parts: Any) -> str:
 
 def save(obj: Any, path: str | Path) -> None:
     """torch.save `obj` to `path` atomically, with a sha256 header that `load` verifies."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
@@ -102,6 +102,8 @@ def _load_verified(path: Path) -> Any:
     payload = raw[head:]
     if hashlib.sha256(payload).digest() != raw[len(_MAGIC) : head]:
         raise CorruptCacheEntry(f"cache file {path} fails its checksum")
+    import torch
+
     # weights_only: tensors, dicts, lists, str / numbers only. The sha256 header proves that the file is intact,
     # not who wrote it (caches are copied between machines and shared), so nothing in it may name code to run.
     try:

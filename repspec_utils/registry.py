@@ -15,18 +15,46 @@ A plug-in module registers with a decorator, the way torchvision registers its m
     @METHODS.register("my_penalty", doc="what it penalises")
     def make_my_penalty(cfg, model, example_x): ...
 
-`import repspec_utils` imports every plug-in module (see the package `__init__`), so every name is registered
-whatever is imported first. The valid names of a table are `TABLE.names()`; an unknown name raises a
+The first read of any table imports every plug-in module (`PLUGINS`, `load_plugins`), so every name is
+registered whatever is imported first, and importing the package alone stays light (no torch). The valid names of a table are `TABLE.names()`; an unknown name raises a
 ValueError that lists them (`TABLE.lookup(name)`).
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
 __all__ = ["Registry", "DATASETS", "MODELS", "METHODS", "OBJECTIVES", "AUGMENTATIONS", "TABLES"]
+
+
+# The plug-in modules (relative to this package), imported on the first read of any table, in this order (their
+# dependencies first), so every name is registered whatever was imported before and a light import of the package
+# (the CLI's --help, the analysis of committed tables) does not load torch. Named here, not imported: a leaf.
+PLUGINS = ("data", "models", "train", "authors", "barlow", "transfer", "adversarial")
+_LOADED = threading.Event()
+_LOADING = threading.RLock()
+_BUSY: list[bool] = [False]  # set while this thread imports the plug-ins (the lock is re-entrant)
+
+
+def load_plugins() -> None:
+    """Import every plug-in module once (registering its entries); a no-op afterwards, and while it runs (a plug-in
+    reading a table as it loads sees what is registered so far, as an eager import order would give it)."""
+    if _LOADED.is_set():
+        return
+    with _LOADING:
+        if _LOADED.is_set() or _BUSY[0]:
+            return
+        _BUSY[0] = True
+        try:
+            for name in PLUGINS:
+                importlib.import_module(f"{__package__}.{name}")
+            _LOADED.set()
+        finally:
+            _BUSY[0] = False
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -63,6 +91,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def check(self, name: Any) -> None:
         """ValueError unless `name` is registered."""
+        load_plugins()
         if not isinstance(name, str) or name not in self._items:
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {', '.join(self.names())}")
 
@@ -73,6 +102,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def names(self) -> tuple[str, ...]:
         """The registered names, sorted."""
+        load_plugins()
         return tuple(sorted(self._items))
 
     def where(self, **meta: Any) -> tuple[str, ...]:
@@ -80,12 +110,14 @@ class Registry(Mapping[str, T], Generic[T]):
         return tuple(n for n in self.names() if all(self._meta[n].get(k) == v for k, v in meta.items()))
 
     def __getitem__(self, name: str) -> T:
+        load_plugins()
         return self._items[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        load_plugins()
         return len(self._items)
 
     def __repr__(self) -> str:

@@ -339,17 +339,30 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
     progress = progress_enabled(progress)
 
     manifests = []
+    print(f"repspec: plan: {len(todo)} notebook(s) at profile {profile!r} into {portable(str(root))}, in this order:",
+          file=sys.stderr)
+    for line in plan_lines(todo, profile):
+        print(f"repspec: {line}", file=sys.stderr)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
     with _kernel_env():
         for nb, params in todo.items():
             params = {**params, "out_dir": str(root)}
             used = {k: v for k, v in (overrides or {}).items() if k in params}
+            bar.set_postfix_str(nb)
             print(f"repspec: running {nb} at profile {profile!r}" + (f" with {used}" if used else ""),
                   file=sys.stderr)
             m = _run_one(nb, params, used, root, executed_root / f"{nb}.{profile}.ipynb",
                          kernel, log_output, progress, failed_root)
             where = root / nb if m["status"] == "ok" else f"{m['folder']} (the previous {root / nb} is unchanged)"
+            m.setdefault("where", portable(str(root / nb)))
             print(f"repspec: {nb} {m['status']} in {m['wall_time_s']:.1f} s -> {where}", file=sys.stderr)
             manifests.append(m)
+            bar.update(1)
+    bar.close()
+    for line in summary_lines(manifests):
+        print(f"repspec: {line}", file=sys.stderr)
     with contextlib.suppress(OSError):
         (root / STAGING).rmdir()  # only when empty: a concurrent run may still be staging
     failed = [m for m in manifests if m["status"] != "ok"]
@@ -357,6 +370,51 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
         lines = "; ".join(f"{m['notebook']}: {m['error']} (kept in {m['folder']})" for m in failed)
         raise RunFailed(f"{len(failed)} of {len(manifests)} notebook(s) failed: {lines}", manifests)
     return manifests
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plan, estimates, summary
+# ----------------------------------------------------------------------------------------------------
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def estimate(nb: str, profile: str, committed: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a notebook's run at `profile` costs, from its last committed run at that profile (figures/<nb>/
+    manifest.json): {'compute_s': its models', attacks' and re-fits' compute from a cold cache, 'wall_s': that run's
+    wall time (a cached redraw's is short), 'seeds': …}; empty when figures/ holds no run of it at this profile."""
+    man = read_json(resolve_path(committed or nbapi.COMMITTED_DIR) / nb / MANIFEST_FILE)
+    if man.get("profile") != profile or man.get("status") != "ok":
+        return {}
+    compute = sum(float(v.get("seconds") or 0.0) for v in (man.get("compute") or {}).values())
+    return {"compute_s": compute or None, "wall_s": man.get("wall_time_s"), "commit": man.get("commit")}
+
+
+def plan_lines(todo: Mapping[str, Mapping[str, Any]], profile: str) -> list[str]:
+    """One line per notebook of a run, in run order, with the cost of its last committed run at this profile."""
+    lines = []
+    for i, nb in enumerate(todo, 1):
+        est = estimate(nb, profile)
+        if not est:
+            cost = "no committed run at this profile to estimate from"
+        elif est.get("compute_s") is None:
+            cost = f"≈ {_duration(est.get('wall_s'))} (its committed run; no models or attacks to compute)"
+        else:
+            cost = (f"≈ {_duration(est['compute_s'])} of compute from a cold cache (its committed run; "
+                    f"{_duration(est.get('wall_s'))} wall then)")
+        lines.append(f"{i:>3}. {nb:<28} {cost}")
+    return lines
+
+
+def summary_lines(manifests: list[dict]) -> list[str]:
+    """The end-of-run table: notebook, status, wall time, where its outputs went."""
+    out = [f"{'notebook':<28} {'status':<8} {'wall':>8}  outputs"]
+    for m in manifests:
+        out.append(f"{m['notebook']:<28} {m['status']:<8} {_duration(m.get('wall_time_s')):>8}  "
+                   f"{m.get('folder') or m.get('where', '')}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -385,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", default=None, help="comma-separated notebook names (default: all)")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (Python literal, type-checked against the notebook default)")
-    run.add_argument("--list", action="store_true", help="show the notebooks and their parameters; run nothing")
+    run.add_argument("--list", action="store_true", help="one line per notebook with the compute of its committed run "
+                                                         "at this profile; run nothing")
+    run.add_argument("--verbose", action="store_true", help="with --list: every parameter each notebook would get")
     run.add_argument("--out-dir", default=None, help="figure root (default $REPSPEC_FIGURES, else <repo>/runs/<profile>;"
                                                      " `--out-dir figures` replaces the committed results)")
     run.add_argument("--executed-dir", default="runs/executed", help="where executed notebooks go")
@@ -407,10 +467,16 @@ def main(argv: list[str] | None = None) -> int:
             check_max_workers(args.max_workers)
             overrides["max_workers"] = args.max_workers
         if args.list:
-            print(_describe(plan(args.only, args.profile, overrides), args.profile))
+            todo = plan(args.only, args.profile, overrides)
+            print(_describe(todo, args.profile) if args.verbose else "\n".join(plan_lines(todo, args.profile)))
             return 0
         run_notebooks(args.only, args.profile, overrides=overrides, out_dir=args.out_dir,
                       executed_dir=args.executed_dir, kernel_name=args.kernel, log_output=args.log_output)
+    except KeyboardInterrupt:
+        again = " ".join(["repspec", *(argv if argv is not None else sys.argv[1:])])
+        print(f"repspec: interrupted; finished figures are in place, the interrupted one is unchanged, and trained "
+              f"models and attack pieces are cached. Resume with: {again}", file=sys.stderr)
+        return 130
     except RunFailed as exc:
         print(f"repspec: {exc}", file=sys.stderr)
         return 1

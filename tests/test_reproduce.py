@@ -194,7 +194,7 @@ def test_cli_errors_and_list(toy, capsys):
     assert "unknown notebook 'nope'" in capsys.readouterr().err
     assert rp.main(["run", "--only", "toy", "--set", "epochs=ten"]) == 2
     assert "parameter 'epochs'" in capsys.readouterr().err
-    assert rp.main(["run", "--profile", "paper", "--list", "--set", "lam=0.5"]) == 0
+    assert rp.main(["run", "--profile", "paper", "--list", "--verbose", "--set", "lam=0.5"]) == 0
     out = capsys.readouterr().out
     assert "* epochs = 15000" in out and "* lam = 0.5    # regularization strength" in out
 
@@ -430,3 +430,36 @@ def test_only_a_complete_run_at_a_committed_profile_writes_figures(tmp_path, mon
 def test_claims_run_last_whatever_the_order_asked():
     assert rp._select("claims,fig4_mnist,fig2_xor_distance") == ["fig2_xor_distance", "fig4_mnist", "claims"]
     assert nbk.notebooks()[-1] == "claims"
+
+
+def test_list_gives_one_line_per_notebook_with_its_committed_cost(capsys):
+    assert rp.main(["run", "--profile", "cpu", "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(nbk.notebooks()) and lines[-1].split()[1] == "claims"
+    fig4 = next(line for line in lines if " fig4_mnist " in line)
+    assert "of compute from a cold cache" in fig4 or "no committed run" in fig4
+    assert rp.main(["run", "--profile", "cpu", "--list", "--verbose", "--only", "fig1_tradeoff"]) == 0
+    assert "eps" in capsys.readouterr().out
+
+
+def test_help_does_not_load_torch():
+    """issue 28: `repspec --help` answered in 9 s because importing the package loaded torch and every plug-in."""
+    import subprocess
+    import sys
+
+    code = ("import sys, repspec_utils.reproduce as r\n"
+            "try:\n    r.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "run" in out.stdout
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command(monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rp, "run_notebooks", interrupted)
+    assert rp.main(["run", "--profile", "cpu", "--only", "fig1_tradeoff"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Resume with: repspec run --profile cpu --only fig1_tradeoff" in err[0]
