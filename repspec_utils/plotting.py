@@ -288,7 +288,10 @@ def plot_defences(models: pd.DataFrame, pgd_column: str, suptitle: str = "", sup
             ax = axes[row, col]
             plot_method_distribution(part, y=y, ax=ax, ylabel=label)
             ax.set_title(("own readout" if readout == "original" else "re-fitted readout") + f": {label}", fontsize=9)
+            ticks = [t.get_text().replace("-\n", "-").replace("\n", " ") for t in ax.get_xticklabels()]  # whole names
+            ax.set_xticks(ax.get_xticks(), ticks)
             plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor", fontsize=7)
+    fig.text(0.5, -0.01, "dots: one seed each; boxes: median and quartiles across seeds", ha="center", fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=8, color=suptitle_color)  # darkred: a SYNTHETIC STAND-IN says so
     return fig
@@ -296,11 +299,12 @@ def plot_defences(models: pd.DataFrame, pgd_column: str, suptitle: str = "", sup
 
 def plot_mean_sd_bars(
     df: pd.DataFrame, y: str, *, x: str = "method", by: str | None = None, ax=None, order: Sequence | None = None,
-    ylabel: str | None = None, by_label: str | None = None, dots: bool = True,
+    ylabel: str | None = None, by_label: str | None = None, dots: bool = True, upper: float | None = None,
 ):
     """Bars of the mean of `y` across seeds ± 1 sd (ddof 1) per method in its colour; with `by` (e.g. 'weight_decay')
-    one group of method bars per value of `by` (Fig 2). Returns the table of (by,) method, mean, sd, n, x (the bar's
-    position) that was drawn."""
+    one group of method bars per value of `by` (Fig 2). `upper`: the largest value `y` can take (Fig 2: a mean Δx
+    of 1); a whisker is cut there and drawn without its cap. Returns the table of (by,) method, mean, sd, n, x (the
+    bar's position) that was drawn."""
     ax = ax if ax is not None else plt.gca()
     keys = method_order(order if order is not None else df[x].unique())
     groups = sorted(df[by].unique()) if by is not None else [None]
@@ -318,7 +322,10 @@ def plot_mean_sd_bars(
             ax.bar(pos, mean, width * 0.9, color=method_color(k), alpha=0.8,
                    label=method_label(k) if gi == 0 else None, zorder=2)
             if np.isfinite(sd):
-                ax.errorbar(pos, mean, yerr=sd, color="0.1", capsize=3, lw=1, zorder=3)
+                top = mean + sd if upper is None else min(mean + sd, upper)
+                ax.errorbar(pos, mean, yerr=[[sd], [top - mean]], color="0.1", capsize=3, lw=1, zorder=3)
+                if upper is not None and mean + sd > upper:  # cut at the bound: no cap there
+                    ax.plot([pos - width * 0.15, pos + width * 0.15], [top, top], color="white", lw=2.2, zorder=3.5)
             if dots:
                 ax.scatter(pos + rng.uniform(-0.15, 0.15, len(vals)) * width, vals, s=8, color="0.15", zorder=4, lw=0)
             rows.append({**({by: g} if by is not None else {}), "method": k, "mean": mean, "sd": sd, "n": len(vals),
@@ -392,6 +399,16 @@ def scatter_classes(ax, points, labels, correct=None, size: float = 18) -> None:
     if correct is not None:
         wrong = ~_np(correct).astype(bool).ravel()
         ax.scatter(P[wrong, 0], P[wrong, 1], s=size * 2.2, c="k", marker="x", linewidths=1.2, zorder=6)
+
+
+def log_colorbar(cb) -> None:
+    """Ticks at 1, 2 and 5 × each power of ten on a log colour bar (matplotlib's default leaves a bar spanning less
+    than two decades with one labelled tick), labelled plainly."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+    cb.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    cb.ax.yaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+    cb.ax.yaxis.set_minor_locator(LogLocator(subs="auto"))
 
 
 def plot_field_2d(
@@ -489,22 +506,29 @@ def plot_geometry_maps(grid: pd.DataFrame, points, labels, *, methods: Sequence 
     xx, yy = first["x1"].to_numpy().reshape(n, n), first["x2"].to_numpy().reshape(n, n)
     fig, axes = plt.subplots(3, len(keys), figsize=(panel_size * len(keys) + 1.0, 3 * panel_size + 0.4),
                              squeeze=False, constrained_layout=True)
+    tag = lambda i, j: f"({chr(ord('a') + i * len(keys) + j)})"  # noqa: E731  every panel its own letter
     for j, k in enumerate(keys):
         plot_decision_boundary(axes[0, j], xx, yy, sub[k]["margin"], points, labels,
-                               title=textwrap.fill(f"(a) {method_label(k)}", 30))
-    fields = [("(b)", np.exp(grid["log_volume"].to_numpy()), r"volume element $\sqrt{\det g}$"),
-              ("(c)", grid["lambda_max"].to_numpy(), r"$\lambda_{\max}(g) = \Vert J_\Phi\Vert_2^2$")]
-    for i, (tag, values, cbar_label) in enumerate(fields, start=1):
+                               title=textwrap.fill(f"{tag(0, j)} {method_label(k)}", 30))
+    fields = [(np.exp(grid["log_volume"].to_numpy()), r"volume element $\sqrt{\det g}$"),
+              (grid["lambda_max"].to_numpy(), r"$\lambda_{\max}(g) = \Vert J_\Phi\Vert_2^2$")]
+    for i, (values, cbar_label) in enumerate(fields, start=1):
         values = pd.Series(values, index=grid.index)
         ok = values[np.isfinite(values) & (values > 0)]
         lo, hi = (ok.min(), ok.max()) if len(ok) else (None, None)
         for j, k in enumerate(keys):
             mesh = plot_field_2d(axes[i, j], xx, yy, values.loc[sub[k].index], log=True, points=points,
                                  labels=labels, boundary=sub[k]["margin"], cbar=False, vmin=lo, vmax=hi,
-                                 title=textwrap.fill(f"{tag} {method_label(k)}", 30))
-        fig.colorbar(mesh, ax=axes[i, :], label=cbar_label, shrink=0.9, pad=0.02)
+                                 title=textwrap.fill(f"{tag(i, j)} {method_label(k)}", 30))
+        log_colorbar(fig.colorbar(mesh, ax=axes[i, :], label=cbar_label, shrink=0.9, pad=0.02))
+    for i, row_label in enumerate(("decision regions", "volume element", r"$\lambda_{\max}(g)$")):
+        axes[i, 0].set_ylabel(f"{row_label}\n$x_2$")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("$x_1$")
     for ax in axes.ravel():
         ax.grid(False)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=len(names), frameon=False, fontsize=7)
     fig.suptitle(r"pull-back metric $g = J_\Phi^\top J_\Phi = \frac{1}{n}\sum_j \varphi'(z_j)^2\, w_j w_j^\top$ of "
                  r"$\Phi(x) = \varphi(Wx + b)/\sqrt{n}$ (n = width: the 1/n is the model's normalisation)"
                  "\nlog colour scales shared along each row; white line: decision boundary", fontsize=7)
@@ -610,15 +634,16 @@ def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, d
     fig = plt.figure(figsize=(panel_size * len(keys) + 1.2, 3 * panel_size + 0.6), constrained_layout=True)
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.0, 1.0])
     axes = top.subplots(2, len(keys), squeeze=False)
-    fields = [("(a)", "log_volume", False, r"$\log\sqrt{\det g}$"), ("(b)", "lambda_max", True, r"$\lambda_{\max}(g)$")]
-    for i, (tag, col, log, label) in enumerate(fields):
+    fields = [("a", "log_volume", False, r"$\log\sqrt{\det g}$"), ("b", "lambda_max", True, r"$\lambda_{\max}(g)$")]
+    for i, (_, col, log, label) in enumerate(fields):
         vals = pd.concat([s[col] for s in first.values()])
         ok = vals[np.isfinite(vals) & ((vals > 0) if log else True)]
         lo, hi = (float(ok.min()), float(ok.max())) if len(ok) else (None, None)
         for j, k in enumerate(keys):
             ax = axes[i, j]
+            letter = f"({chr(ord('a') + i * len(keys) + j)})"  # every panel its own letter
             mesh = plot_field_2d(ax, a, b, first[k][col].to_numpy(), log=log, cbar=False, vmin=lo, vmax=hi,
-                                 title=textwrap.fill(f"{tag} {method_label(k)}", 30))
+                                 title=textwrap.fill(f"{letter} {method_label(k)}", 30))
             pred = first[k]["pred"].to_numpy().reshape(n, n)
             for c in np.unique(pred) if len(np.unique(pred)) > 1 else []:  # each class region's outline, once
                 ax.contour(a, b, (pred == c).astype(float), levels=[0.5], colors="white", linewidths=0.7)
@@ -628,15 +653,19 @@ def plot_metric_plane(plane: pd.DataFrame, *, methods: Sequence | None = None, d
                 ax.annotate(str(dg), (ca, cb), xytext=(4, 4), textcoords="offset points", color="white",
                             fontsize=8, fontweight="bold")
             ax.grid(False)
-            ax.set_xlabel("a")
-            ax.set_ylabel("b" if j == 0 else "")
-        top.colorbar(mesh, ax=axes[i, :], label=label, shrink=0.9, pad=0.02)
+            ax.set_xlabel(f"a (digit {digits[0]} → {digits[1]})" if i == 1 else "")
+            ax.set_ylabel(f"b (towards digit {digits[2]})" if j == 0 else "")
+        cb = top.colorbar(mesh, ax=axes[i, :], label=label, shrink=0.9, pad=0.02)
+        if log:
+            log_colorbar(cb)
     edge_axes = bottom.subplots(1, 2)
     edge = plane[plane["part"] == "edge"]
     ticks = [0, 1, 2, 3]
     tick_labels = [str(digits[0]), str(digits[1]), str(digits[2]), str(digits[0])]
-    for ax, (tag, col, log, label) in zip(edge_axes, [("(c)", "log_volume", False, fields[0][3]),
-                                                      ("(d)", "lambda_max", True, fields[1][3])]):
+    n_maps = 2 * len(keys)
+    edges = [(f"({chr(ord('a') + n_maps)})", "log_volume", False, fields[0][3]),
+             (f"({chr(ord('a') + n_maps + 1)})", "lambda_max", True, fields[1][3])]
+    for ax, (tag, col, log, label) in zip(edge_axes, edges):
         plot_method_lines(edge, "position", col, ax=ax, order=keys, logy=log, marker=None, xlabel="", ylabel=label)
         ax.set_xticks(ticks, [f"digit {t}" for t in tick_labels])
         ax.set_title(f"{tag} {label} along the triangle through the digits")
