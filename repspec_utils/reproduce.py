@@ -356,12 +356,11 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
             m = _run_one(nb, params, used, root, executed_root / f"{nb}.{profile}.ipynb",
                          kernel, log_output, progress, failed_root)
             where = root / nb if m["status"] == "ok" else f"{m['folder']} (the previous {root / nb} is unchanged)"
-            m.setdefault("where", portable(str(root / nb)))
             print(f"repspec: {nb} {m['status']} in {m['wall_time_s']:.1f} s -> {where}", file=sys.stderr)
             manifests.append(m)
             bar.update(1)
     bar.close()
-    for line in summary_lines(manifests):
+    for line in summary_lines(manifests, root):
         print(f"repspec: {line}", file=sys.stderr)
     with contextlib.suppress(OSError):
         (root / STAGING).rmdir()  # only when empty: a concurrent run may still be staging
@@ -408,12 +407,12 @@ def plan_lines(todo: Mapping[str, Mapping[str, Any]], profile: str) -> list[str]
     return lines
 
 
-def summary_lines(manifests: list[dict]) -> list[str]:
-    """The end-of-run table: notebook, status, wall time, where its outputs went."""
+def summary_lines(manifests: list[dict], root: Path) -> list[str]:
+    """The end-of-run table: notebook, status, wall time, where its outputs went (a failed one: where it was kept)."""
     out = [f"{'notebook':<28} {'status':<8} {'wall':>8}  outputs"]
     for m in manifests:
-        out.append(f"{m['notebook']:<28} {m['status']:<8} {_duration(m.get('wall_time_s')):>8}  "
-                   f"{m.get('folder') or m.get('where', '')}")
+        where = m.get("folder") or portable(str(root / m["notebook"]))
+        out.append(f"{m['notebook']:<28} {m['status']:<8} {_duration(m.get('wall_time_s')):>8}  {where}")
     return out
 
 
