@@ -338,11 +338,15 @@ def _merge(old: Any, new: Any) -> Any:
 
 def record(fig_dir: str | os.PathLike, **fields: Any) -> dict:
     """Merge `fields` into <fig_dir>/record.json (lists are unioned, dicts updated); the runner copies it
-    into the manifest. `data_sources` may hold strings or datasets (their `.source` is stored)."""
+    into the manifest. `data_sources` may hold strings or datasets (their `.source` is stored, and their content
+    fingerprint `.identity` under `data_fingerprints`, the same value the cache keys carry)."""
     path = Path(fig_dir) / RECORD_FILE
     if "data_sources" in fields:
         srcs = fields["data_sources"]
         srcs = [srcs] if isinstance(srcs, str) or not isinstance(srcs, (list, tuple)) else srcs
+        prints = {portable(str(s.source)): s.identity for s in srcs if hasattr(s, "identity")}
+        if prints:
+            fields["data_fingerprints"] = prints
         fields["data_sources"] = [portable(str(getattr(s, "source", s))) for s in srcs]  # no machine paths
     rec = read_json(path)
     for key, value in to_jsonable(fields).items():

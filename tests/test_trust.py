@@ -218,3 +218,11 @@ def test_cuda_training_defaults_to_fp32_with_tf32_off():  # pragma: no cover - r
     cfg = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [8]}, epochs=2, burn_in=1)
     res = train(cfg, progress=False, device="cuda", use_cache=False)
     assert res.config.precision == "fp32" and all(p.dtype == torch.float32 for p in res.model.parameters())
+
+
+def test_the_manifest_records_the_datas_fingerprint(tmp_path):
+    from repspec_utils import notebook as nbk
+
+    train, test = D.get_data("xor_noisy", seed=0)
+    rec = nbk.record(tmp_path, data_sources=[train, test])
+    assert rec["data_fingerprints"] == {train.source: train.identity} and train.identity.startswith("tensors:")
