@@ -343,41 +343,67 @@ def plot_mean_sd_bars(
 VERDICT_COLORS = {"holds": _CB[2], "fails": _CB[3], "inconclusive": _CB[7]}
 
 
-def plot_paired_intervals(rows: pd.DataFrame, level: float = 0.95, ax: plt.Axes | None = None,
-                          xlim: float = 30.0) -> plt.Figure:
-    """Forest plot of a claims table (`repspec_utils.claims.claims_table`): per comparison, the mean paired
-    difference rep − baseline of the mean distance with its interval (`distance_diff`, `*_ci_low`, `*_ci_high`), in
-    percent of the baseline's mean distance (`distance_baseline_mean`) so that data sets of different scales share
-    one axis; coloured by verdict, one row per comparison ('test · setting · rep vs baseline'). Intervals beyond
-    ±`xlim` % are cut at the edge and marked with an arrow head."""
-    rows = rows.reset_index(drop=True)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7.6, 0.9 + 0.2 * max(len(rows), 1)), constrained_layout=True)
-    else:
-        fig = ax.figure
-    y = np.arange(len(rows))[::-1]
-    for yi, (_, r) in zip(y, rows.iterrows()):
+PAIRED_BASELINES = (("none", "o", "vs None"), ("ll", "s", "vs ll (every layer)"),
+                    ("ll_readout", "^", "vs ll (readout only)"), ("other", "D", "vs another method"))
+
+
+def plot_paired_intervals(rows: pd.DataFrame, level: float = 0.95, acc_tolerance: float | None = 0.005,
+                          axes=None) -> plt.Figure:
+    """The claims figure from a claims table (`repspec_utils.claims.claims_table`): one row per test × setting ×
+    rep-spectral variant (its profile and seeds in the label), one marker per baseline (shape) coloured by that
+    comparison's verdict; left panel the paired Δ mean distance rep − baseline in % of the baseline's mean distance,
+    right panel the paired Δ test accuracy in points, each with its `level` t interval. Symmetric-log axes: no interval
+    is cut, small ones stay readable. The dashed line on the right is −`acc_tolerance`."""
+    rows = rows.reset_index(drop=True).copy()
+    rows["family"] = rows["baseline"].astype(str).str.split().str[0]
+    rows.loc[~rows.family.isin([b for b, _, _ in PAIRED_BASELINES[:3]]), "family"] = "other"
+    keys = list(dict.fromkeys(zip(rows["test"], rows["setting"], rows["rep"])))
+    n = max(len(keys), 1)
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(9.0, 1.3 + 0.19 * n), sharey=True, constrained_layout=True,
+                                 gridspec_kw={"width_ratios": [1.25, 1.0]})
+    fig = axes[0].figure
+    ypos = {k: n - 1 - i for i, k in enumerate(keys)}
+    offsets = {b: (i - 1.5) * 0.17 for i, (b, _, _) in enumerate(PAIRED_BASELINES)}
+    markers = {b: m for b, m, _ in PAIRED_BASELINES}
+    for _, r in rows.iterrows():
+        yi = ypos[(r["test"], r["setting"], r["rep"])] + offsets[r["family"]]
         color = VERDICT_COLORS.get(r["verdict"], "black")
-        scale = 100.0 / r["distance_baseline_mean"]
-        mid, lo, hi = (r.get(c, np.nan) * scale for c in ("distance_diff", "distance_diff_ci_low",
-                                                           "distance_diff_ci_high"))
-        if np.isfinite(lo) and np.isfinite(hi):
-            ax.plot([max(lo, -xlim), min(hi, xlim)], [yi, yi], color=color, lw=2, solid_capstyle="butt")
-            for end, marker in ((lo, "<"), (hi, ">")):
-                if abs(end) > xlim:
-                    ax.plot([np.sign(end) * xlim], [yi], marker, color=color, ms=5, clip_on=False)
-        ax.plot([np.clip(mid, -xlim, xlim)], [yi], "o", color=color, ms=4)
-    labels = [f"{r['test']} · {r['setting']} · {r['rep']} vs {r['baseline']}".replace(" · all", "")
-              for _, r in rows.iterrows()]
-    ax.set_yticks(y, labels, fontsize=6)
-    ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlim(-xlim, xlim)
-    ax.axvline(0.0, color="black", lw=0.8, ls="--")
-    ax.set_xlabel(f"paired Δ mean distance, rep − baseline, % of the baseline's (mean over seeds, {level:.0%} "
-                  f"t interval)", fontsize=7)
-    handles = [plt.Line2D([], [], color=c, lw=2, marker="o", ms=4, label=v) for v, c in VERDICT_COLORS.items()]
-    ax.legend(handles=handles, title="verdict", fontsize=7, title_fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.0, 1.0))
+        base = r.get("distance_baseline_mean", np.nan)
+        scale = 100.0 / base if np.isfinite(base) and base else np.nan
+        for ax, cols, factor in ((axes[0], ("distance_diff", "distance_diff_ci_low", "distance_diff_ci_high"), scale),
+                                 (axes[1], ("acc_diff", "acc_diff_ci_low", "acc_diff_ci_high"), 100.0)):
+            mid, lo, hi = (float(r.get(c, np.nan)) * factor for c in cols)
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.plot([lo, hi], [yi, yi], color=color, lw=1.4, solid_capstyle="butt")
+            if np.isfinite(mid):
+                ax.plot([mid], [yi], markers[r["family"]], color=color, ms=3.5, mec="0.15", mew=0.3)
+    def label(k):  # noqa: E306
+        sub = rows[(rows.test == k[0]) & (rows.setting == k[1]) & (rows.rep == k[2])]
+        seeds = sub["n_seeds"].dropna() if "n_seeds" in sub else pd.Series(dtype=float)
+        scale_txt = f"{sub['profile'].iloc[0]}" + (f", {int(seeds.max())} seeds" if len(seeds) else "")
+        return f"{k[0]} · {k[1]} · {k[2]} ({scale_txt})".replace(" · all", "")
+    axes[0].set_yticks([ypos[k] for k in keys], [label(k) for k in keys], fontsize=6)
+    axes[0].set_ylim(-0.7, n - 0.3)
+    for ax, thresh, xlabel, marks in (
+            (axes[0], 5.0, "Δ mean distance, rep − baseline\n(% of the baseline's, symlog)", (10, 30, 100)),
+            (axes[1], 0.5, "Δ test accuracy, rep − baseline\n(points, symlog)", (1, 3, 10))):
+        ax.set_xscale("symlog", linthresh=thresh)
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in (*(-m for m in marks[::-1]), 0, *marks) if lo <= t <= hi]
+        ax.set_xticks(ticks, [f"{t:+g}" if t else "0" for t in ticks])
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.grid(True, axis="x", lw=0.3, alpha=0.5)
+    if acc_tolerance:
+        axes[1].axvline(-acc_tolerance * 100, color="0.3", lw=0.8, ls="--")
+    handles = [plt.Line2D([], [], color=c, lw=1.4, label=v) for v, c in VERDICT_COLORS.items()]
+    handles += [plt.Line2D([], [], color="0.3", ls="", marker=m, ms=4, label=t)
+                for b, m, t in PAIRED_BASELINES if (rows.family == b).any()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=6, frameon=False)
+    fig.suptitle(f"rep-spectral against each baseline, paired by seed ({level:.0%} t intervals); colour: that "
+                 f"comparison's verdict", fontsize=8)
     return fig
 
 

@@ -188,3 +188,23 @@ def test_eps_label_writes_radii_in_units_of_1_255_where_they_are():
     assert eps_label(8 / 255) == "8/255" and eps_label("0.0313725") == "8/255" and eps_label(4 / 255) == "4/255"
     assert eps_label(0.1) == "0.1" and eps_label("0.3") == "0.3" and eps_label(0.05) == "0.05"
     assert eps_label(0.123) == "0.123" and eps_label("linf") == "linf"
+
+
+def test_claims_figure_has_a_distance_and_an_accuracy_panel_and_cuts_nothing():
+    """issue 28: the claims figure clipped intervals at ±30 % and drew accuracy failures as points right of zero:
+    now one row per test × setting × rep, a distance and an accuracy panel on symlog axes that hold every interval."""
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    rows = pd.DataFrame([
+        {"test": "T", "setting": "all", "rep": "rep", "baseline": b, "verdict": v, "profile": "cpu", "n_seeds": 5,
+         "distance_baseline_mean": 1.0, "distance_diff": d, "distance_diff_ci_low": d - 0.9,
+         "distance_diff_ci_high": d + 0.9, "acc_diff": a, "acc_diff_ci_low": a - 0.01, "acc_diff_ci_high": a + 0.01}
+        for b, v, d, a in (("none", "holds", 1.2, 0.0), ("ll λ=0.001", "fails", 0.5, -0.2))])
+    fig = plotting.plot_paired_intervals(rows)
+    dist, acc = fig.axes[:2]
+    lo, hi = dist.get_xlim()
+    assert lo <= (0.5 - 0.9) * 100 and hi >= (1.2 + 0.9) * 100  # the widest interval is inside the axis (210 %)
+    assert acc.get_xlim()[0] <= -21  # the accuracy failure (−20 points) is drawn where it is, left of zero
+    assert len(dist.get_yticks()) == 1 and "cpu, 5 seeds" in dist.get_yticklabels()[0].get_text()
