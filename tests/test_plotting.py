@@ -202,7 +202,7 @@ def test_claims_figure_has_a_distance_and_an_accuracy_panel_and_cuts_nothing():
          "distance_baseline_mean": 1.0, "distance_diff": d, "distance_diff_ci_low": d - 0.9,
          "distance_diff_ci_high": d + 0.9, "acc_diff": a, "acc_diff_ci_low": a - 0.01, "acc_diff_ci_high": a + 0.01}
         for b, v, d, a in (("none", "holds", 1.2, 0.0), ("ll λ=0.001", "fails", 0.5, -0.2))])
-    fig = plotting.plot_paired_intervals(rows)
+    fig = P.plot_paired_intervals(rows)
     dist, acc = fig.axes[:2]
     lo, hi = dist.get_xlim()
     assert lo <= (0.5 - 0.9) * 100 and hi >= (1.2 + 0.9) * 100  # the widest interval is inside the axis (210 %)
