@@ -430,11 +430,12 @@ def scatter_classes(ax, points, labels, correct=None, size: float = 18) -> None:
 def log_colorbar(cb) -> None:
     """Ticks at 1, 2 and 5 × each power of ten on a log colour bar (matplotlib's default leaves a bar spanning less
     than two decades with one labelled tick), labelled plainly."""
-    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    cb.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    cb.ax.yaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+    cb.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=30))
+    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     cb.ax.yaxis.set_minor_locator(LogLocator(subs="auto"))
+    cb.ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_field_2d(
@@ -553,8 +554,7 @@ def plot_geometry_maps(grid: pd.DataFrame, points, labels, *, methods: Sequence 
         ax.set_xlabel("$x_1$")
     for ax in axes.ravel():
         ax.grid(False)
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=len(names), frameon=False, fontsize=7)
+    axes[0, 0].legend(loc="lower right", fontsize=6, framealpha=0.85, handletextpad=0.2)  # the classes
     fig.suptitle(r"pull-back metric $g = J_\Phi^\top J_\Phi = \frac{1}{n}\sum_j \varphi'(z_j)^2\, w_j w_j^\top$ of "
                  r"$\Phi(x) = \varphi(Wx + b)/\sqrt{n}$ (n = width: the 1/n is the model's normalisation)"
                  "\nlog colour scales shared along each row; white line: decision boundary", fontsize=7)
