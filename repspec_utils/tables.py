@@ -689,3 +689,18 @@ def first_epoch_accuracy(results: Sequence[TrainResult]) -> dict[str, float]:
         if len(row):
             out[str(r.config.seed)] = float(row["test_acc"].iloc[0])
     return out
+
+
+def metric_summary(results: Sequence[TrainResult], points, lim: float = 3.5, n: int = 40) -> pd.DataFrame:
+    """Claim 3's numbers per model (one row per method × seed × setting): the peak of λ_max(g) and of ln √det g on
+    the n×n grid over [−lim, lim]², and their means at `points` (the training points) — the columns `summary.csv`
+    of Fig 3 has had, now per seed so that methods can be compared paired by seed."""
+    rows = []
+    for r in results:
+        grid = grid_table([r], lim=lim, n=n)
+        at = field_table([r], points)
+        rows.append({**settings(r.config), "max_lambda_max": float(grid.lambda_max.max()),
+                     "max_log_volume": float(grid.log_volume.max()),
+                     "mean_lambda_max_at_data": float(at.lambda_max.mean()),
+                     "mean_log_volume_at_data": float(at.log_volume.mean())})
+    return pd.DataFrame(rows)

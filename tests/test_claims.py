@@ -272,3 +272,20 @@ def test_field_comparison_is_paired_by_seed_and_measured_only(tmp_path):
     assert "rep − pgd_at" in text and "No verdicts" in text
     _write(tmp_path, "baselines_mnist", pd.DataFrame(rows), manifest={"profile": "cpu", "status": "failed"})
     assert claims.field_table(tmp_path).empty
+
+
+def test_metric_claims_are_paired_by_seed_when_the_figure_has_seeds(tmp_path):
+    """issue 26 / 28: Fig 3 at 10 seeds gives claim 3 intervals (a ratio of λ_max peaks per seed) instead of one
+    model's point comparison."""
+    rows = []
+    for seed in range(6):
+        for method, lam in (("rep", 0.5), ("none", 2.0), ("ll", 0.52)):
+            rows.append({"method": method, "seed": seed, "max_lambda_max": lam * (1 + 0.1 * (seed % 3)),
+                         "max_log_volume": -1.0 if method == "rep" else 0.0})
+    out = claims._paired_metric_claims(pd.DataFrame(rows), {"claim": 3, "test": "XOR metric"})
+    by = {(r["test"].split(": ")[1], r["baseline"]): r for r in out}
+    lam_none = by[("max_lambda_max", "none")]
+    assert lam_none["verdict"] == "holds" and abs(lam_none["distance_diff"] - np.log(0.25)) < 1e-12
+    assert lam_none["n_seeds"] == 6 and lam_none["distance_diff_ci_high"] < 0
+    assert by[("max_lambda_max", "ll")]["verdict"] == "holds"  # ln(0.5 / 0.52) every seed: an exact, tiny gain
+    assert by[("max_log_volume", "none")]["verdict"] == "holds"
