@@ -229,6 +229,26 @@ def submit(ex, fn: Callable, args: tuple = (), threads: int = 1):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+PROGRESS_FILE_ENV = "REPSPEC_PROGRESS_FILE"  # set by the batch runner: where a notebook reports its jobs' progress
+
+
+def report_progress(desc: str, done: int, total: int, started: float) -> None:
+    """Write {desc, done, total, started} to $REPSPEC_PROGRESS_FILE (atomically) if set: the batch runner, whose
+    notebooks run in kernels that show no bars, draws the running notebook's job bar from it."""
+    path = os.environ.get(PROGRESS_FILE_ENV)
+    if not path:
+        return
+    import json
+
+    from .files import atomic_write_text
+
+    try:
+        atomic_write_text(json.dumps({"desc": desc, "done": int(done), "total": int(total), "started": started}),
+                          path)
+    except OSError:  # progress is a courtesy: never stop a run for it
+        pass
+
+
 OWNER_POLL_S = 0.5  # how often a local job checks that its run is still alive
 
 
@@ -344,6 +364,8 @@ def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc=f"{desc} ({name})", leave=False)
+    started = time.time()
+    report_progress(desc, 0, len(jobs), started)
 
     def fail(i: int, job, err: BaseException):
         for other in running.values():
@@ -384,6 +406,7 @@ def run_jobs(jobs: Sequence[Job], executor: str | None = None, max_workers: int 
                     free_gpus.append(gpu_of.pop(i))
                 if bar is not None:
                     bar.update(1)
+                report_progress(desc, sum(r is not None for r in reports), len(jobs), started)
             if bar is not None:
                 bar.set_postfix(queued=len(pending), running=len(running),
                                 done=sum(r is not None for r in reports), failed=0)

@@ -254,6 +254,49 @@ def _replace_folder(stage: Path, target: Path, holder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class _JobBar:
+    """While a notebook runs, a second bar for its jobs (training, attacks), drawn from the progress file its
+    executor writes (`executor.report_progress`): one per stage, with tqdm's rate and ETA."""
+
+    def __init__(self, path: Path, enabled: bool):
+        import threading
+
+        self.path, self.enabled, self.stop = path, enabled, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True) if enabled else None
+
+    def __enter__(self):
+        os.environ["REPSPEC_PROGRESS_FILE"] = str(self.path)
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        os.environ.pop("REPSPEC_PROGRESS_FILE", None)
+        return False
+
+    def _poll(self) -> None:
+        from tqdm.auto import tqdm
+
+        bar, stage = None, None
+        while not self.stop.wait(1.0):
+            state = read_json(self.path) if self.path.exists() else {}
+            if not state:
+                continue
+            if (state.get("desc"), state.get("started")) != stage:
+                if bar is not None:
+                    bar.close()
+                stage = (state.get("desc"), state.get("started"))
+                bar = tqdm(total=state.get("total", 0), desc=f"  {state.get('desc', 'jobs')}", unit="job",
+                           position=1, leave=False, file=sys.stderr)
+            bar.n = int(state.get("done", 0))
+            bar.refresh()
+        if bar is not None:
+            bar.close()
+
+
 def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], root: Path, executed: Path,
              kernel: str, log_output: bool, progress: bool, failed_root: Path) -> dict:
     """Execute one notebook into a staging folder; on success it replaces <root>/<nb> (outputs and manifest
@@ -272,9 +315,10 @@ def _run_one(nb: str, params: dict[str, Any], overrides: dict[str, Any], root: P
     t0 = time.perf_counter()
     status, error = "ok", None
     try:
-        pm.execute_notebook(str(notebook_path(nb)), str(executed), parameters={**params, "out_dir": str(holder)},
-                            kernel_name=kernel, cwd=str(nbapi.NOTEBOOK_DIR), log_output=log_output,
-                            progress_bar=progress, kernel_manager_class=kernel_manager_class())
+        with _JobBar(holder / "progress.json", progress):
+            pm.execute_notebook(str(notebook_path(nb)), str(executed), parameters={**params, "out_dir": str(holder)},
+                                kernel_name=kernel, cwd=str(nbapi.NOTEBOOK_DIR), log_output=log_output,
+                                progress_bar=progress, kernel_manager_class=kernel_manager_class())
     except Exception as exc:  # noqa: BLE001 - recorded, then reported by run_notebooks
         status = "failed"
         error = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"

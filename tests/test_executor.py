@@ -399,3 +399,16 @@ def test_process_token_tells_a_live_process_from_a_gone_one():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert X.process_token(child.pid) is None
+
+
+def test_jobs_report_their_progress_to_the_runner(tmp_path, monkeypatch):
+    """issue 28: inside a kernel no bar is drawn; the executor writes done / total to $REPSPEC_PROGRESS_FILE, from
+    which `repspec run` draws the running notebook's job bar."""
+    import json
+
+    path = tmp_path / "progress.json"
+    monkeypatch.setenv(X.PROGRESS_FILE_ENV, str(path))
+    jobs = [X.Job(f"j{i}", int, (str(i),)) for i in range(3)]
+    X.run_jobs(jobs, "debug", progress=False, desc="attacks")
+    state = json.loads(path.read_text())
+    assert (state["desc"], state["done"], state["total"]) == ("attacks", 3, 3)
