@@ -454,3 +454,32 @@ def test_defence_models_keep_a_model_whose_attack_never_succeeded():
     assert models.at["arat", "n_attacked"] == 0 and models.at["arat", "test_acc"] == 0.1
     assert models.at["arat", "fmn_mean_distance"] == pytest.approx(0.6) and (models["pgd_acc_eps=0.1"] == 0.25).all()
     assert (models["data_source"] == "real").all()
+
+
+def test_lsp_term_equals_the_full_neighbour_tensor_form():
+    """issue 31: the LSP-style term computes its neighbour distances one slot at a time; it must equal the (B, k, p)
+    form it replaced, value and gradient."""
+    import math as _math
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(64, 20, generator=g)
+    q = torch.randn(64, 30, generator=g, requires_grad=True)
+    r = torch.randn(64, 30, generator=g, requires_grad=True)
+
+    def reference(x, q, r, k):
+        X = x.flatten(1)
+        dx = torch.cdist(X, X).pow(2)
+        dx.fill_diagonal_(_math.inf)
+        dxn, nb = dx.topk(k, dim=1, largest=False)
+        log_p = torch.log_softmax(-dxn / dxn.median(), dim=1)
+        dphi = (q[:, None, :] - r[nb]).pow(2).sum(-1)
+        log_q = torch.log_softmax(-dphi / dphi.detach().median(), dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+
+    got = ADV.lsp_kl(x, q, r, k=7)
+    want = reference(x, q, r, 7)
+    assert abs(got.item() - want.item()) <= 1e-6 * max(1.0, abs(want.item()))
+    gq, gr = torch.autograd.grad(got, (q, r))
+    wq, wr = torch.autograd.grad(want, (q, r))
+    torch.testing.assert_close(gq, wq, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gr, wr, rtol=1e-5, atol=1e-7)
