@@ -42,7 +42,11 @@ RECORD_FILE = "record.json"      # written by the notebook (NotebookRun.record),
 
 
 class ParameterError(ValueError, TypeError):
-    """A parameter is unknown to its notebook, or its value has the wrong type for the notebook's default."""
+    """A parameter is unknown to its notebook, or its value has the wrong type for the notebook's default. In a
+    notebook (JupyterLab, papermill) it shows as its one line, without a traceback: the message says everything."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython's hook for how an exception is shown (papermill prints it)
+        return [f"ParameterError: {self}"]
 
 
 class OutputDirError(OSError):

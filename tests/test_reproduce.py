@@ -463,3 +463,10 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(monkeypatch, capsys):
     assert rp.main(["run", "--profile", "cpu", "--only", "fig1_tradeoff"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Resume with: repspec run --profile cpu --only fig1_tradeoff" in err[0]
+
+
+def test_a_parameter_error_shows_as_one_line_in_a_kernel():
+    """issue 28: a papermill typo's message came after ≈ 45 lines of traceback; IPython (and so papermill) shows
+    an exception's `_render_traceback_` instead of the traceback."""
+    err = nbk.ParameterError("parameter 'epochs' = 'ten' has the wrong type")
+    assert err._render_traceback_() == ["ParameterError: parameter 'epochs' = 'ten' has the wrong type"]
