@@ -111,7 +111,8 @@ def test_grid_table_order_and_maps():
     pts, labels = torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), torch.tensor([0, 1])
     fig, axes = PL.plot_geometry_maps(grid, pts, labels)
     assert axes.shape == (3, 3)
-    assert [a.get_title() for a in axes[0]] == ["(a) None", "(a) ll-spectral", "(a) rep-spectral"]
+    assert [a.get_title() for a in axes[0]] == ["(a) None", "(b) ll-spectral", "(c) rep-spectral"]
+    assert [a.get_title() for a in axes[2]] == ["(g) None", "(h) ll-spectral", "(i) rep-spectral"]  # a letter each
     assert len(fig.axes) == 9 + 2  # one shared colour bar per metric row
     with pytest.raises(ValueError, match="one model per method"):
         PL.plot_geometry_maps(pd.concat([grid, grid[grid.method == "rep"]]), pts, labels)
