@@ -51,7 +51,7 @@ CLAIMS = {
 # <figure>/models_<stem>.csv), per sample samples.csv
 CLAIM_SOURCES = [
     (1, "fig2_xor_distance", "XOR"),
-    (1, "fig2_xor_distance", "XOR at 50 seeds (ours: a sample size beyond the paper's)", "many_seeds"),
+    (1, "fig2_xor_distance", "XOR, 50 seeds (ours)", "many_seeds"),  # a sample size beyond the paper's 10
     (1, "appA_xor_noisy", "noisy XOR"), (1, "fig4_mnist", "MNIST"),
     (1, "appC_mnist_sweeps", "MNIST λ / weight-decay sweep"), (1, "appE_fashion_mnist", "Fashion-MNIST"),
     (2, "fig5_mnist_refit", "MNIST, re-trained readout"),
