@@ -401,10 +401,9 @@ def plot_paired_intervals(rows: pd.DataFrame, level: float = 0.95, acc_tolerance
     handles = [plt.Line2D([], [], color=c, lw=1.4, label=v) for v, c in VERDICT_COLORS.items()]
     handles += [plt.Line2D([], [], color="0.3", ls="", marker=m, ms=4, label=t)
                 for b, m, t in PAIRED_BASELINES if (rows.family == b).any()]
-    fig.suptitle(f"rep-spectral against each baseline, paired by seed ({level:.0%} t intervals); colour: that "
-                 f"comparison's verdict", fontsize=8)
-    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=6, frameon=False)  # the
-    # footer (save_figure) takes the bottom edge
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=6, frameon=False,
+               title=f"rep-spectral against each baseline, paired by seed ({level:.0%} t intervals); colour: that "
+                     f"comparison's verdict", title_fontsize=8)  # the title on top; save_figure's footer at the bottom
     return fig
 
 
