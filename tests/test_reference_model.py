@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from repspec_utils import bounds, recipes
 from repspec_utils import evaluate as E
-from repspec_utils.batched import train_batched
 from repspec_utils.data import get_data
 from repspec_utils.models import MLP, BatchedMLP, BiasScaledLinear
 from repspec_utils.train import TrainConfig, make_optimizer, supervised_loss, train, train_step
@@ -110,16 +109,6 @@ def test_reference_schedule_trains_201_and_202_epochs_and_none_is_one_continuous
     # ... and a repspec-schedule None restarts its optimiser at the burn-in: another model
     restarted = train(XOR.replace(method="none", schedule="repspec"), progress=False)
     assert not torch.equal(restarted.model.readout.weight, none.model.readout.weight)
-
-
-def test_batched_engine_runs_the_reference_schedule_like_the_single_one():
-    cfgs = [XOR.replace(method=m, weight_decay=wd) for m in ("none", "ll", "rep") for wd in (0.0, 1e-4)]
-    batched = train_batched(cfgs, progress=False)
-    x = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
-    for cfg, res in zip(cfgs, batched):
-        single = train(cfg, progress=False)
-        torch.testing.assert_close(res.model(x), single.model(x), rtol=1e-3, atol=1e-4)
-        assert res.history["epoch"].max() == single.history["epoch"].max()
 
 
 def test_recipes_use_the_reference_variant_by_default_and_keep_the_other():

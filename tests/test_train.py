@@ -102,13 +102,20 @@ def test_corrupt_cache_entry_is_rebuilt_not_loaded():
         assert torch.equal(a, b)
 
 
-def test_batched_engine_matches_single_runs_on_full_batch_xor():
-    cfgs = [XOR.replace(method=m, weight_decay=wd) for m in ("none", "ll", "rep") for wd in (0.0, 1e-4)]
+@pytest.mark.parametrize("variant", [{}, {"schedule": "reference", "bias_scaled": True}],
+                         ids=["repspec", "authors"])
+def test_batched_engine_matches_single_runs_on_full_batch_xor(variant):
+    """Both engines train the same nets: this package's earlier MLP and schedule, and the authors' (issue 26:
+    the bias scaled with the readout; None one continuous run of E + 1 epochs, the others E + 2)."""
+    base = XOR.replace(schedule=variant.get("schedule", "repspec"),
+                       model={**XOR.model, **({"bias_scaled": True} if variant.get("bias_scaled") else {})})
+    cfgs = [base.replace(method=m, weight_decay=wd) for m in ("none", "ll", "rep") for wd in (0.0, 1e-4)]
     batched = train_batched(cfgs, progress=False)
     x = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
     for cfg, res in zip(cfgs, batched):
         single = train(cfg, progress=False)
         torch.testing.assert_close(res.model(x), single.model(x), rtol=1e-3, atol=1e-4)
+        assert res.history["epoch"].max() == single.history["epoch"].max()
 
 
 def test_batched_engine_resumes_exactly_with_minibatches(tmp_path, monkeypatch):
