@@ -137,6 +137,7 @@ def test_registered_with_the_trainer():
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.slow  # ≈ 24 s on this session's 2-core AVX2 machine: the full default suite must stay under 20 min (issue note)
 def test_a_few_barlow_steps_on_the_synthetic_standin(tmp_path, monkeypatch):
     import repspec_utils.transfer  # noqa: F401  (registers 'transfer_cifar10_synthetic': synthetic CIFAR resized)
 

@@ -49,7 +49,7 @@ def inline(tmp_path, monkeypatch):
     return results, table
 
 
-@pytest.mark.parametrize("name", ["debug", "local"])
+@pytest.mark.parametrize("name", ["debug", pytest.param("local", marks=pytest.mark.slow)])  # local: ≈ 26 s
 def test_executors_match_inline_bit_for_bit(name, inline, tmp_path, monkeypatch):
     ref, ref_table = inline
     X.reset_job_devices()
@@ -141,7 +141,7 @@ def test_run_jobs_starts_the_jobs_others_wait_for_first(monkeypatch):
     assert [r.value for r in reports] == ["a", "a1", "a2", "x", "b", "b1"]  # reports in the jobs' order
 
 
-@pytest.mark.parametrize("sigint", ["default", "ignored"])
+@pytest.mark.parametrize("sigint", [pytest.param("default", marks=pytest.mark.slow), "ignored"])  # ≈ 40 s each
 def test_killed_local_job_resumes_when_resubmitted(sigint, tmp_path, monkeypatch):
     # a burn-in of 380 epochs (≈ 5 s): with 20 (≈ 0.5 s) a fast CPU finished it between the poll that saw the
     # checkpoint and the kill, so the test failed on a race, not on the resume.

@@ -349,6 +349,7 @@ def test_a_killed_run_is_cleaned_and_a_half_replaced_folder_restored(tmp_path):
     assert not holder.exists() and alive.exists() and len(done) == 2
 
 
+@pytest.mark.slow  # ≈ 130 s on this session's 2-core AVX2 machine: the full default suite must stay under 20 min (issue note)
 def test_rerun_from_a_fresh_cache_writes_byte_identical_tables(tmp_path, monkeypatch):
     """issue 12 item 10: no timing columns in samples.csv / models.csv (times live in the manifest), so the result
     tables of a rerun from an empty cache are byte-identical, for an XOR and an MNIST smoke notebook."""
@@ -369,6 +370,7 @@ def test_rerun_from_a_fresh_cache_writes_byte_identical_tables(tmp_path, monkeyp
     assert set(manifest["compute"]) >= {"train", "attack"}  # the times are in the manifest instead
 
 
+@pytest.mark.slow  # ≈ 25 s on this session's 2-core AVX2 machine: the full default suite must stay under 20 min (issue note)
 def test_concurrent_runs_into_one_folder_each_keep_a_complete_manifest(tmp_path):
     """issue 12 item 7: two runs of one notebook into one output folder at the same time used to race on
     record.json; each run now stages in its own folder, so the manifest that lands is complete."""

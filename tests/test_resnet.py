@@ -15,6 +15,7 @@ def _convs(*modules):
     return [m for mod in modules for m in mod.modules() if isinstance(m, nn.Conv2d)]
 
 
+@pytest.mark.slow  # ≈ 45 s on this session's 2-core AVX2 machine: the full default suite must stay under 20 min (issue note)
 def test_rep_penalty_in_training_lowers_sigma_of_every_conv(tmp_path, monkeypatch):
     """Burn-in 1 epoch, then 'none' and 'rep' (λ = 10) branch from the same checkpoint for one epoch of 6 steps
     (+ the epoch-end penalty step). A small lr without momentum keeps the task-driven drift of σ tiny, so the
