@@ -141,7 +141,8 @@ def test_run_jobs_starts_the_jobs_others_wait_for_first(monkeypatch):
     assert [r.value for r in reports] == ["a", "a1", "a2", "x", "b", "b1"]  # reports in the jobs' order
 
 
-@pytest.mark.parametrize("sigint", [pytest.param("default", marks=pytest.mark.slow), "ignored"])  # ≈ 40 s each
+@pytest.mark.parametrize("sigint", [pytest.param("default", marks=pytest.mark.slow),
+                                    pytest.param("ignored", marks=pytest.mark.slow)])  # ≈ 40 s each: pytest -m slow
 def test_killed_local_job_resumes_when_resubmitted(sigint, tmp_path, monkeypatch):
     # a burn-in of 380 epochs (≈ 5 s): with 20 (≈ 0.5 s) a fast CPU finished it between the poll that saw the
     # checkpoint and the kill, so the test failed on a race, not on the resume.
@@ -176,6 +177,7 @@ def _killed_job_resumes(tmp_path, monkeypatch):
     _same([ref], got)
 
 
+@pytest.mark.slow  # ≈ 11 s
 def test_two_processes_on_one_key_leave_one_valid_entry(tmp_path, monkeypatch):
     cfg = BASE.replace(method="rep", epochs=12, burn_in=6, seed=5)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "ref"))

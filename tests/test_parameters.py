@@ -73,6 +73,7 @@ def test_notebook_first_cell_rejects_names_papermill_injected_that_it_does_not_h
                                                                                                           "profile"]
 
 
+@pytest.mark.slow  # ≈ 12 s: a papermill kernel
 def test_papermill_typo_fails_the_run(tmp_path, monkeypatch):
     """`papermill notebooks/fig1_tradeoff.ipynb out.ipynb -p epss 0.1` must not run with the defaults."""
     import papermill as pm
