@@ -438,7 +438,8 @@ class NotebookRun:
         return f"NotebookRun({self.notebook!r}, profile={self.label!r}, fig_dir='{self.fig_dir}')"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """'42 s', '3.5 min', '1.2 h'."""
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < 3600:
@@ -471,9 +472,9 @@ def format_compute(summary: dict) -> str:
         if missing == row["entries"]:  # all cached before times were stored: no number at all
             parts.append(f"{label}: time not recorded ({count})")
         elif missing:  # the recorded part is a lower bound
-            parts.append(f"{label} ≥ {_duration(seconds)} ({count}, {missing} without a recorded time)")
+            parts.append(f"{label} ≥ {format_duration(seconds)} ({count}, {missing} without a recorded time)")
         else:
-            parts.append(f"{label} {_duration(seconds)} ({count})")
+            parts.append(f"{label} {format_duration(seconds)} ({count})")
     return ", ".join(parts) if parts else "n/a"
 
 

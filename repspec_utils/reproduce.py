@@ -419,9 +419,8 @@ def run_notebooks(names: str | Iterable[str] | None = None, profile: str = "cpu"
 # Plan, estimates, summary
 # ----------------------------------------------------------------------------------------------------
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    """`notebook.format_duration`, '?' when unknown."""
+    return "?" if seconds is None else nbapi.format_duration(seconds)
 
 
 def estimate(nb: str, profile: str, committed: str | os.PathLike | None = None) -> dict[str, Any]:
