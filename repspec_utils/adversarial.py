@@ -39,6 +39,8 @@ For these methods the history's `train_loss` is the method's whole objective on 
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import copy
 import math
@@ -324,14 +326,15 @@ def make_lsp_pgd(cfg: TrainConfig, model: nn.Module, example_x: Tensor) -> Metho
 # AR-AT
 # ----------------------------------------------------------------------------------------------------
 def aligned_layer_names(model: nn.Module, layers=None) -> list[str]:
-    """The aligned features' names: `layers` if given, else ResNet18's layer4 BatchNorms or Φ ('features')."""
+    """The aligned features' names: `layers` if given, else the BatchNorms of the last residual stage's blocks
+    (ResNet18: layer4's four, RESNET_ALIGNED; a small_resnet with one block per stage: two) or Φ ('features')."""
     if layers is not None:
         names = [layers] if isinstance(layers, str) else list(layers)
         if not names:
             raise ValueError("method 'arat': layers must name at least one feature")
         return names
-    mods = dict(model.named_modules())
-    return list(RESNET_ALIGNED) if all(n in mods for n in RESNET_ALIGNED) else ["features"]
+    last = [n for n, _ in model.named_modules() if re.fullmatch(r"layer4\.\d+\.bn[12]", n)]
+    return last or ["features"]
 
 
 def _predictor(d: int, ratio: int) -> nn.Sequential:

@@ -19,6 +19,7 @@
   number drawn from the generator; the caller's global RNG state is left untouched.
 
 This module registers the objective 'barlow', the augmentation 'barlow' and the model kind 'barlow_resnet18'
+(and 'barlow_twins', the same class for a `backbone` spec)
 in `registry`. A config then reads, e.g.
 TrainConfig(dataset='cifar10', model={'kind': 'barlow_resnet18'}, objective='barlow', augment='barlow', ...).
 """
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import RepModel, cifar_resnet18
+from .models import RepModel, cifar_resnet18, small_resnet
 from .registry import AUGMENTATIONS, MODELS, OBJECTIVES
 
 __all__ = ["BarlowTwins", "barlow_loss", "standardize", "ViewSpec", "VIEW1", "VIEW2", "augment_view",
@@ -42,14 +43,19 @@ __all__ = ["BarlowTwins", "barlow_loss", "standardize", "ViewSpec", "VIEW1", "VI
 # ------------------------------------------------------------------------------------------------- model
 @MODELS.register("barlow_resnet18")
 class BarlowTwins(RepModel):
-    """Barlow Twins on a CIFAR ResNet18: Φ = backbone features (B, 512); project(x) = BN(P Φ(x)) (B, 256)."""
+    """Barlow Twins on a CIFAR ResNet18: Φ = backbone features (B, 512); project(x) = BN(P Φ(x)) (B, 256).
+    `backbone`: a `models.small_resnet` spec instead (e.g. {'width': 16, 'blocks': 1, 'channels': 1,
+    'stats': 'fashion_mnist'}, the real-image analog); one-channel inputs get the grayscale views."""
 
     def __init__(self, n_classes: int = 10, proj_dim: int = 256, lambd: float = 0.005, circular: bool = True,
-                 augment: str = "batched", seed: int | None = None):
+                 augment: str = "batched", seed: int | None = None, backbone: dict | None = None):
         super().__init__()
         if augment not in ("batched", "torchvision"):
             raise ValueError(f"augment must be 'batched' or 'torchvision', got {augment!r}")
-        self.backbone = cifar_resnet18(n_classes=n_classes, circular=circular, seed=seed)
+        if backbone is None:
+            self.backbone = cifar_resnet18(n_classes=n_classes, circular=circular, seed=seed)
+        else:
+            self.backbone = small_resnet(**backbone, n_classes=n_classes, circular=circular, seed=seed)
         p = self.backbone.readout.in_features
         self.projector = nn.Linear(p, proj_dim, bias=False)
         self.bn = nn.BatchNorm1d(proj_dim, affine=False)
@@ -70,6 +76,9 @@ class BarlowTwins(RepModel):
     def project(self, x: Tensor) -> Tensor:
         """Batch-standardised projections BN(P Φ(x)): (B, 3, H, W) -> (B, proj_dim)."""
         return self.bn(self.projector(self.features(x)))
+
+
+MODELS.register("barlow_twins", BarlowTwins)  # the same class; the name for a small_resnet backbone (real-image analogs)
 
 
 # -------------------------------------------------------------------------------------------------- loss
@@ -109,6 +118,11 @@ class ViewSpec:
 
 VIEW1 = ViewSpec(blur_p=1.0, solarize_p=0.0)
 VIEW2 = ViewSpec(blur_p=0.1, solarize_p=0.2)
+# 28-px grayscale (Fashion-MNIST, the real-image analog): crops keep ≥ 25 % of the image (8 % of 28 px is a
+# 7-px patch, too little to name a garment), flips (valid for garments), brightness / contrast jitter only
+# (saturation and hue do not exist in one channel, nor does grayscale), blur and solarize as the RGB pipeline
+GRAY_VIEW1 = ViewSpec(scale=(0.25, 1.0), jitter=(0.4, 0.4, 0.0, 0.0), gray_p=0.0, blur_p=1.0, solarize_p=0.0)
+GRAY_VIEW2 = ViewSpec(scale=(0.25, 1.0), jitter=(0.4, 0.4, 0.0, 0.0), gray_p=0.0, blur_p=0.1, solarize_p=0.2)
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
@@ -164,7 +178,9 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int) -> Tensor:
 
 
 def grayscale(x: Tensor) -> Tensor:
-    """ITU-R 601 luma 0.2989 R + 0.587 G + 0.114 B: (B, 3, H, W) -> (B, 1, H, W)."""
+    """ITU-R 601 luma 0.2989 R + 0.587 G + 0.114 B: (B, 3, H, W) -> (B, 1, H, W); one channel is its own."""
+    if x.shape[1] == 1:
+        return x
     return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
 
@@ -238,8 +254,11 @@ def augment_view(x: Tensor, spec: ViewSpec, gen: torch.Generator) -> Tensor:
     s = spec.size or H.
 
     All randomness comes from `gen` (same state, same views). Batched tensor ops; no global RNG."""
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected RGB images (B, 3, H, W), got {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected RGB or grayscale images (B, 3 or 1, H, W), got {tuple(x.shape)}")
+    if x.shape[1] == 1 and (spec.jitter[2] or spec.jitter[3] or spec.gray_p):
+        raise ValueError("a grayscale view cannot jitter saturation or hue or convert to grayscale: use GRAY_VIEW1 / "
+                         "GRAY_VIEW2 (saturation = hue = 0, gray_p = 0)")
     n = x.shape[0]
     coin = lambda p: torch.rand(n, generator=gen) < p  # noqa: E731
     size = spec.size or x.shape[2]
@@ -252,8 +271,11 @@ def augment_view(x: Tensor, spec: ViewSpec, gen: torch.Generator) -> Tensor:
                _uniform(n, max(0.0, 1 - sat), 1 + sat, gen), _uniform(n, -hue, hue, gen)]
     order = torch.rand(n, 4, generator=gen).argsort(1)
     ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
+    skip = {2, 3} if x.shape[1] == 1 else set()  # no saturation / hue in one channel (their jitter is 0)
     for step in range(4):  # x is a fresh tensor here (made by resized_crop), so in-place row updates are safe
         for j, op in enumerate(ops):
+            if j in skip:
+                continue
             m = apply & (order[:, step] == j)
             if m.any():
                 x[m.to(x.device)] = op(x[m.to(x.device)], factors[j][m].to(x))
@@ -293,9 +315,11 @@ def augment_view_torchvision(x: Tensor, spec: ViewSpec, gen: torch.Generator) ->
 
 
 def barlow_views(x: Tensor, gen: torch.Generator, impl: str = "batched") -> tuple[Tensor, Tensor]:
-    """The two asymmetric views (VIEW1: blur always, no solarize; VIEW2: blur 0.1, solarize 0.2)."""
+    """The two asymmetric views (VIEW1: blur always, no solarize; VIEW2: blur 0.1, solarize 0.2); one-channel
+    images get GRAY_VIEW1 / GRAY_VIEW2."""
     fn = {"batched": augment_view, "torchvision": augment_view_torchvision}[impl]
-    return fn(x, VIEW1, gen), fn(x, VIEW2, gen)
+    v1, v2 = (GRAY_VIEW1, GRAY_VIEW2) if x.shape[1] == 1 else (VIEW1, VIEW2)
+    return fn(x, v1, gen), fn(x, v2, gen)
 
 
 # ---------------------------------------------------------------------------------------- trainer hooks

@@ -340,7 +340,9 @@ def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = 
         if extra is not None and not (folder / f"models_{extra}.csv").exists():
             continue  # an optional table (e.g. fig2's many-seed comparison) that this run did not produce
         man = _manifest(folder)
-        base_row = {"claim": claim, "figure": fig, "test": what, "model": model_label(fig, man),
+        analog = str(man.get("analog") or "")  # a real-image analog (issue 27) names itself in every row
+        base_row = {"claim": claim, "figure": fig, "test": f"{what} — {analog}" if analog else what,
+                    "model": model_label(fig, man),
                     "profile": profile_label(man.get("profile", "?"), man.get("deviations")),  # as in the footers
                     "data": "; ".join(sorted(set(map(str, man.get("data_sources", []) or ["?"]))))[:160]}
         missing = {**base_row, "setting": "not produced", "profile": "-", "data": "-", "verdict": "inconclusive",

@@ -105,6 +105,8 @@ RULES: dict[str, Rule] = {
     "xor_widths": WIDTHS,
     "n_train": COUNT_OR_ALL, "pretrain_n_train": COUNT_OR_ALL, "n_per_class": POSITIVE_INT, "n_test": COUNT_OR_ALL,
     "image_size": at_least(4, integer=True),
+    "base_width": int_in(1, 512, " (the first stage's channels of a ResNet; 64 with blocks 2 is ResNet18)"),
+    "blocks": int_in(1, 16, " (basic blocks per residual stage)"),
     "methods": _methods(),
     "precision": one_of("fp32", "bf16"),
     "deep_ablation": non_empty_list(POSITIVE_INT, unique=True),
@@ -140,11 +142,19 @@ RULES: dict[str, Rule] = {
 _ALL_CORRECT = Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: every correctly classified point)")
 _MNIST_NOTEBOOKS = ("fig4_mnist", "fig5_mnist_refit", "appC_mnist_sweeps", "appE_fashion_mnist", "bounds_sandwich",
                     "baselines_mnist")
+# the conv figures: CIFAR-10, its stand-in, or a real-image analog (28-px MNIST / Fashion-MNIST, issue 27)
+_ANALOGS = ("fashion_mnist", "mnist")
+_CONV_DATA = one_of("cifar10", "cifar10_synthetic", *_ANALOGS)
 NOTEBOOK_RULES: dict[str, dict[str, Rule]] = {
     **{nb: {"n_attack": MNIST_TEST, "n_eval": MNIST_TEST} for nb in _MNIST_NOTEBOOKS},
+    "fig6_cifar_resnet": {"dataset": _CONV_DATA},
+    "fig7_barlow": {"dataset": _CONV_DATA},
+    "baselines_cifar": {"dataset": one_of("cifar10", "cifar10_synthetic")},
     "appA_xor_noisy": {"n_attack": _ALL_CORRECT},
     "appB_sin": {"n_attack": _ALL_CORRECT},
-    "fig8_transfer": {"epochs": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)"),
+    "fig8_transfer": {"tasks": non_empty_list(one_of("standin", "analog", "stanford_dogs", "flowers102",
+                                                     "mit_indoor67", "cifar10"), unique=True),
+                      "epochs": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)"),
                       "lr": Rule(NON_NEGATIVE.ok, "a finite number ≥ 0 (0: the task's recipe)"),
                       "reg_every": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)")},
 }
@@ -164,6 +174,10 @@ RELATIONS: list[tuple[tuple[str, ...], Callable[[Mapping], bool], str]] = [
      "n_autoattack must not exceed n_eval (AutoAttack runs on the first n_autoattack of the n_eval samples; 0: skip)"),
     (("n_eval", "n_test"), lambda p: p["n_test"] == 0 or p["n_eval"] <= p["n_test"],
      "n_eval must not exceed n_test (the white-box attacks run on n_eval of the test images; n_test 0 = all)"),
+    (("dataset", "image_size"), lambda p: p["dataset"] not in _ANALOGS or p["image_size"] == 28,
+     "the real-image analogs (fashion_mnist, mnist) have 28-px images: image_size must be 28"),
+    (("dataset", "n_test"), lambda p: p["dataset"] not in _ANALOGS or p["n_test"] == 0,
+     "the real-image analogs are evaluated on all 10000 test images: n_test must be 0"),
     (("lsp_k", "batch_size"), lambda p: p["lsp_k"] < p["batch_size"],
      "lsp_k must be below batch_size (the neighbours are other samples of the minibatch)"),
 ]

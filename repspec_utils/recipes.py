@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 from . import cache, transfer
 from .batched import BATCH_VARYING, train_batched
 from .models import INITS
-from .registry import DATASETS
+from .registry import AUGMENTATIONS, DATASETS
 from .train import TrainConfig, TrainResult, load_training_data, train  # noqa: F401  (load_training_data: for notebooks)
 
 
@@ -199,16 +199,38 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
 
 
 CIFAR_DATASETS = ("cifar10", "cifar10_synthetic")
+# real 28-px grayscale images (md5-verified MNIST / Fashion-MNIST): the conv figures' real-image analogs (issue 27)
+IMAGE_ANALOGS = ("fashion_mnist", "mnist")
+CONV_DATASETS = CIFAR_DATASETS + IMAGE_ANALOGS
+# none by default: under crop (+ flip) BatchNorm's running statistics lag enough to swing eval accuracy (SPEC §6);
+# `cifar_configs(augment="crop_flip")` (Fashion-MNIST) or "crop" (digits: mirrored digits are not digits) selects them
+ANALOG_AUGMENT = {"fashion_mnist": "none", "mnist": "none"}
+ANALOG_LABEL = "REAL-IMAGE ANALOG ({data}, small ResNet) — not the paper's CIFAR-10 / ImageNet"
+
+
+def analog_label(dataset: str) -> str:
+    """The label every title, footer, manifest and claims row of a real-image analog carries ('' for CIFAR)."""
+    names = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
+    return ANALOG_LABEL.format(data=names[dataset]) if dataset in IMAGE_ANALOGS else ""
 
 
 def cifar_data(dataset: str = "cifar10", image_size: int = 32, n_train: int | None = None,
                n_test: int | None = None) -> dict:
-    """TrainConfig fields (dataset, data_kwargs, n_train) that load CIFAR-10 ('cifar10', real) or its SYNTHETIC
-    STAND-IN ('cifar10_synthetic') as images (N, 3, s, s) in [0, 1]: s = 32 is the data's own size, any other s is a
-    bilinear resize (`transfer.get_transfer_data`, dataset name 'transfer_<dataset>'). n_train / n_test: seeded
-    subsets (None or 0: all; for the synthetic data, how many images to generate, by default 5000 / 1000)."""
-    if dataset not in CIFAR_DATASETS:
-        raise ValueError(f"dataset must be one of {CIFAR_DATASETS}, got {dataset!r}")
+    """TrainConfig fields (dataset, data_kwargs, n_train) that load CIFAR-10 ('cifar10', real), its SYNTHETIC
+    STAND-IN ('cifar10_synthetic') or a real-image analog ('fashion_mnist', 'mnist': all 60000 / 10000 images, 28 px,
+    one channel) as images (N, C, s, s) in [0, 1]. CIFAR: s = 32 is the data's own size, any other s is a bilinear
+    resize (`transfer.get_transfer_data`, dataset name 'transfer_<dataset>'). n_train: a seeded training subset
+    (None or 0: all); n_test: a seeded test subset (CIFAR only; for the synthetic data, how many images to generate,
+    by default 5000 / 1000). The analogs are evaluated on their whole 10000-image test set."""
+    if dataset not in CONV_DATASETS:
+        raise ValueError(f"dataset must be one of {CONV_DATASETS}, got {dataset!r}")
+    if dataset in IMAGE_ANALOGS:
+        if int(image_size) != 28:
+            raise ValueError(f"the real-image analog {dataset!r} has 28-px images: image_size must be 28, got "
+                             f"{image_size}")
+        if n_test:
+            raise ValueError(f"n_test must be 0 for {dataset!r}: the analogs are evaluated on all 10000 test images")
+        return {"dataset": dataset, "data_kwargs": {"flatten": False}, "n_train": int(n_train) if n_train else None}
     if int(image_size) < 8:
         raise ValueError(f"image_size must be >= 8 (ResNet18 halves it three times), got {image_size}")
     sizes = {k: int(v) for k, v in (("n_train", n_train), ("n_test", n_test)) if v}
@@ -219,16 +241,44 @@ def cifar_data(dataset: str = "cifar10", image_size: int = 32, n_train: int | No
     return {"dataset": dataset, "data_kwargs": {}, "n_train": sizes.get("n_train")}
 
 
+def conv_model(dataset: str = "cifar10", width: int = 64, blocks: int = 2) -> dict:
+    """The model spec of the conv recipes: the paper's CIFAR ResNet18 ({'kind': 'cifar_resnet18'}) for CIFAR data at
+    width 64 with 2 blocks per stage, otherwise `models.small_resnet` at that width / depth (3 channels with CIFAR's
+    normalisation, or 1 channel with the analog's own, zero-padded inside the model from 28 to 32 px)."""
+    width, blocks = _integer("width", width), _integer("blocks", blocks)
+    if dataset not in CONV_DATASETS:
+        raise ValueError(f"dataset must be one of {CONV_DATASETS}, got {dataset!r}")
+    if dataset in CIFAR_DATASETS and (width, blocks) == (64, 2):
+        return {"kind": "cifar_resnet18"}
+    channels, stats = (3, "cifar10") if dataset in CIFAR_DATASETS else (1, dataset)
+    from .models import small_resnet
+
+    small_resnet(width, blocks, channels, stats=stats)  # bad sizes fail here, naming the value, before any data
+    spec = {"kind": "small_resnet", "width": width, "blocks": blocks, "channels": channels, "stats": stats}
+    return spec if dataset in CIFAR_DATASETS else {**spec, "pad": 2}  # 28 px -> 32 inside: even sizes for the FFT σ
+
+
 def cifar_configs(dataset: str = "cifar10", methods=("none", "ll", "rep"), seeds=range(10), lam_rep: float = 0.01,
                   lam_ll: float = 0.005, max_layers=(None, 2), weight_decays=(0.0, 1e-4), epochs: int = 200,
                   burn_in: int = 160, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
-                  image_size: int = 32, n_train: int | None = None, n_test: int | None = None) -> list[TrainConfig]:
+                  image_size: int = 32, n_train: int | None = None, n_test: int | None = None,
+                  width: int = 64, blocks: int = 2, augment: str | None = None) -> list[TrainConfig]:
     """SPEC §6 CIFAR-10 ResNet18 (3×3 stem, no max-pool, circular padding, normalisation inside the model):
     RandomCrop(32, pad 4) + flip, SGD lr 0.01 constant, batch 1024; ll-spectral λ = lam_ll, rep-spectral λ = lam_rep
     on the stem and residual stages 1..max_layer for each of max_layers (None: all four; 2: the paper's 2-stage
-    variant), the penalty on every reg_every-th step plus one epoch-end step on λ·R alone. Data: `cifar_data`."""
-    base = TrainConfig(model={"kind": "cifar_resnet18"}, augment="cifar", lr=lr, batch_size=batch_size, epochs=epochs,
-                       burn_in=burn_in, reg_every=reg_every, reg_epoch_end_step=True, eval_every=max(1, epochs // 20),
+    variant), the penalty on every reg_every-th step plus one epoch-end step on λ·R alone. Data: `cifar_data`;
+    the net: `conv_model(dataset, width, blocks)` (ResNet18 at 64 / 2). On a real-image analog ('fashion_mnist',
+    'mnist') the same recipe runs on the small ResNet with `ANALOG_AUGMENT`'s augmentation (SPEC §6 says why).
+    augment: an `AUGMENTATIONS` name instead of the dataset's default (None)."""
+    if augment is not None:
+        AUGMENTATIONS.check(augment)  # a name that does not exist fails here, before any data
+    for ml in max_layers:
+        if ml is not None and not (isinstance(ml, int) and not isinstance(ml, bool) and 0 <= ml <= 4):
+            raise ValueError(f"a stage ablation must name 0..4 residual stages (the net has 4), got {ml!r}")
+    base = TrainConfig(model=conv_model(dataset, width, blocks), augment=augment or ANALOG_AUGMENT.get(dataset, "cifar"),
+                       lr=lr,
+                       batch_size=batch_size, epochs=epochs, burn_in=burn_in, reg_every=reg_every,
+                       reg_epoch_end_step=True, eval_every=max(1, epochs // 20),
                        **cifar_data(dataset, image_size, n_train, n_test))
     lams = {"none": 0.0, "ll": lam_ll, "rep": lam_rep}
     return [base.replace(method=m, lam=float(lams[m]), max_layer=None if ml is None else int(ml),
@@ -244,7 +294,8 @@ def baseline_configs(dataset: str = "mnist", methods=BASELINE_METHODS, seeds=(0,
                      n_train: int | None = None, weight_decay: float = 1e-4, lam_rep: float = 1e-3,
                      lam_lsp: float = 1.0, lam_arat: float = 30.0, train_eps: float | None = None,
                      train_steps: int = 10, lsp_k: int = 10, arat_bn: bool = True, precision: str = "fp32",
-                     n_test: int | None = None, image_size: int = 32, reg_every: int = 24) -> list[TrainConfig]:
+                     n_test: int | None = None, image_size: int = 32, reg_every: int = 24, base_width: int = 64,
+                     blocks: int = 2) -> list[TrainConfig]:
     """rep-spectral beside the field's representation-level defences (issue 13; `adversarial`): every method of
     `methods` per seed, each branching from its architecture's burn-in. MNIST-like data: the 784→width→10 GELU MLP;
     CIFAR ('cifar10', 'cifar10_synthetic'): the ResNet18 recipe of `cifar_configs` (lr, batch, augmentation,
@@ -259,7 +310,7 @@ def baseline_configs(dataset: str = "mnist", methods=BASELINE_METHODS, seeds=(0,
     if cifar:
         base = cifar_configs(dataset, methods=["none"], seeds=[0], epochs=epochs, burn_in=burn_in,
                              weight_decays=[weight_decay], n_train=n_train, n_test=n_test,
-                             image_size=image_size, reg_every=reg_every,
+                             image_size=image_size, reg_every=reg_every, width=base_width, blocks=blocks,
                              **({} if (lr, batch_size) == (2.0, 128) else {"lr": lr, "batch_size": batch_size}))[0]
         eps = 8 / 255 if train_eps is None else float(train_eps)
         pgd = {"eps": eps, "steps": int(train_steps), "alpha": 2 / 255 if train_eps is None else 2.5 * eps / train_steps}
@@ -294,12 +345,17 @@ def baseline_configs(dataset: str = "mnist", methods=BASELINE_METHODS, seeds=(0,
 def barlow_configs(dataset: str = "cifar10", lams=(0.01, 0.001), seeds=range(5), epochs: int = 1000,
                    burn_in: int = 900, lr: float = 0.01, batch_size: int = 1024, reg_every: int = 24,
                    weight_decay: float = 0.0, image_size: int = 32, n_train: int | None = None,
-                   n_test: int | None = None) -> list[TrainConfig]:
+                   n_test: int | None = None, width: int = 64, blocks: int = 2) -> list[TrainConfig]:
     """SPEC §6 Barlow Twins on CIFAR-10: ResNet18 backbone (circular padding) + projector Linear 512→256 (no bias) +
     BatchNorm1d(affine=False), off-diagonal weight 0.005, the two Barlow views at the image size; SGD lr 0.01, batch
     1024. None, and rep-spectral on the backbone's convs for each λ in lams, every reg_every-th step plus the
-    epoch-end step. The readout is refit downstream (`robustness_table(readout='refit')`). Data: `cifar_data`."""
-    base = TrainConfig(model={"kind": "barlow_resnet18"}, objective="barlow", augment="barlow", lr=lr,
+    epoch-end step. The readout is refit downstream (`robustness_table(readout='refit')`). Data: `cifar_data`.
+    Another width / depth, or a real-image analog ('fashion_mnist', 'mnist'), puts `conv_model`'s small ResNet
+    under the same projector (model kind 'barlow_twins'; one-channel images get `barlow.GRAY_VIEW1/2`)."""
+    spec = conv_model(dataset, width, blocks)
+    model = {"kind": "barlow_resnet18"} if spec["kind"] == "cifar_resnet18" else \
+        {"kind": "barlow_twins", "backbone": {k: v for k, v in spec.items() if k != "kind"}}
+    base = TrainConfig(model=model, objective="barlow", augment="barlow", lr=lr,
                        batch_size=batch_size, epochs=epochs, burn_in=burn_in, reg_every=reg_every,
                        reg_epoch_end_step=True, weight_decay=float(weight_decay), eval_every=0,
                        **cifar_data(dataset, image_size, n_train, n_test))
@@ -313,7 +369,8 @@ def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll"
                      **overrides) -> list[TrainConfig]:
     """SPEC §6 transfer, one task: None; L2-SP (lam 1, α in l2sp_alphas, β = l2sp_beta); BSS (η in bss_lams); ll- and
     rep-spectral (λ in spectral_lams). task 'standin': `transfer.standin_finetune_config` on the stand-in MLP backbone
-    at `standin_weights` (the offline TRANSFER STAND-IN); otherwise `transfer.transfer_config` (ResNet50, ImageNet
+    at `standin_weights` (the offline TRANSFER STAND-IN); task 'analog': `transfer.analog_finetune_config` on the
+    conv backbone at `standin_weights` (Fig 8's REAL-IMAGE ANALOG, `transfer.pretrain_analog_backbone`); otherwise `transfer.transfer_config` (ResNet50, ImageNet
     weights, the task's recipe). Spectral methods regularise every reg_every-th step (None: the recipe; stand-in: 1)
     plus an epoch-end step, L2-SP and BSS every step. overrides: TrainConfig fields (epochs, burn_in, lr, ...) or
     stand-in arguments (n_per_class, n_test, target, source); a None value keeps the recipe's."""
@@ -324,8 +381,9 @@ def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll"
     unknown = set(methods) - set(variants)
     if unknown:
         raise ValueError(f"unknown transfer methods {sorted(unknown)}; choose from {sorted(variants)}")
-    if task == "standin" and standin_weights is None:
-        raise ValueError("task 'standin' needs standin_weights: the path from transfer.pretrain_standin_backbone()")
+    if task in ("standin", "analog") and standin_weights is None:
+        raise ValueError(f"task {task!r} needs standin_weights: the path from transfer.pretrain_"
+                         f"{'standin' if task == 'standin' else 'analog'}_backbone()")
     out = []
     for m in methods:
         for method, lam, kwargs in variants[m]:
@@ -336,9 +394,9 @@ def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll"
             elif reg_every is not None:
                 reg["reg_every"] = int(reg_every)
             for s in seeds:
-                if task == "standin":
-                    out.append(transfer.standin_finetune_config(standin_weights, method, float(lam), seed=int(s),
-                                                                **{**overrides, **reg}))
+                if task in ("standin", "analog"):
+                    make = transfer.standin_finetune_config if task == "standin" else transfer.analog_finetune_config
+                    out.append(make(standin_weights, method, float(lam), seed=int(s), **{**overrides, **reg}))
                 else:
                     out.append(transfer.transfer_config(task, method, float(lam), seed=int(s), **{**overrides, **reg}))
     return out

@@ -283,6 +283,14 @@ def make_model(cfg: TrainConfig, train_ds) -> nn.Module:
         dims = [int(spec["d_in"]), *map(int, ws), int(spec["n_classes"])]
         check_memory(sum((a + 1) * b for a, b in zip(dims[:-1], dims[1:])), cfg.batch_size * sum(dims),
                      f"an MLP {'→'.join(map(str, dims))} at batch_size {cfg.batch_size}")
+    elif spec["kind"] == "small_resnet":
+        from .models import small_resnet_cost
+
+        cost = small_resnet_cost(spec.get("width", 16), spec.get("blocks", 1), spec.get("channels", 1),
+                                 int(train_ds.x.shape[-1]), spec.get("n_classes", 10), spec.get("pad", 0))
+        check_memory(cost["params"], cfg.batch_size * cost["activation_floats"],
+                     f"a small ResNet (width {spec.get('width', 16)}, {spec.get('blocks', 1)} block(s) per stage) "
+                     f"at batch_size {cfg.batch_size}")
     return build_model(spec)
 
 
@@ -363,20 +371,39 @@ def no_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-@AUGMENTATIONS.register("cifar")
-def cifar_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """RandomCrop(32, padding=4, fill 0) + horizontal flip on a (B, C, H, W) batch, as one tensor op."""
+def random_crop(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
+    """RandomCrop(size of x, padding=pad, fill 0), then a horizontal flip with probability 1/2 when `flip`, on a
+    (B, C, H, W) batch as one tensor op (the offsets are drawn before the flips, from `gen`)."""
     b, c, h, w = x.shape
-    pad = 4
     xp = F.pad(x, (pad, pad, pad, pad))
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
     ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = ox[:, None] + torch.arange(w, device=x.device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]
-    out = xp.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]
+    if flip:
+        flips = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    out = xp.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+@AUGMENTATIONS.register("cifar")
+def cifar_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(32, padding=4, fill 0) + horizontal flip (SPEC §6's CIFAR-10 augmentation)."""
+    return random_crop(x, gen, pad=4, flip=True)
+
+
+@AUGMENTATIONS.register("crop_flip")
+def crop_flip_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(padding=2) + horizontal flip: the CIFAR augmentation scaled to 28-px Fashion-MNIST (garments
+    stay garments when mirrored; 2 px of 28 is CIFAR's 4 of 32 rounded down)."""
+    return random_crop(x, gen, pad=2, flip=True)
+
+
+@AUGMENTATIONS.register("crop")
+def crop_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(padding=2) without flips: for MNIST digits, which a mirror does not preserve."""
+    return random_crop(x, gen, pad=2, flip=False)
 
 
 @torch.no_grad()

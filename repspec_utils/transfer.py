@@ -29,15 +29,16 @@ import torch
 from torch import Tensor, nn
 
 from . import cache
-from .data.finetune import STANDIN_TAG, get_transfer_data, transfer_standin
+from .data.finetune import ANALOG_TRANSFER_TAG, STANDIN_TAG, get_transfer_data, transfer_standin
 from .files import atomic_path, md5_file
-from .models import MLP, RepModel
+from .models import MLP, RepModel, small_resnet
 from .registry import METHODS, MODELS
 from .train import TrainConfig, make_model, train
 
 __all__ = ["L2SP", "BSS", "make_l2sp", "make_bss", "reference_weights", "get_transfer_data", "transfer_standin",
            "pretrain_standin_backbone", "build_standin_model", "standin_finetune_config", "TRANSFER_RECIPES",
-           "transfer_config", "STANDIN_TAG"]
+           "transfer_config", "STANDIN_TAG", "ANALOG_TRANSFER_TAG", "pretrain_analog_backbone",
+           "build_analog_transfer_model", "analog_finetune_config"]
 
 
 # ------------------------------------------------------------------------------------------- regularisers
@@ -220,6 +221,86 @@ def standin_finetune_config(weights: str | Path, method: str = "none", lam: floa
     model = {"kind": "standin_transfer_mlp", "weights": str(weights), "weights_md5": md5_file(weights), "n_classes": 10,
              "head_init_std": 1.0}
     kwargs = dict(dataset="transfer_standin", model=model, method=method, lam=lam, lr=lr, batch_size=batch_size,
+                  epochs=epochs, burn_in=burn_in, seed=seed, lr_schedule="cosine", backbone_lr_mult=0.2,
+                  data_kwargs={"target": target, "source": source, "n_per_class": n_per_class, "n_test": n_test})
+    return TrainConfig(**{**kwargs, **overrides})
+
+
+# ------------------------------------------------------------------------ real-image analog (conv backbone)
+ANALOG_BACKBONE_FORMAT = "repspec-analog-backbone-v1"
+
+
+def pretrain_analog_backbone(source: str = "mnist", width: int = 16, blocks: int = 1, *, epochs: int = 3,
+                             lr: float = 0.01, batch_size: int = 128, n_train: int | None = None, seed: int = 0,
+                             path: str | Path | None = None, device="cpu", progress: bool | None = None,
+                             use_cache: bool = True) -> Path:
+    """Pretrain Fig 8's REAL-IMAGE ANALOG backbone: Fig 6's small ResNet (`recipes.conv_model(source, width,
+    blocks)`: one channel, the source's normalisation inside, 28 px padded to 32) trained supervised with `train` on
+    all (or n_train) real `source` images, no penalty, no augmentation, lr constant. Saves Φ (every tensor but the
+    readout, BatchNorm statistics included) with provenance to `path` (default: in the cache, named by the training
+    key) and returns it. A file of plain tensors and data: `build_analog_transfer_model` loads it weights-only."""
+    from .recipes import IMAGE_ANALOGS, conv_model
+
+    if source not in IMAGE_ANALOGS:
+        raise ValueError(f"the analog backbone pretrains on one of {IMAGE_ANALOGS}, got {source!r}")
+    spec = conv_model(source, width, blocks)
+    cfg = TrainConfig(dataset=source, data_kwargs={"flatten": False}, model=spec, augment="none", lr=lr,
+                      batch_size=batch_size, epochs=epochs, burn_in=0, seed=seed, n_train=n_train,
+                      eval_every=epochs)
+    res = train(cfg, device=device, progress=progress, use_cache=use_cache)
+    model = res.model.cpu()
+    path = Path(path) if path is not None else cache.cache_root() / "transfer-analog" / f"backbone-{res.key}.pt"
+    blob = {"format": ANALOG_BACKBONE_FORMAT, "spec": {k: v for k, v in spec.items() if k != "kind"},
+            "state_dict": {k: v for k, v in model.state_dict().items() if not k.startswith("readout.")},
+            "pretrained_on": source, "data_source": res.data_source,
+            "source_test_acc": float(res.history["test_acc"].dropna().iloc[-1]), "config": repr(cfg)}
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    return path
+
+
+@MODELS.register("analog_transfer_resnet")
+def build_analog_transfer_model(weights: str | Path, n_classes: int = 10, head_init_std: float = 1.0,
+                                weights_md5: str | None = None, seed: int | None = None) -> RepModel:
+    """MODELS['analog_transfer_resnet']: the pretrained small-ResNet Φ from the file `weights` (optionally checked
+    against `weights_md5`; loaded weights-only, so it cannot run code) with a new fc head N(0, head_init_std²), bias
+    0, of n_classes outputs, seeded by `seed` — SPEC §6's new head."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"analog backbone weights not found at {path.resolve()}. Create them with "
+                                f"repspec_utils.transfer.pretrain_analog_backbone(source='mnist', path='{path}').")
+    if weights_md5 is not None and md5_file(path) != weights_md5:
+        raise ValueError(f"analog backbone {path} has md5 {md5_file(path)}, the config expects {weights_md5}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != ANALOG_BACKBONE_FORMAT:
+        raise ValueError(f"{path} is not a {ANALOG_BACKBONE_FORMAT} file (made by pretrain_analog_backbone)")
+    model = small_resnet(**blob["spec"], n_classes=n_classes, seed=seed)
+    result = model.load_state_dict(blob["state_dict"], strict=False)
+    if sorted(result.missing_keys) != ["readout.bias", "readout.weight"] or result.unexpected_keys:
+        raise ValueError(f"analog backbone {path} does not fit its small ResNet (missing {result.missing_keys}, "
+                         f"unexpected {result.unexpected_keys})")
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    with torch.no_grad():
+        model.readout.weight.copy_(torch.randn(model.readout.weight.shape, generator=gen) * head_init_std)
+        model.readout.bias.zero_()
+    model.pretrained_on = blob["pretrained_on"]
+    return model
+
+
+def analog_finetune_config(weights: str | Path, method: str = "none", lam: float = 0.0, *, n_per_class: int = 100,
+                           target: str = "fashion_mnist", source: str = "mnist", n_test: int | None = None,
+                           epochs: int = 30, burn_in: int = 20, lr: float = 0.01, batch_size: int = 64,
+                           seed: int = 0, **overrides) -> TrainConfig:
+    """TrainConfig finetuning the analog conv backbone on n_per_class real `target` images per class with SPEC's
+    transfer recipe (new head N(0, 1), backbone lr = head lr / 5, cosine schedule, batch 64); the backbone file's
+    md5 is part of the key."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"analog backbone weights not found at {weights.resolve()}; create them with "
+                                "pretrain_analog_backbone(...)")
+    model = {"kind": "analog_transfer_resnet", "weights": str(weights), "weights_md5": md5_file(weights),
+             "n_classes": 10, "head_init_std": 1.0}
+    kwargs = dict(dataset="transfer_analog", model=model, method=method, lam=lam, lr=lr, batch_size=batch_size,
                   epochs=epochs, burn_in=burn_in, seed=seed, lr_schedule="cosine", backbone_lr_mult=0.2,
                   data_kwargs={"target": target, "source": source, "n_per_class": n_per_class, "n_test": n_test})
     return TrainConfig(**{**kwargs, **overrides})

@@ -289,3 +289,16 @@ def test_metric_claims_are_paired_by_seed_when_the_figure_has_seeds(tmp_path):
     assert lam_none["n_seeds"] == 6 and lam_none["distance_diff_ci_high"] < 0
     assert by[("max_lambda_max", "ll")]["verdict"] == "holds"  # ln(0.5 / 0.52) every seed: an exact, tiny gain
     assert by[("max_log_volume", "none")]["verdict"] == "holds"
+
+
+def test_a_real_image_analog_names_itself_in_every_row(tmp_path):
+    """issue 27: a figure run on a real-image analog says so in each of its claims rows; a CIFAR run does not."""
+    label = "REAL-IMAGE ANALOG (Fashion-MNIST, small ResNet) — not the paper's CIFAR-10 / ImageNet"
+    m = _models({"none": [1.0, 1.1, 1.2], "ll": [1.1, 1.2, 1.3], "rep": [1.5, 1.6, 1.7]},
+                {"none": 0.9, "ll": 0.9, "rep": 0.9})
+    _write(tmp_path, "fig6_cifar_resnet", m, manifest={"profile": "cpu", "status": "ok", "analog": label,
+                                                       "data_sources": ["Fashion-MNIST"]})
+    rows = claims_table(tmp_path).query("figure == 'fig6_cifar_resnet'")
+    assert len(rows) and rows.test.str.endswith(label).all() and (rows.setting != "not produced").all()
+    _write(tmp_path, "fig6_cifar_resnet", m, manifest={"profile": "paper", "status": "ok", "data_sources": ["cifar"]})
+    assert not claims_table(tmp_path).query("figure == 'fig6_cifar_resnet'").test.str.contains("ANALOG").any()

@@ -27,7 +27,7 @@ def test_cifar_data_routes_sizes_and_subsets():
     # a test subset of real CIFAR-10 needs the subsetting loader, even at 32 px
     assert R.cifar_data("cifar10", n_test=500)["dataset"] == "transfer_cifar10"
     with pytest.raises(ValueError, match="dataset must be one of"):
-        R.cifar_data("mnist")
+        R.cifar_data("svhn")
     with pytest.raises(ValueError, match="image_size"):
         R.cifar_data("cifar10", image_size=4)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from repspec_utils import data, train, transfer
+from repspec_utils import data, recipes, train, transfer
 from repspec_utils.models import MLP, resnet50_transfer
 
 
@@ -211,7 +211,7 @@ def test_finetuning_steps_on_the_standin(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
     path = transfer.pretrain_standin_backbone("mnist", widths=(32,), epochs=1, n_train=2000, batch_size=100,
                                               path=tmp_path / "backbone.pt", progress=False)
-    blob = torch.load(path, weights_only=False)
+    blob = torch.load(path, weights_only=True)
     assert blob["pretrained_on"] == "mnist" and sorted(blob["state_dict"]) == ["hidden.0.bias", "hidden.0.weight"]
     w0 = blob["state_dict"]["hidden.0.weight"]
     runs = {}
@@ -232,3 +232,41 @@ def test_finetuning_steps_on_the_standin(tmp_path, monkeypatch):
     head = transfer.build_standin_model(weights=str(path), seed=0).readout.weight
     assert 0.6 < head.std().item() < 1.4 and torch.equal(head, transfer.build_standin_model(
         weights=str(path), seed=0).readout.weight)
+
+
+# ------------------------------------------------------------------------------ real-image analog (issue 27)
+def test_analog_transfer_on_a_conv_backbone(tmp_path, monkeypatch):
+    _need_mnist()
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
+    path = transfer.pretrain_analog_backbone("mnist", width=4, blocks=1, epochs=1, n_train=512, batch_size=64,
+                                             path=tmp_path / "conv.pt", progress=False)
+    blob = torch.load(path, weights_only=True)  # plain tensors and data
+    assert blob["format"] == "repspec-analog-backbone-v1" and blob["pretrained_on"] == "mnist"
+    assert blob["spec"] == {"width": 4, "blocks": 1, "channels": 1, "stats": "mnist", "pad": 2}
+    assert not any(k.startswith("readout.") for k in blob["state_dict"]) and "bn1.running_mean" in blob["state_dict"]
+    model = transfer.build_analog_transfer_model(path, seed=1)
+    for k, v in blob["state_dict"].items():  # Φ is the pretrained one, BatchNorm statistics included
+        assert torch.equal(model.state_dict()[k], v), k
+    head = model.readout.weight  # the new head: N(0, 1), seeded
+    assert 0.5 < head.std().item() < 1.5 and torch.equal(head, transfer.build_analog_transfer_model(path, seed=1)
+                                                        .readout.weight)
+    train_ds, test_ds = transfer.transfer_standin(n_per_class=5, n_test=40, images=True)
+    assert train_ds.x.shape == (50, 1, 28, 28) and train_ds.source.startswith(transfer.ANALOG_TRANSFER_TAG)
+    assert "not the paper's ImageNet transfer" in test_ds.source
+    cfgs = recipes.transfer_configs("analog", methods=("none", "rep"), seeds=[0], spectral_lams=[0.01],
+                                    standin_weights=path, n_per_class=5, n_test=40, epochs=2, burn_in=1, lr=0.05,
+                                    batch_size=25)
+    res = [train.train(c, device="cpu", progress=False) for c in cfgs]
+    assert [r.history.phase.tolist() for r in res] == [["burn-in", "none"], ["burn-in", "rep"]]
+    assert res[1].history.penalty.iloc[1] > 0 and res[0].data_source.startswith(transfer.ANALOG_TRANSFER_TAG)
+    assert {c.dataset for c in cfgs} == {"transfer_analog"}  # its own dataset name: never mixed with the MLP stand-in
+    # a file that is not an analog backbone, and a missing one, are refused before any training
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a repspec-analog-backbone-v1 file"):
+        transfer.build_analog_transfer_model(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="pretrain_analog_backbone"):
+        transfer.analog_finetune_config(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="needs standin_weights"):
+        recipes.transfer_configs("analog", seeds=[0])
+    with pytest.raises(ValueError, match="pretrains on one of"):
+        transfer.pretrain_analog_backbone("cifar10")

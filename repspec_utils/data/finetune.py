@@ -190,16 +190,21 @@ def get_transfer_data(name: str, *, root=None, image_size: int = 224, download: 
 
 
 # ------------------------------------------------------------------------------------ offline stand-in
+ANALOG_TRANSFER_TAG = "REAL-IMAGE ANALOG"
+
+
 def transfer_standin(target: str = "fashion_mnist", source: str = "mnist", n_per_class: int = 100,
-                     n_test: int | None = None, seed: int = 0, root=None) -> tuple[ArrayDataset, ArrayDataset]:
+                     n_test: int | None = None, seed: int = 0, root=None,
+                     images: bool = False) -> tuple[ArrayDataset, ArrayDataset]:
     """STAND-IN finetuning task: n_per_class labelled training images per class of `target` (seeded, balanced)
     and its test set (or a seeded n_test subset), flattened (N, 784) in [0, 1], for a backbone pretrained on
-    `source`. Every `source` string starts with 'TRANSFER STAND-IN'."""
+    `source`. Every `source` string starts with 'TRANSFER STAND-IN'. images=True: the same images as (N, 1, 28, 28)
+    for a conv backbone (Fig 8's real-image analog, issue 27); its sources start with 'REAL-IMAGE ANALOG'."""
     names = {"mnist", "fashion_mnist"}
     if {target, source} != names:
         raise ValueError(f"the stand-in pretrains on one of {sorted(names)} and finetunes on the other; "
                          f"got source={source!r}, target={target!r}")
-    train_full, test_full = get_data(target, root=root)
+    train_full, test_full = get_data(target, root=root, **({"flatten": False} if images else {}))
     g = torch.Generator().manual_seed(seed)
     idx = []
     for c in range(train_full.n_classes):
@@ -211,6 +216,9 @@ def transfer_standin(target: str = "fashion_mnist", source: str = "mnist", n_per
     test_ds = test_full.subset(_subset_indices(len(test_full), n_test, seed))
     tag = (f"{STANDIN_TAG} (offline substitute for the paper's ImageNet -> Dogs/Flowers/Indoor/CIFAR transfer; "
            f"backbone pretrained on {source}): ")
+    if images:
+        tag = (f"{ANALOG_TRANSFER_TAG} ({source} -> {target} transfer, small ResNet) — not the paper's ImageNet "
+               f"transfer: ")
     train_ds = train_full.subset(train_idx)
     train_ds.source = tag + (f"{n_per_class} labelled images per class of {target} (seed {seed}) "
                              f"from {train_full.source}")
@@ -223,6 +231,15 @@ def transfer_standin(target: str = "fashion_mnist", source: str = "mnist", n_per
 def load_transfer_standin(seed: int = 0, root=None, **kwargs):
     """'transfer_standin': `transfer_standin(seed=seed, root=root, **kwargs)` (target, source, n_per_class, n_test)."""
     return transfer_standin(seed=seed, root=root, **kwargs)
+
+
+@DATASETS.register("transfer_analog", kind="transfer")
+def load_transfer_analog(seed: int = 0, root=None, **kwargs):
+    """'transfer_analog': `transfer_standin(images=True, seed=seed, root=root, **kwargs)` — Fig 8's REAL-IMAGE ANALOG
+    (28-px images for a conv backbone; target, source, n_per_class, n_test)."""
+    train_ds, test_ds = transfer_standin(seed=seed, root=root, images=True, **kwargs)
+    train_ds.name = test_ds.name = "transfer_analog"
+    return train_ds, test_ds
 
 
 def _register_task(task: str) -> None:
