@@ -384,6 +384,21 @@ class _ResNetParts(nn.Module):
     """The attributes of a torchvision ResNet (conv1, bn1, relu, maxpool, layer1..4, avgpool, fc) at any width."""
 
 
+def check_small_resnet(width: int = 16, blocks: int = 1, channels: int = 1, stats: str = "fashion_mnist",
+                       pad: int = 0) -> None:
+    """ValueError naming the value unless `small_resnet` can build these sizes; allocates nothing (a too-large net
+    is refused by `train.check_memory` from `small_resnet_cost` before it is built)."""
+    for name, value, lo, hi in (("width", width, 1, 512), ("blocks", blocks, 1, 16), ("channels", channels, 1, 16),
+                                ("pad", pad, 0, 64)):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"small_resnet: {name} must be an integer in {lo}..{hi}, got {value!r}")
+    if stats not in IMAGE_STATS:
+        raise ValueError(f"small_resnet: stats must be one of {sorted(IMAGE_STATS)}, got {stats!r}")
+    if len(IMAGE_STATS[stats][0]) != channels:
+        raise ValueError(f"small_resnet: stats {stats!r} are for {len(IMAGE_STATS[stats][0])}-channel images, "
+                         f"channels is {channels}")
+
+
 def small_resnet(width: int = 16, blocks: int = 1, channels: int = 1, n_classes: int = 10,
                  stats: str = "fashion_mnist", circular: bool = True, seed: int | None = None,
                  pad: int = 0) -> ResNetRep:
@@ -397,15 +412,8 @@ def small_resnet(width: int = 16, blocks: int = 1, channels: int = 1, n_classes:
     even size, which the FFT σ of a strided circular conv needs; the attacks still perturb the 28-px image only)."""
     from torchvision.models.resnet import BasicBlock
 
-    for name, value, lo, hi in (("width", width, 1, 512), ("blocks", blocks, 1, 16), ("channels", channels, 1, 16),
-                                ("pad", pad, 0, 64)):
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"small_resnet: {name} must be an integer in {lo}..{hi}, got {value!r}")
-    if stats not in IMAGE_STATS:
-        raise ValueError(f"small_resnet: stats must be one of {sorted(IMAGE_STATS)}, got {stats!r}")
+    check_small_resnet(width, blocks, channels, stats, pad)
     mean, std = IMAGE_STATS[stats]
-    if len(mean) != channels:
-        raise ValueError(f"small_resnet: stats {stats!r} are for {len(mean)}-channel images, channels is {channels}")
     if seed is not None:
         torch.manual_seed(seed)
     net = _ResNetParts()

@@ -251,9 +251,9 @@ def conv_model(dataset: str = "cifar10", width: int = 64, blocks: int = 2) -> di
     if dataset in CIFAR_DATASETS and (width, blocks) == (64, 2):
         return {"kind": "cifar_resnet18"}
     channels, stats = (3, "cifar10") if dataset in CIFAR_DATASETS else (1, dataset)
-    from .models import small_resnet
+    from .models import check_small_resnet
 
-    small_resnet(width, blocks, channels, stats=stats)  # bad sizes fail here, naming the value, before any data
+    check_small_resnet(width, blocks, channels, stats)  # bad sizes fail here, naming the value; nothing is built
     spec = {"kind": "small_resnet", "width": width, "blocks": blocks, "channels": channels, "stats": stats}
     return spec if dataset in CIFAR_DATASETS else {**spec, "pad": 2}  # 28 px -> 32 inside: even sizes for the FFT σ
 
