@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import cache
 from .data.finetune import ANALOG_TRANSFER_TAG, STANDIN_TAG, get_transfer_data, transfer_standin
 from .files import atomic_path, md5_file
-from .models import MLP, RepModel, small_resnet
+from .models import MLP, RepModel, check_small_resnet, small_resnet
 from .registry import METHODS, MODELS
 from .train import TrainConfig, make_model, train
 
@@ -239,11 +239,12 @@ def pretrain_analog_backbone(source: str = "mnist", width: int = 16, blocks: int
     all (or n_train) real `source` images, no penalty, no augmentation, lr constant. Saves Φ (every tensor but the
     readout, BatchNorm statistics included) with provenance to `path` (default: in the cache, named by the training
     key) and returns it. A file of plain tensors and data: `build_analog_transfer_model` loads it weights-only."""
-    from .recipes import IMAGE_ANALOGS, conv_model
-
-    if source not in IMAGE_ANALOGS:
-        raise ValueError(f"the analog backbone pretrains on one of {IMAGE_ANALOGS}, got {source!r}")
-    spec = conv_model(source, width, blocks)
+    analogs = ("fashion_mnist", "mnist")  # recipes.IMAGE_ANALOGS (recipes imports this module, not the reverse)
+    if source not in analogs:
+        raise ValueError(f"the analog backbone pretrains on one of {analogs}, got {source!r}")
+    check_small_resnet(width, blocks, 1, source)
+    # = recipes.conv_model(source, width, blocks) for an analog (test_transfer checks the two agree)
+    spec = {"kind": "small_resnet", "width": width, "blocks": blocks, "channels": 1, "stats": source, "pad": 2}
     cfg = TrainConfig(dataset=source, data_kwargs={"flatten": False}, model=spec, augment="none", lr=lr,
                       batch_size=batch_size, epochs=epochs, burn_in=0, seed=seed, n_train=n_train,
                       eval_every=epochs)

@@ -243,6 +243,7 @@ def test_analog_transfer_on_a_conv_backbone(tmp_path, monkeypatch):
     blob = torch.load(path, weights_only=True)  # plain tensors and data
     assert blob["format"] == "repspec-analog-backbone-v1" and blob["pretrained_on"] == "mnist"
     assert blob["spec"] == {"width": 4, "blocks": 1, "channels": 1, "stats": "mnist", "pad": 2}
+    assert {"kind": "small_resnet", **blob["spec"]} == recipes.conv_model("mnist", 4, 1)  # Fig 6's net
     assert not any(k.startswith("readout.") for k in blob["state_dict"]) and "bn1.running_mean" in blob["state_dict"]
     model = transfer.build_analog_transfer_model(path, seed=1)
     for k, v in blob["state_dict"].items():  # Φ is the pretrained one, BatchNorm statistics included
