@@ -39,11 +39,10 @@ For these methods the history's `train_loss` is the method's whole objective on 
 
 from __future__ import annotations
 
-import re
-
 import contextlib
 import copy
 import math
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import torch

@@ -42,7 +42,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# per-channel statistics of the training sets (tests/test_models.py recomputes the MNIST-like ones from the data)
+# per-channel statistics of the training sets (tests/test_analogs.py recomputes the MNIST-like ones from the data)
 IMAGE_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),

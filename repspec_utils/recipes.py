@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 from . import cache, transfer
 from .batched import BATCH_VARYING, train_batched
+from .data.mnist import MNIST_LIKE
 from .models import INITS
 from .registry import AUGMENTATIONS, DATASETS
 from .train import TrainConfig, TrainResult, load_training_data, train  # noqa: F401  (load_training_data: for notebooks)
@@ -200,7 +201,7 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
 
 CIFAR_DATASETS = ("cifar10", "cifar10_synthetic")
 # real 28-px grayscale images (md5-verified MNIST / Fashion-MNIST): the conv figures' real-image analogs (issue 27)
-IMAGE_ANALOGS = ("fashion_mnist", "mnist")
+IMAGE_ANALOGS = tuple(sorted(MNIST_LIKE))  # ('fashion_mnist', 'mnist')
 CONV_DATASETS = CIFAR_DATASETS + IMAGE_ANALOGS
 # none by default: under crop (+ flip) BatchNorm's running statistics lag enough to swing eval accuracy (SPEC §6);
 # `cifar_configs(augment="crop_flip")` (Fashion-MNIST) or "crop" (digits: mirrored digits are not digits) selects them
@@ -210,8 +211,7 @@ ANALOG_LABEL = "REAL-IMAGE ANALOG ({data}, small ResNet) — not the paper's CIF
 
 def analog_label(dataset: str) -> str:
     """The label every title, footer, manifest and claims row of a real-image analog carries ('' for CIFAR)."""
-    names = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
-    return ANALOG_LABEL.format(data=names[dataset]) if dataset in IMAGE_ANALOGS else ""
+    return ANALOG_LABEL.format(data=MNIST_LIKE[dataset][2]) if dataset in IMAGE_ANALOGS else ""
 
 
 def cifar_data(dataset: str = "cifar10", image_size: int = 32, n_train: int | None = None,
@@ -276,8 +276,7 @@ def cifar_configs(dataset: str = "cifar10", methods=("none", "ll", "rep"), seeds
         if ml is not None and not (isinstance(ml, int) and not isinstance(ml, bool) and 0 <= ml <= 4):
             raise ValueError(f"a stage ablation must name 0..4 residual stages (the net has 4), got {ml!r}")
     base = TrainConfig(model=conv_model(dataset, width, blocks), augment=augment or ANALOG_AUGMENT.get(dataset, "cifar"),
-                       lr=lr,
-                       batch_size=batch_size, epochs=epochs, burn_in=burn_in, reg_every=reg_every,
+                       lr=lr, batch_size=batch_size, epochs=epochs, burn_in=burn_in, reg_every=reg_every,
                        reg_epoch_end_step=True, eval_every=max(1, epochs // 20),
                        **cifar_data(dataset, image_size, n_train, n_test))
     lams = {"none": 0.0, "ll": lam_ll, "rep": lam_rep}
@@ -370,8 +369,8 @@ def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll"
     """SPEC §6 transfer, one task: None; L2-SP (lam 1, α in l2sp_alphas, β = l2sp_beta); BSS (η in bss_lams); ll- and
     rep-spectral (λ in spectral_lams). task 'standin': `transfer.standin_finetune_config` on the stand-in MLP backbone
     at `standin_weights` (the offline TRANSFER STAND-IN); task 'analog': `transfer.analog_finetune_config` on the
-    conv backbone at `standin_weights` (Fig 8's REAL-IMAGE ANALOG, `transfer.pretrain_analog_backbone`); otherwise `transfer.transfer_config` (ResNet50, ImageNet
-    weights, the task's recipe). Spectral methods regularise every reg_every-th step (None: the recipe; stand-in: 1)
+    conv backbone at `standin_weights` (Fig 8's REAL-IMAGE ANALOG, `transfer.pretrain_analog_backbone`); otherwise
+    `transfer.transfer_config` (ResNet50, ImageNet weights, the task's recipe). Spectral methods regularise every reg_every-th step (None: the recipe; stand-in: 1)
     plus an epoch-end step, L2-SP and BSS every step. overrides: TrainConfig fields (epochs, burn_in, lr, ...) or
     stand-in arguments (n_per_class, n_test, target, source); a None value keeps the recipe's."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -382,8 +381,7 @@ def transfer_configs(task: str = "standin", methods=("none", "l2sp", "bss", "ll"
     if unknown:
         raise ValueError(f"unknown transfer methods {sorted(unknown)}; choose from {sorted(variants)}")
     if task in ("standin", "analog") and standin_weights is None:
-        raise ValueError(f"task {task!r} needs standin_weights: the path from transfer.pretrain_"
-                         f"{'standin' if task == 'standin' else 'analog'}_backbone()")
+        raise ValueError(f"task {task!r} needs standin_weights: the path from transfer.pretrain_{task}_backbone()")
     out = []
     for m in methods:
         for method, lam, kwargs in variants[m]:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from . import cache
 from .data.finetune import ANALOG_TRANSFER_TAG, STANDIN_TAG, get_transfer_data, transfer_standin
+from .data.mnist import MNIST_LIKE
 from .files import atomic_path, md5_file
 from .models import MLP, RepModel, check_small_resnet, small_resnet
 from .registry import METHODS, MODELS
@@ -184,28 +185,57 @@ def pretrain_standin_backbone(source: str = "mnist", widths: Sequence[int] = (51
     return path
 
 
+def _load_backbone(weights: str | Path, weights_md5: str | None, what: str, maker: str) -> tuple[Path, dict]:
+    """(path, contents) of a pretrained-backbone file, checked to exist (else naming `maker`, the function that
+    makes it) and, if weights_md5 is given, to have that md5; loaded weights-only: tensors and plain data, never
+    code."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} backbone weights not found at {path.resolve()}. Create them with "
+                                f"repspec_utils.transfer.{maker}(source='mnist', path='{path}').")
+    if weights_md5 is not None and md5_file(path) != weights_md5:
+        raise ValueError(f"{what} backbone {path} has md5 {md5_file(path)}, the config expects {weights_md5}")
+    return path, torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _with_new_head(model: RepModel, head_init_std: float, seed: int | None, pretrained_on: str) -> RepModel:
+    """SPEC §6's new head, in place: readout weights N(0, head_init_std²) seeded by `seed`, bias 0."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    with torch.no_grad():
+        model.readout.weight.copy_(torch.randn(model.readout.weight.shape, generator=gen) * head_init_std)
+        model.readout.bias.zero_()
+    model.pretrained_on = pretrained_on
+    return model
+
+
+def _finetune_config(kind: str, dataset: str, weights: str | Path, what: str, maker: str, method: str, lam: float,
+                     n_per_class: int, target: str, source: str, n_test: int | None, epochs: int, burn_in: int,
+                     lr: float, batch_size: int, seed: int, overrides: dict) -> TrainConfig:
+    """SPEC §6's finetuning recipe (new head N(0, 1), backbone lr = head lr / 5, cosine schedule) of the backbone
+    file `weights` (model `kind`, its md5 part of the key) on `dataset`, n_per_class images per class of `target`."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{what} backbone weights not found at {weights.resolve()}; create them with "
+                                f"{maker}(...)")
+    model = {"kind": kind, "weights": str(weights), "weights_md5": md5_file(weights), "n_classes": 10,
+             "head_init_std": 1.0}
+    kwargs = dict(dataset=dataset, model=model, method=method, lam=lam, lr=lr, batch_size=batch_size,
+                  epochs=epochs, burn_in=burn_in, seed=seed, lr_schedule="cosine", backbone_lr_mult=0.2,
+                  data_kwargs={"target": target, "source": source, "n_per_class": n_per_class, "n_test": n_test})
+    return TrainConfig(**{**kwargs, **overrides})
+
+
 @MODELS.register("standin_transfer_mlp")
 def build_standin_model(weights: str | Path, n_classes: int = 10, head_init_std: float = 1.0,
                         weights_md5: str | None = None, seed: int | None = None) -> MLP:
     """MODELS['standin_transfer_mlp']: the pretrained stand-in Φ (from the file `weights`, optionally checked
     against `weights_md5`) with a new head N(0, head_init_std²) of n_classes outputs, seeded by `seed`."""
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"stand-in backbone weights not found at {path.resolve()}. Create them with "
-                                f"repspec_utils.transfer.pretrain_standin_backbone(source='mnist', path='{path}').")
-    if weights_md5 is not None and md5_file(path) != weights_md5:
-        raise ValueError(f"stand-in backbone {path} has md5 {md5_file(path)}, the config expects {weights_md5}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: never runs code
+    path, blob = _load_backbone(weights, weights_md5, "stand-in", "pretrain_standin_backbone")
     model = MLP(blob["d_in"], blob["widths"], n_classes, blob["activation"], seed=seed)
     missing = model.load_state_dict(blob["state_dict"], strict=False).missing_keys
     if sorted(missing) != ["readout.bias", "readout.weight"]:
         raise ValueError(f"stand-in backbone {path} does not fit its MLP (missing {missing})")
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    with torch.no_grad():
-        model.readout.weight.copy_(torch.randn(model.readout.weight.shape, generator=gen) * head_init_std)
-        model.readout.bias.zero_()
-    model.pretrained_on = blob["pretrained_on"]
-    return model
+    return _with_new_head(model, head_init_std, seed, blob["pretrained_on"])
 
 
 def standin_finetune_config(weights: str | Path, method: str = "none", lam: float = 0.0, *, n_per_class: int = 100,
@@ -214,16 +244,9 @@ def standin_finetune_config(weights: str | Path, method: str = "none", lam: floa
                             seed: int = 0, **overrides) -> TrainConfig:
     """TrainConfig finetuning the stand-in backbone on the stand-in task with SPEC's transfer recipe (new head
     N(0, 1), backbone lr = head lr / 5, cosine schedule, batch 64), at CPU scale."""
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"stand-in backbone weights not found at {weights.resolve()}; create them with "
-                                "pretrain_standin_backbone(...)")
-    model = {"kind": "standin_transfer_mlp", "weights": str(weights), "weights_md5": md5_file(weights), "n_classes": 10,
-             "head_init_std": 1.0}
-    kwargs = dict(dataset="transfer_standin", model=model, method=method, lam=lam, lr=lr, batch_size=batch_size,
-                  epochs=epochs, burn_in=burn_in, seed=seed, lr_schedule="cosine", backbone_lr_mult=0.2,
-                  data_kwargs={"target": target, "source": source, "n_per_class": n_per_class, "n_test": n_test})
-    return TrainConfig(**{**kwargs, **overrides})
+    return _finetune_config("standin_transfer_mlp", "transfer_standin", weights, "stand-in",
+                            "pretrain_standin_backbone", method, lam, n_per_class, target, source, n_test, epochs,
+                            burn_in, lr, batch_size, seed, overrides)
 
 
 # ------------------------------------------------------------------------ real-image analog (conv backbone)
@@ -239,7 +262,7 @@ def pretrain_analog_backbone(source: str = "mnist", width: int = 16, blocks: int
     all (or n_train) real `source` images, no penalty, no augmentation, lr constant. Saves Φ (every tensor but the
     readout, BatchNorm statistics included) with provenance to `path` (default: in the cache, named by the training
     key) and returns it. A file of plain tensors and data: `build_analog_transfer_model` loads it weights-only."""
-    analogs = ("fashion_mnist", "mnist")  # recipes.IMAGE_ANALOGS (recipes imports this module, not the reverse)
+    analogs = tuple(sorted(MNIST_LIKE))  # = recipes.IMAGE_ANALOGS (recipes imports this module, not the reverse)
     if source not in analogs:
         raise ValueError(f"the analog backbone pretrains on one of {analogs}, got {source!r}")
     check_small_resnet(width, blocks, 1, source)
@@ -266,13 +289,7 @@ def build_analog_transfer_model(weights: str | Path, n_classes: int = 10, head_i
     """MODELS['analog_transfer_resnet']: the pretrained small-ResNet Φ from the file `weights` (optionally checked
     against `weights_md5`; loaded weights-only, so it cannot run code) with a new fc head N(0, head_init_std²), bias
     0, of n_classes outputs, seeded by `seed` — SPEC §6's new head."""
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"analog backbone weights not found at {path.resolve()}. Create them with "
-                                f"repspec_utils.transfer.pretrain_analog_backbone(source='mnist', path='{path}').")
-    if weights_md5 is not None and md5_file(path) != weights_md5:
-        raise ValueError(f"analog backbone {path} has md5 {md5_file(path)}, the config expects {weights_md5}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    path, blob = _load_backbone(weights, weights_md5, "analog", "pretrain_analog_backbone")
     if not isinstance(blob, dict) or blob.get("format") != ANALOG_BACKBONE_FORMAT:
         raise ValueError(f"{path} is not a {ANALOG_BACKBONE_FORMAT} file (made by pretrain_analog_backbone)")
     model = small_resnet(**blob["spec"], n_classes=n_classes, seed=seed)
@@ -280,12 +297,7 @@ def build_analog_transfer_model(weights: str | Path, n_classes: int = 10, head_i
     if sorted(result.missing_keys) != ["readout.bias", "readout.weight"] or result.unexpected_keys:
         raise ValueError(f"analog backbone {path} does not fit its small ResNet (missing {result.missing_keys}, "
                          f"unexpected {result.unexpected_keys})")
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    with torch.no_grad():
-        model.readout.weight.copy_(torch.randn(model.readout.weight.shape, generator=gen) * head_init_std)
-        model.readout.bias.zero_()
-    model.pretrained_on = blob["pretrained_on"]
-    return model
+    return _with_new_head(model, head_init_std, seed, blob["pretrained_on"])
 
 
 def analog_finetune_config(weights: str | Path, method: str = "none", lam: float = 0.0, *, n_per_class: int = 100,
@@ -295,16 +307,9 @@ def analog_finetune_config(weights: str | Path, method: str = "none", lam: float
     """TrainConfig finetuning the analog conv backbone on n_per_class real `target` images per class with SPEC's
     transfer recipe (new head N(0, 1), backbone lr = head lr / 5, cosine schedule, batch 64); the backbone file's
     md5 is part of the key."""
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"analog backbone weights not found at {weights.resolve()}; create them with "
-                                "pretrain_analog_backbone(...)")
-    model = {"kind": "analog_transfer_resnet", "weights": str(weights), "weights_md5": md5_file(weights),
-             "n_classes": 10, "head_init_std": 1.0}
-    kwargs = dict(dataset="transfer_analog", model=model, method=method, lam=lam, lr=lr, batch_size=batch_size,
-                  epochs=epochs, burn_in=burn_in, seed=seed, lr_schedule="cosine", backbone_lr_mult=0.2,
-                  data_kwargs={"target": target, "source": source, "n_per_class": n_per_class, "n_test": n_test})
-    return TrainConfig(**{**kwargs, **overrides})
+    return _finetune_config("analog_transfer_resnet", "transfer_analog", weights, "analog", "pretrain_analog_backbone",
+                            method, lam, n_per_class, target, source, n_test, epochs, burn_in, lr, batch_size, seed,
+                            overrides)
 
 
 # ------------------------------------------------------------------------------------- paper recipes

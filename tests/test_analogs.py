@@ -11,6 +11,8 @@ from repspec_utils import barlow, parameters, recipes, spectral, train
 from repspec_utils.data import DataMissingError, get_data
 from repspec_utils.models import IMAGE_STATS, cifar_resnet18, small_resnet, small_resnet_cost
 
+from helpers import conv_matrix
+
 
 def _convs(model):
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -78,14 +80,8 @@ def test_fft_sigma_of_the_analog_convs_is_their_operator_norm():
     picks = [model.conv1, model.layer2[0].conv1, model.layer3[0].downsample[0], model.layer4[0].conv2]
     for conv in picks:
         h, w = sizes[conv][-2:]
-        c_in = conv.in_channels
-
-        def op(v, conv=conv, h=h, w=w, c_in=c_in):
-            return conv(v.view(1, c_in, h, w)).flatten()
-
         with torch.no_grad():
-            matrix = torch.autograd.functional.jacobian(op, torch.zeros(c_in * h * w)).double()
-            want = torch.linalg.matrix_norm(matrix, ord=2)
+            want = torch.linalg.matrix_norm(conv_matrix(conv, h, w).double(), ord=2)
             got = spectral.conv_sigma(conv, (h, w)).double()
         assert got.item() == pytest.approx(want.item(), rel=1e-4)
 

@@ -9,6 +9,8 @@ import repspec_utils.transfer  # noqa: F401  (registers 'transfer_cifar10_synthe
 from repspec_utils import spectral, train
 from repspec_utils.models import cifar_resnet18, resnet50_transfer
 
+from helpers import conv_matrix
+
 
 
 def _convs(*modules):
@@ -87,13 +89,7 @@ def test_fft_sigma_of_model_convs_is_their_operator_norm():
     """With circular padding σ_max(conv) from the FFT blocks equals the top singular value of the explicit map."""
     model = cifar_resnet18(seed=0)
     for conv, size in ((model.conv1, 8), (model.layer2[0].conv1, 4), (model.layer2[0].downsample[0], 4)):
-        c_in = conv.in_channels
-
-        def op(v, conv=conv, size=size, c_in=c_in):
-            return conv(v.view(1, c_in, size, size)).flatten()
-
         with torch.no_grad():
-            matrix = torch.autograd.functional.jacobian(op, torch.zeros(c_in * size * size)).double()
-            want = torch.linalg.matrix_norm(matrix, ord=2)
+            want = torch.linalg.matrix_norm(conv_matrix(conv, size, size).double(), ord=2)
             got = spectral.conv_sigma(conv, (size, size)).double()
         assert got.item() == pytest.approx(want.item(), rel=1e-4)

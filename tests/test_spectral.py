@@ -19,6 +19,8 @@ from repspec_utils.spectral import (
     top_right_singular_vectors,
 )
 
+from helpers import conv_matrix
+
 torch.set_num_threads(1)
 DT = torch.float64
 
@@ -32,14 +34,6 @@ def circular_conv(c_in, c_out, k, stride, seed=0):
     torch.manual_seed(seed)
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False, padding_mode="circular")
     return conv.to(DT)
-
-
-def conv_matrix(conv, h, w, weight=None):
-    """The matrix of the actual conv operator (no bias), column j = conv(e_j); differentiable in `weight`."""
-    n = conv.in_channels * h * w
-    basis = torch.eye(n, dtype=DT).reshape(n, conv.in_channels, h, w)
-    out = conv(basis) if weight is None else conv._conv_forward(basis, weight, None)
-    return out.reshape(n, -1).T
 
 
 # ------------------------------------------------------------------------------------------------------- linear
