@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from bench_train import compare  # benchmarks/ is on sys.path when run
-from repspec_utils import adversarial as ADV, train as T
+
+from repspec_utils import training
+from repspec_utils.defences import adversarial as ADV
+from repspec_utils.infra.registry import OBJECTIVES
+from repspec_utils.method import penalties
 from repspec_utils.models import MLP, cifar_resnet18
-from repspec_utils.registry import OBJECTIVES
-from repspec_utils.train import TrainConfig
+from repspec_utils.training import TrainConfig
 
 
 def step_fn(method: str, k: int, batchnorm: bool, x, y, lam: float, resnet: bool = False):
@@ -36,19 +38,19 @@ def step_fn(method: str, k: int, batchnorm: bool, x, y, lam: float, resnet: bool
         spec, dataset = {"kind": "mlp", "widths": [2000], "batchnorm": batchnorm}, "mnist"
     cfg = TrainConfig(dataset=dataset, model=spec, method=method, lam=lam, lr=0.1, weight_decay=1e-4,
                       method_kwargs={"eps": 0.1, "steps": k} if "pgd" in method or method == "arat" else {})
-    T.validate(cfg)
-    T.prepare_model(cfg, model)
-    parts = T.method_parts(T.make_penalty(cfg, model, x[:2]))
+    training.validate(cfg)
+    training.prepare_model(cfg, model)
+    parts = training.method_parts(penalties.make_penalty(cfg, model, x[:2]))
     objective = OBJECTIVES["supervised"]
     if parts.wrap is not None:
         objective = parts.wrap(objective)
     if parts.epoch_start is not None:
         parts.epoch_start(model, x, y, 0)
-    opt = T.make_optimizer(cfg, model)
+    opt = training.make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        T.train_step(model, opt, objective, x, y, gen, parts.penalty, lam)
+        training.train_step(model, opt, objective, x, y, gen, parts.penalty, lam)
     return step
 
 

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from repspec_utils import attacks, evaluate  # noqa: E402
-from repspec_utils.models import MLP  # noqa: E402
+from repspec_utils import attacks
+from repspec_utils.evaluation import robustness
+from repspec_utils.models import MLP
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGETS = (1000, 2000, 5000, 10000, 18000)
@@ -116,10 +117,10 @@ def main(argv=None) -> int:
     class _DS:  # the two fields accuracy() reads
         x, y = xte, yte
 
-    acc = evaluate.accuracy(model, _DS)
+    acc = robustness.accuracy(model, _DS)
     print(f"model: MLP 784→2000→10 (GELU), trained {args.train_steps} SGD steps in {t_train:.0f}s on {desc}; "
           f"test accuracy {acc:.3f}")
-    correct = (evaluate.predict(model, xte).cpu() == yte).nonzero()[:, 0]
+    correct = (robustness.predict(model, xte).cpu() == yte).nonzero()[:, 0]
     perm = torch.randperm(correct.numel(), generator=torch.Generator().manual_seed(0))
     pick = correct[perm]
     box = (0.0, 1.0)

@@ -1,4 +1,4 @@
-"""Benchmark of the certified radius (repspec_utils.bounds) on the MNIST-size MLP (784→2000→10).
+"""Benchmark of the certified radius (repspec_utils.evaluation.bounds) on the MNIST-size MLP (784→2000→10).
 
 Run: python benchmarks/bench_bounds.py [--threads 1] [--samples 1000] [--repeats 3]
 Prints the CPU time of the global and the local certified radius for `--samples` test images, their ratio, the
@@ -12,20 +12,22 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from bench_spectral import timed  # the median-of-repeats CPU timer (benchmarks/ is on sys.path when run)
-from repspec_utils import bounds
+
+from repspec_utils.evaluation import bounds
 from repspec_utils.models import MLP
 
 
 def model_and_data(n: int):
     """(model, x, y, description): the cached App. G model if present, else a random stand-in on uniform pixels."""
-    from repspec_utils import cache, recipes
-    from repspec_utils.train import _phase_key, train
+    from repspec_utils.experiments import recipes
+    from repspec_utils.infra import cache
+    from repspec_utils.training import train
+    from repspec_utils.training.loop import phase_key
 
     cfg = next(c for c in recipes.mnist_configs("mnist", seeds=[0], lams=[1e-2], weight_decays=[1e-4], epochs=30,
                                                 burn_in=24) if c.method == "rep")
-    if (cache.cache_root() / "train" / _phase_key(cfg, "final") / "final.pt").exists():  # cached: no training
+    if (cache.cache_root() / "train" / phase_key(cfg, "final") / "final.pt").exists():  # cached: no training
         result = train(cfg, progress=False)
         _, test = recipes.load_training_data(cfg)
         model = result.model.eval()

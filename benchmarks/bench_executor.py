@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from repspec_utils import recipes
+from repspec_utils.experiments import recipes
 
 
 def main(argv=None) -> int:

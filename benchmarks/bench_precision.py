@@ -25,10 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_train import compare  # noqa: E402  (interleaved medians, the timer of every benchmark here)
-from repspec_utils import attacks, spectral  # noqa: E402
-from repspec_utils.models import MLP  # noqa: E402
-from repspec_utils.registry import OBJECTIVES  # noqa: E402
-from repspec_utils.train import TrainConfig, bf16_supported_here, make_optimizer, train_step  # noqa: E402
+
+from repspec_utils import attacks
+from repspec_utils.infra.registry import OBJECTIVES
+from repspec_utils.method import spectral
+from repspec_utils.models import MLP
+from repspec_utils.training import TrainConfig, bf16_supported_here, make_optimizer, train_step
 
 
 def data(n: int = 60000):

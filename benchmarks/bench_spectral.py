@@ -14,15 +14,14 @@ import time
 import torch
 from torch import nn
 
-from repspec_utils.models import cifar_resnet18
-from repspec_utils.spectral import (
+from repspec_utils.method.spectral import (
     SpectralPenalty,
     conv_input_sizes,
     linear_sigma_exact,
     power_iteration,
     spectral_layers,
 )
-
+from repspec_utils.models import cifar_resnet18
 
 CLOCK = time.process_time  # CPU time of this process: with 1 thread, robust to other jobs sharing the machine
 

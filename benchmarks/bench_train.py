@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from repspec_utils import spectral
+from repspec_utils.infra.registry import OBJECTIVES
+from repspec_utils.method import spectral
 from repspec_utils.models import MLP
-from repspec_utils.batched import train_batched
-from repspec_utils.registry import OBJECTIVES
-from repspec_utils.train import TrainConfig, make_optimizer, train_step
+from repspec_utils.training import TrainConfig, make_optimizer, train_step
+from repspec_utils.training.ensemble import train_batched
 
 
 def timeit(fn, repeat: int = 20, warmup: int = 3) -> float:

@@ -2,7 +2,7 @@
 
 Importing the package is light: the plug-in modules (every dataset, model kind, method, objective and augmentation)
 are imported on the first read of a `registry` table (`registry.load_plugins`), and the submodules on first
-attribute access (`repspec_utils.train`), so the command line's --help and the analysis of committed tables do not
+attribute access (`repspec_utils.training.loop`), so the command line's --help and the analysis of committed tables do not
 load torch. docs/DESIGN.md lists the modules; docs/SPEC.md is the method and experiment spec the code cites as
 "SPEC §N".
 """

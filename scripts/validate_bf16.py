@@ -43,12 +43,12 @@ def _configs(p: dict, seeds, methods):
 def _attack(cfg, n: int, T: int, precision: str):
     import torch
 
-    from repspec_utils import tables
-    from repspec_utils.train import train
+    from repspec_utils.experiments import run
+    from repspec_utils.training import train
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    table = tables.robustness_table([train(cfg, progress=False)], n=n, attack_kwargs={"T": T}, progress=False,
+    table = run.robustness_table([train(cfg, progress=False)], n=n, attack_kwargs={"T": T}, progress=False,
                                     precision=precision)
     return table.assign(attack_precision=precision), time.perf_counter() - t0
 
@@ -63,7 +63,7 @@ def _markdown(df) -> str:
 
 
 def _scale(p: dict, seeds, methods, n) -> str:
-    from repspec_utils import notebook
+    from repspec_utils.infra import notebook
 
     committed = notebook.profile_params("fig4_mnist", "cpu", {})
     same = all(committed[c] == p[c] for c in ("epochs", "burn_in", "lam", "weight_decay", "width", "n_train", "lr"))
@@ -76,7 +76,8 @@ def _scale(p: dict, seeds, methods, n) -> str:
 def check_attack(p: dict, seeds, methods, n: int, workers: int, out: Path) -> dict:
     import pandas as pd
 
-    from repspec_utils import plotting
+    from repspec_utils.analysis import plotting
+    from repspec_utils.infra import provenance
 
     configs = _configs(p, seeds, methods)
     t0, parts = time.perf_counter(), []
@@ -117,7 +118,7 @@ def check_attack(p: dict, seeds, methods, n: int, workers: int, out: Path) -> di
     ax.legend(fontsize=7)
     scale = _scale(p, seeds, methods, n)
     plotting.save_figure(fig, "attack_fp32_vs_bf16", out, {"profile": scale, "data": "real MNIST",
-                                                           "commit": plotting.git_commit()})
+                                                           "commit": provenance.git_commit()})
     return {"scale": scale, "pass": bool((per_model.rel_diff.abs() < ATTACK_TOLERANCE).all()),
             "max_abs_rel_diff": float(per_model.rel_diff.abs().max()),
             "mean_rel_diff": float(per_model.rel_diff.mean()), "minutes": (time.perf_counter() - t0) / 60}
@@ -126,15 +127,16 @@ def check_attack(p: dict, seeds, methods, n: int, workers: int, out: Path) -> di
 def check_training(p: dict, seeds, methods, out: Path) -> dict:
     import pandas as pd
 
-    from repspec_utils import evaluate, recipes
-    from repspec_utils.train import train
+    from repspec_utils.evaluation import robustness
+    from repspec_utils.experiments import recipes
+    from repspec_utils.training import train
 
     t0 = time.perf_counter()
     rows = []
     for c in _configs(p, seeds, methods):
         r = train(c, progress=False)
         _, test_ds = recipes.load_training_data(c)
-        rows.append({"method": c.method, "seed": c.seed, "test_acc": evaluate.accuracy(r.model.eval(), test_ds)})
+        rows.append({"method": c.method, "seed": c.seed, "test_acc": robustness.accuracy(r.model.eval(), test_ds)})
     fp32 = pd.DataFrame(rows)
     bf16 = pd.read_csv(out / "bf16_trained_models.csv")
     bf16 = bf16[bf16.method.isin(methods)]
@@ -186,7 +188,8 @@ def write_readme(out: Path, manifest: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from repspec_utils import notebook, plotting, reproduce
+    from repspec_utils.infra import notebook, provenance
+    from repspec_utils.infra import runner as reproduce
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("check", choices=("attack", "training"))
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         info = check_attack(p, seeds, methods, args.n or p["n_attack"], args.workers, args.out)
     else:
         info = check_training(p, seeds, methods, args.out)
-    info.update(commit=plotting.git_commit(), date=time.strftime("%Y-%m-%d %H:%M"), argv=sys.argv[1:])
+    info.update(commit=provenance.git_commit(), date=time.strftime("%Y-%m-%d %H:%M"), argv=sys.argv[1:])
     man_path = args.out / "manifest.json"
     manifest = json.loads(man_path.read_text()) if man_path.exists() else {}
     manifest[args.check] = info

@@ -6,7 +6,7 @@ The jobs are exactly what the notebooks would compute (the same configs from the
 each: per seed, the `none` model first (it trains the shared burn-in), then the other methods' branches, then one
 attack table per model, then (with --refit) the re-fitted readouts and their attack tables. Every job is cached
 atomically, so an interrupted run resumes where it stopped. `repspec run --profile cpu --only fig4_mnist,fig5_mnist_refit
---executor local --max-workers 2` now does the same through submitit (repspec_utils/executor.py), jobs and all; this
+--executor local --max-workers 2` now does the same through submitit (repspec_utils/infra/executor.py), jobs and all; this
 script stays for its --train-only mode.
 """
 
@@ -23,14 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _params(name: str, profile: str, overrides: list[str]) -> dict:
-    from repspec_utils import notebook, reproduce
+    from repspec_utils.infra import notebook
+    from repspec_utils.infra import runner as reproduce
 
     return notebook.profile_params(name, profile, reproduce.parse_set(overrides))
 
 
 def profile_configs(p: dict):
     """The Fig 4 / Fig 5 configs of a notebook's parameters (the same keys the notebooks compute)."""
-    from repspec_utils import recipes
+    from repspec_utils.experiments import recipes
 
     return recipes.mnist_configs("mnist", methods=p["methods"], seeds=p["seeds"], lams=[p["lam"]],
                                      weight_decays=[p["weight_decay"]], epochs=p["epochs"], burn_in=p["burn_in"],
@@ -45,13 +46,13 @@ def _init_worker() -> None:
 
 
 def _job(kind: str, cfg, p: dict) -> tuple[str, float]:
-    from repspec_utils import tables
-    from repspec_utils.train import train
+    from repspec_utils.experiments import run
+    from repspec_utils.training import train
 
     t0 = time.perf_counter()
     result = train(cfg, progress=False)
     if kind != "train":
-        tables.robustness_table([result], n=p["n_attack"], attack_kwargs={"T": p["attack_T"]},
+        run.robustness_table([result], n=p["n_attack"], attack_kwargs={"T": p["attack_T"]},
                                      readout="refit" if kind == "refit" else "original", progress=False,
                                      precision=p["precision"])
     return f"{kind} {cfg.method} seed {cfg.seed}", time.perf_counter() - t0

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from repspec_utils.train import torch_threads
+from repspec_utils.training import torch_threads
 
 os.environ["REPSPEC_PROGRESS"] = "0"
 

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repspec_utils import adversarial as ADV, train as T
+from repspec_utils import training
 from repspec_utils.attacks import pgd_examples
+from repspec_utils.defences import adversarial as ADV
 from repspec_utils.models import MLP, cifar_resnet18
-from repspec_utils.train import MethodParts, TrainConfig, train
+from repspec_utils.training import MethodParts, TrainConfig, loop, train
 
 DIGITS = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [32], "init": "torch"}, method="pgd_at",
                      lam=0.0, lr=0.2, batch_size=128, epochs=4, burn_in=2, seed=3,
@@ -248,15 +249,15 @@ def test_bad_settings_fail_before_any_work(method, changes, match, monkeypatch):
     def no_data(*a, **k):
         raise AssertionError("data was loaded before the config was checked")
 
-    monkeypatch.setattr(T, "get_data", no_data)
+    monkeypatch.setattr(loop, "get_data", no_data)
     with pytest.raises(ValueError, match=match):
         train(DIGITS.replace(method=method, method_kwargs={}).replace(**changes), progress=False)
 
 
 def test_method_parts_of_a_plain_penalty():
-    assert T.method_parts(None) == MethodParts()
+    assert training.method_parts(None) == MethodParts()
     sentinel = object()
-    assert T.method_parts(sentinel).penalty is sentinel
+    assert training.method_parts(sentinel).penalty is sentinel
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -287,7 +288,7 @@ def _exact_linf_robust(m, x, y, eps):
 def test_autoattack_and_pgd_against_a_linear_models_closed_form():
     """AutoAttack reaches the exact L∞ robust accuracy of a linear model; PGD (cross-entropy ascent) can only
     overstate it; both agree with the clean accuracy at ε = 0."""
-    from repspec_utils import evaluate as E
+    from repspec_utils.evaluation import whitebox as E
 
     m, x, y = _linear_case()
     for eps in (0.02, 0.06):
@@ -302,8 +303,8 @@ def test_autoattack_and_pgd_against_a_linear_models_closed_form():
 
 
 def test_whitebox_robustness_checks_and_caches(tmp_path):
-    from repspec_utils import evaluate as E
     from repspec_utils.data import ArrayDataset
+    from repspec_utils.evaluation import whitebox as E
 
     m, x, y = _linear_case(n=60)
     ds = ArrayDataset(x=x, y=y, name="lin", source="generated", box=(0.0, 1.0), n_classes=10)
@@ -329,13 +330,13 @@ def _first(ds, n, k, seed=0):
 
 
 def test_baseline_configs_validate_on_mnist_and_the_cifar_recipe():
-    from repspec_utils import recipes
+    from repspec_utils.experiments import recipes
 
     for dataset in ("mnist", "cifar10_synthetic"):
         configs = recipes.baseline_configs(dataset, seeds=[0, 1])
         assert len(configs) == 2 * len(recipes.BASELINE_METHODS)
         for c in configs:
-            T.validate(c)
+            training.validate(c)
         arat = next(c for c in configs if c.method == "arat")
         assert arat.method_kwargs["split_bn"] is True and arat.lam == 30.0
         if dataset == "mnist":
@@ -345,7 +346,7 @@ def test_baseline_configs_validate_on_mnist_and_the_cifar_recipe():
     small = recipes.baseline_configs("cifar10_synthetic", seeds=[0], image_size=8, reg_every=3, n_train=64,
                                      n_test=50, train_eps=4 / 255, train_steps=2, lr=0.01, batch_size=32)
     for c in small:  # the resized stand-in (a 'transfer_' dataset of [0, 1] images) passes the PGD box check
-        T.validate(c)
+        training.validate(c)
         assert c.dataset == "transfer_cifar10_synthetic" and c.data_kwargs == {"image_size": 8, "n_train": 64,
                                                                                 "n_test": 50}
         assert (c.reg_every, c.lr, c.batch_size) == (3, 0.01, 32)
@@ -360,7 +361,7 @@ def test_baseline_configs_validate_on_mnist_and_the_cifar_recipe():
 def test_defence_models_one_row_per_model_and_readout():
     import pandas as pd
 
-    from repspec_utils import tables
+    from repspec_utils.analysis import tables
 
     rows = []
     for method, kw in (("none", None), ("pgd_at", "eps=0.1, steps=10")):
@@ -388,39 +389,40 @@ def test_epoch_times_relative_to_none():
 
     import pandas as pd
 
-    from repspec_utils import tables
+    from repspec_utils.experiments import run
 
     def result(method, seed, times):
         h = pd.DataFrame({"phase": ["burn-in", method, method], "epoch_time": times})
         return types.SimpleNamespace(config=DIGITS.replace(method=method, seed=seed, method_kwargs={}), history=h)
 
-    out = tables.epoch_times([result("none", 0, [9.0, 1.0, 3.0]), result("pgd_at", 0, [9.0, 22.0, 18.0]),
+    out = run.epoch_times([result("none", 0, [9.0, 1.0, 3.0]), result("pgd_at", 0, [9.0, 22.0, 18.0]),
                               result("none", 1, [1.0, 4.0, 4.0]), result("pgd_at", 1, [1.0, 40.0, 40.0])])
     assert list(out.epoch_seconds) == [2.0, 20.0, 4.0, 40.0]  # branch epochs only
     assert list(out.epoch_time_vs_none) == [1.0, 10.0, 1.0, 10.0]
 
 
 def test_whitebox_table_for_trained_models_both_readouts():
-    from repspec_utils import tables
+    from repspec_utils.experiments import run
 
     results = [train(DIGITS.replace(method=m, lam=0.05 if m == "rep" else 0.0, method_kwargs={}), progress=False)
                for m in ("none", "rep")]
     for readout in ("original", "refit"):
-        t = tables.whitebox_table(results, [0.0, 0.1], 30, readout=readout, pgd_steps=3)
+        t = run.whitebox_table(results, [0.0, 0.1], 30, readout=readout, pgd_steps=3)
         assert list(t.method) == ["none", "rep"] and (t.readout == readout).all() and (t.n_eval == 30).all()
         assert (t["pgd_acc_eps=0"] == t.clean_acc_eval).all() and (t["pgd_acc_eps=0.1"] <= t.clean_acc_eval).all()
 
 
 def test_defence_comparison_tables_and_bad_input():
-    from repspec_utils import plotting, tables
+    from repspec_utils.analysis import plotting, tables
+    from repspec_utils.experiments import run
 
     results = [train(DIGITS.replace(method=m, method_kwargs=kw), progress=False)
                for m, kw in (("none", {}), ("pgd_at", {"eps": 0.1, "steps": 2}))]
     with pytest.raises(ValueError, match="autoattack_eps"):
-        tables.defence_comparison(results, 2, [0.1], 10, n_autoattack=5)
+        run.defence_comparison(results, 2, [0.1], 10, n_autoattack=5)
     with pytest.raises(ValueError, match="readouts"):
-        tables.defence_comparison(results, 2, [0.1], 10, readouts=("own",))
-    out = tables.defence_comparison(results, 2, [0.05, 0.1], 10, attack_kwargs={"T": 1}, fmn_steps=5, pgd_steps=2)
+        run.defence_comparison(results, 2, [0.1], 10, readouts=("own",))
+    out = run.defence_comparison(results, 2, [0.05, 0.1], 10, attack_kwargs={"T": 1}, fmn_steps=5, pgd_steps=2)
     assert out.pgd_columns == [tables.pgd_column(0.05), "pgd_acc_eps=0.1"]
     assert len(out.models) == 4 and set(out.models.readout) == {"original", "refit"}
     assert (out.samples.groupby(["method", "readout", "attack"]).size() == 2).all() and len(out.samples) == 16
@@ -435,7 +437,7 @@ def test_defence_comparison_tables_and_bad_input():
 def test_defence_models_keep_a_model_whose_attack_never_succeeded():
     """A model whose Tangent Attack found no adversarial point on any sample (seen on a near-chance stand-in ResNet)
     keeps its row, with a NaN distance and a success rate of 0; the others' means are over their successes."""
-    from repspec_utils import tables
+    from repspec_utils.analysis import tables
 
     rows = []
     for method, ta in (("none", [1.0, 3.0]), ("arat", [np.inf, np.inf])):

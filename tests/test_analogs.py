@@ -4,14 +4,17 @@ recipes on Fashion-MNIST / MNIST and their bad input."""
 
 import pytest
 import torch
+from helpers import conv_matrix
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from repspec_utils import barlow, parameters, recipes, spectral, train
+from repspec_utils import training
 from repspec_utils.data import DataMissingError, get_data
+from repspec_utils.defences import barlow
+from repspec_utils.experiments import recipes
+from repspec_utils.infra import parameters, registry
+from repspec_utils.method import spectral
 from repspec_utils.models import IMAGE_STATS, cifar_resnet18, small_resnet, small_resnet_cost
-
-from helpers import conv_matrix
 
 
 def _convs(model):
@@ -111,7 +114,7 @@ def test_a_backbone_too_large_for_memory_is_refused_before_allocation():
                                 batch_size=10**6)[0]
     fake = type("DS", (), {"x": torch.zeros(1, 1, 28, 28), "n_classes": 10})()
     with pytest.raises(ValueError, match="small ResNet .* needs about .* GiB"):
-        train.make_model(cfg, fake)
+        training.make_model(cfg, fake)
 
 
 # ---------------------------------------------------------------------------------------- augmentations
@@ -128,7 +131,7 @@ def _crop_by_loops(x, pad, oy, ox, flips):
 @pytest.mark.parametrize("name, pad, flip", [("cifar", 4, True), ("crop_flip", 2, True), ("crop", 2, False)])
 def test_random_crop_augmentations_against_a_loop(name, pad, flip):
     x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    got = train.AUGMENTATIONS[name](x, torch.Generator().manual_seed(7))
+    got = registry.AUGMENTATIONS[name](x, torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
     oy = torch.randint(0, 2 * pad + 1, (64,), generator=g)
     ox = torch.randint(0, 2 * pad + 1, (64,), generator=g)
@@ -168,8 +171,8 @@ def test_rgb_view_specs_are_refused_on_one_channel():
 def test_barlow_on_the_small_backbone_takes_a_step():
     cfg = recipes.barlow_configs("fashion_mnist", seeds=[0], image_size=28, width=4, blocks=1, epochs=2,
                                  burn_in=1)[0]
-    train.validate(cfg)
-    model = train.make_model(cfg, None)
+    training.validate(cfg)
+    model = training.make_model(cfg, None)
     assert cfg.model == {"kind": "barlow_twins",
                          "backbone": {"width": 4, "blocks": 1, "channels": 1, "stats": "fashion_mnist", "pad": 2}}
     loss, feats, _ = barlow.barlow_objective(model, torch.rand(16, 1, 28, 28), None, torch.Generator().manual_seed(0))

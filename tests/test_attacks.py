@@ -15,10 +15,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Counting
 from torch import nn
 
-from repspec_utils import attacks as A
-from helpers import Counting
+from repspec_utils import attacks
+from repspec_utils.attacks import tangent as attacks_tangent
 
 BIG_BOX = (-10.0, 10.0)
 
@@ -87,7 +88,7 @@ def digits_mlp():
     return m, xt[ok][:12], yt[ok][:12]
 
 
-BLACK_BOX = [A.tangent_attack, A.hop_skip_jump]
+BLACK_BOX = [attacks.tangent_attack, attacks.hop_skip_jump]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def test_linear_784d_ten_class(attack):
 @pytest.mark.parametrize("d,c", [(2, 2), (784, 10)])
 def test_fmn_linear_exact(d, c):
     m, x, y, dx = linear_case(d, c, 8, seed=1, sep=1.0)  # sep 1: FMN's targeted runs must find the nearest facet
-    r = A.fmn_attack(m, x, y, BIG_BOX, steps=50)
+    r = attacks.fmn_attack(m, x, y, BIG_BOX, steps=50)
     assert r.success.all()
     rel = r.distance.double() / dx - 1
     assert rel.min() > -1e-4 and rel.max() < 1e-3, rel
@@ -134,7 +135,7 @@ def test_tangent_point_geometry():
     D = x0.norm(dim=1)
     for frac in [0.05, 0.3, 0.7, 1.0]:
         R = D * frac
-        K = A._tangent_point(x0, xb, u, R)
+        K = attacks_tangent._tangent_point(x0, xb, u, R)
         assert torch.allclose(K.norm(dim=1), R, rtol=1e-10)
         assert ((K * u).sum(1) >= -1e-12).all()  # on the adversarial hemisphere
 
@@ -180,7 +181,7 @@ def test_budget_respected(digits_mlp):
     m, x, y = digits_mlp
     budget = torch.tensor([300, 700, 1500, 3000] * 3)
     wrapped = Counting(m)
-    r = A.tangent_attack(wrapped, x, y, (0.0, 1.0), T=40, max_queries=budget, progress=False)
+    r = attacks.tangent_attack(wrapped, x, y, (0.0, 1.0), T=40, max_queries=budget, progress=False)
     assert (r.queries <= budget).all()
     assert int(r.queries.sum()) == wrapped.rows
     # a sample stops only when the next iteration (n_t probes + 1 step + 17 bisections) no longer fits
@@ -191,15 +192,15 @@ def test_budget_respected(digits_mlp):
         logits = m(r.x_adv)  # differently sized GEMM (the points sit on the boundary: a tie of 1e-4 was seen)
     other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
     assert (logits.gather(1, y[:, None]).squeeze(1) - other <= 1e-5 * logits.abs().amax(1)).all()
-    full = A.tangent_attack(m, x, y, (0.0, 1.0), T=40, progress=False)
+    full = attacks.tangent_attack(m, x, y, (0.0, 1.0), T=40, progress=False)
     assert r.distance.mean() > full.distance.mean()  # more queries, smaller distance
 
 
 def test_white_box_below_black_box(digits_mlp):
     m, x, y = digits_mlp
-    fmn = A.fmn_attack(m, x, y, (0.0, 1.0), steps=100)
-    ta = A.tangent_attack(m, x, y, (0.0, 1.0), T=40, progress=False)
-    hsj = A.hop_skip_jump(m, x, y, (0.0, 1.0), T=40, progress=False)
+    fmn = attacks.fmn_attack(m, x, y, (0.0, 1.0), steps=100)
+    ta = attacks.tangent_attack(m, x, y, (0.0, 1.0), T=40, progress=False)
+    hsj = attacks.hop_skip_jump(m, x, y, (0.0, 1.0), T=40, progress=False)
     assert fmn.success.all() and ta.success.all() and hsj.success.all()
     with torch.no_grad():
         assert (m(fmn.x_adv).argmax(1) != y).all()
@@ -227,11 +228,11 @@ def test_fallback_start_from_other_sample():
     x = torch.tensor([[5.0, 0.0], [-5.0, 1.0]])
     y = torch.tensor([0, 1])
     wrapped = Counting(m)
-    r = A.tangent_attack(wrapped, x, y, BIG_BOX, T=30, init_tries=5, progress=False)
+    r = attacks.tangent_attack(wrapped, x, y, BIG_BOX, T=30, init_tries=5, progress=False)
     assert r.success.all()
     assert torch.allclose(r.distance, torch.tensor([5.0, 5.0]), rtol=1e-3)
     assert int(r.queries.sum()) == wrapped.rows
-    lone = A.tangent_attack(m, x[:1], y[:1], BIG_BOX, T=3, init_tries=5, progress=False)  # nothing to fall back on
+    lone = attacks.tangent_attack(m, x[:1], y[:1], BIG_BOX, T=3, init_tries=5, progress=False)  # nothing to fall back on
     assert not lone.success.any() and torch.isinf(lone.distance).all()
     assert torch.equal(lone.x_adv, x[:1]) and int(lone.queries[0]) == 5
 
@@ -267,19 +268,19 @@ def test_fallback_keeps_closest_of_several_candidates():
     pool_x = torch.tensor([[1.5, 3.0], [6.0, 0.0], [7.0, 5.0], [8.0, -4.0], [-1.0, 0.0]])
     pool_y = torch.tensor([1, 1, 1, 1, 0])
     kw = dict(T=0, init_tries=2, noise_std=1e-3, pool=(pool_x, pool_y), progress=False)
-    near = A.tangent_attack(m, x, y, BIG_BOX, fallback_random=0, **kw)
-    several = A.tangent_attack(m, x, y, BIG_BOX, fallback_random=4, **kw)
+    near = attacks.tangent_attack(m, x, y, BIG_BOX, fallback_random=0, **kw)
+    several = attacks.tangent_attack(m, x, y, BIG_BOX, fallback_random=4, **kw)
     assert near.success.all() and several.success.all()
     assert near.distance[0] == pytest.approx(math.hypot(1.0, 2.0), rel=1e-4)
     assert several.distance[0] == pytest.approx(1.0, rel=1e-4)
     with pytest.raises(ValueError, match="fallback_random"):
-        A.tangent_attack(m, x, y, BIG_BOX, fallback_random=-1, **kw)
+        attacks.tangent_attack(m, x, y, BIG_BOX, fallback_random=-1, **kw)
 
 
 def test_float64_model(digits_mlp):
     m, x, y = digits_mlp
     m64 = _copy(m).double()
-    r = A.tangent_attack(m64, x[:3], y[:3], (0.0, 1.0), T=5, progress=False)
+    r = attacks.tangent_attack(m64, x[:3], y[:3], (0.0, 1.0), T=5, progress=False)
     assert r.x_adv.dtype == torch.float64 and r.success.all()
 
 
@@ -316,14 +317,14 @@ def test_bad_input_raises_before_any_query(name, case, digits_mlp):
     elif case == "nan":
         xx[0, 0] = math.nan
     with pytest.raises(ValueError):
-        A.run_attack(name, wrapped, xx, y[:2], box, **kw)
+        attacks.run_attack(name, wrapped, xx, y[:2], box, **kw)
     assert wrapped.calls == 0
 
 
 def test_unknown_attack_name():
     wrapped = Counting(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="unknown attack"):
-        A.run_attack("boundary", wrapped, torch.zeros(1, 2), None, (0.0, 1.0))
+        attacks.run_attack("boundary", wrapped, torch.zeros(1, 2), None, (0.0, 1.0))
     assert wrapped.calls == 0
 
 
@@ -331,11 +332,11 @@ def test_unknown_attack_name():
 def test_cuda(digits_mlp):
     m, x, y = digits_mlp
     mc = _copy(m).cuda()
-    r = A.tangent_attack(mc, x[:4].cuda(), y[:4].cuda(), (0.0, 1.0), T=10, progress=False)
+    r = attacks.tangent_attack(mc, x[:4].cuda(), y[:4].cuda(), (0.0, 1.0), T=10, progress=False)
     assert r.x_adv.is_cuda and r.success.all()
     with torch.no_grad():
         assert (mc(r.x_adv).argmax(1) != y[:4].cuda()).all()
-    f = A.fmn_attack(mc, x[:4].cuda(), y[:4].cuda(), (0.0, 1.0), steps=20)
+    f = attacks.fmn_attack(mc, x[:4].cuda(), y[:4].cuda(), (0.0, 1.0), steps=20)
     assert f.success.all()
 
 
@@ -343,13 +344,13 @@ def test_default_labels_are_predictions(digits_mlp):
     """y=None: the label to leave is the model's prediction, one counted query per sample."""
     m, x, y = digits_mlp
     wrapped = Counting(m)
-    r = A.hop_skip_jump(wrapped, x[:3], None, (0.0, 1.0), T=2, progress=False)
+    r = attacks.hop_skip_jump(wrapped, x[:3], None, (0.0, 1.0), T=2, progress=False)
     assert int(r.queries.sum()) == wrapped.rows
     with torch.no_grad():
         assert (m(r.x_adv).argmax(1) != y[:3]).all()
 
 
-@pytest.mark.parametrize("attack", [*BLACK_BOX, A.fmn_attack])
+@pytest.mark.parametrize("attack", [*BLACK_BOX, attacks.fmn_attack])
 def test_labels_of_wrong_length_type_or_range_are_rejected(attack, digits_mlp):
     """issue 12 item 6: a label outside the model's classes would make every point 'adversarial' (distance 0)."""
     m, x, y = digits_mlp
@@ -384,23 +385,23 @@ def test_pgd_reaches_the_linear_models_worst_case_margin():
         before = m(x).gather(1, y[:, None])[:, 0] - m(x).gather(1, k[:, None])[:, 0]
     expected = before - eps * (W[y] - W[k]).abs().sum(1)
     for start in (False, True):
-        r = A.pgd_linf(m, x, y, eps, BIG_BOX, steps=10, target=k, random_start=start, seed=1)
+        r = attacks.pgd_linf(m, x, y, eps, BIG_BOX, steps=10, target=k, random_start=start, seed=1)
         with torch.no_grad():
             after = m(r.x_adv).gather(1, y[:, None])[:, 0] - m(r.x_adv).gather(1, k[:, None])[:, 0]
         assert torch.allclose(after, expected, atol=1e-9)
         assert (r.x_adv - x).abs().max() <= eps + 1e-12 and r.success[after < 0].all()  # k overtook y
-    untargeted = A.pgd_linf(m, x, y, eps, BIG_BOX, steps=10)
+    untargeted = attacks.pgd_linf(m, x, y, eps, BIG_BOX, steps=10)
     assert (untargeted.x_adv - x).abs().max() <= eps + 1e-12
 
 
 def test_pgd_respects_the_box_and_rejects_bad_settings(digits_mlp):
     m, x, y = digits_mlp
-    r = A.pgd_linf(m, x, y, 0.3, (0.0, 1.0), steps=5)
+    r = attacks.pgd_linf(m, x, y, 0.3, (0.0, 1.0), steps=5)
     assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1 and (r.x_adv - x).abs().max() <= 0.3 + 1e-6
-    acc = A.robust_accuracy(m, x, y, 0.3, (0.0, 1.0), steps=5)
-    assert 0 <= acc <= A.robust_accuracy(m, x, y, 0.0, (0.0, 1.0), steps=1) <= 1  # ε = 0 is the clean accuracy
+    acc = attacks.robust_accuracy(m, x, y, 0.3, (0.0, 1.0), steps=5)
+    assert 0 <= acc <= attacks.robust_accuracy(m, x, y, 0.0, (0.0, 1.0), steps=1) <= 1  # ε = 0 is the clean accuracy
     for bad, match in (({"eps": -0.1}, "eps"), ({"eps": 1.5}, "eps"), ({"steps": 0}, "steps"),
                        ({"alpha": 0.0}, "alpha")):
         kwargs = {"eps": 0.1, **bad}
         with pytest.raises(ValueError, match=match):
-            A.pgd_linf(m, x, y, kwargs.pop("eps"), (0.0, 1.0), **kwargs)
+            attacks.pgd_linf(m, x, y, kwargs.pop("eps"), (0.0, 1.0), **kwargs)

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repspec_utils import authors, cache
+from repspec_utils.infra import cache
+from repspec_utils.infra.registry import OBJECTIVES
+from repspec_utils.method import penalties as authors
+from repspec_utils.method.penalties import make_penalty
 from repspec_utils.models import MLP, activation_derivative
-from repspec_utils.registry import OBJECTIVES
-from repspec_utils.train import TrainConfig, make_optimizer, make_penalty, train_step, validate
+from repspec_utils.training import TrainConfig, make_optimizer, train_step, validate
 
 
 def _net(seed=0, d_in=4, width=6):

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from repspec_utils import barlow, registry, train
+from repspec_utils import training
+from repspec_utils.defences import barlow
+from repspec_utils.infra import registry
 from repspec_utils.models import RepModel
-
 
 
 # -------------------------------------------------------------------------------------------------- loss
@@ -129,27 +130,27 @@ def test_view_pipelines_are_the_asymmetric_barlow_ones():
 def test_registered_with_the_trainer():
     assert registry.OBJECTIVES["barlow"] is barlow.barlow_objective
     assert "barlow" in registry.AUGMENTATIONS and registry.MODELS["barlow_resnet18"] is barlow.BarlowTwins
-    cfg = train.TrainConfig(dataset="cifar10_synthetic", model={"kind": "barlow_resnet18"}, objective="barlow",
+    cfg = training.TrainConfig(dataset="cifar10_synthetic", model={"kind": "barlow_resnet18"}, objective="barlow",
                             augment="barlow", method="rep", lam=0.01, epochs=2, burn_in=1)
-    train.validate(cfg)
-    model = train.make_model(cfg, None)
+    training.validate(cfg)
+    model = training.make_model(cfg, None)
     assert isinstance(model, barlow.BarlowTwins) and model.lambd == 0.005
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.slow  # ≈ 24 s on this session's 2-core AVX2 machine: the full default suite must stay under 20 min (issue note)
 def test_a_few_barlow_steps_on_the_synthetic_standin(tmp_path, monkeypatch):
-    import repspec_utils.transfer  # noqa: F401  (registers 'transfer_cifar10_synthetic': synthetic CIFAR resized)
+    import repspec_utils.defences.transfer  # noqa: F401  (registers 'transfer_cifar10_synthetic': synthetic CIFAR resized)
 
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "data"))
-    cfg = train.TrainConfig(dataset="transfer_cifar10_synthetic",
+    cfg = training.TrainConfig(dataset="transfer_cifar10_synthetic",
                             data_kwargs={"n_train": 48, "n_test": 10, "image_size": 16},
                             model={"kind": "barlow_resnet18"}, objective="barlow", augment="barlow",
                             method="rep", lam=0.01, lr=0.01, batch_size=24, epochs=2, burn_in=1, reg_every=2,
                             reg_epoch_end_step=True, spectral_mode="exact")
-    before = train.make_model(cfg, None).state_dict()
-    res = train.train(cfg, device="cpu", progress=False)
+    before = training.make_model(cfg, None).state_dict()
+    res = training.train(cfg, device="cpu", progress=False)
     assert "SYNTHETIC" in res.data_source
     h = res.history
     assert list(h.phase) == ["burn-in", "rep"] and h.train_loss.notna().all()
@@ -160,9 +161,9 @@ def test_a_few_barlow_steps_on_the_synthetic_standin(tmp_path, monkeypatch):
     assert not torch.equal(before["projector.weight"], after["projector.weight"])
     assert torch.equal(before["backbone.readout.weight"], after["backbone.readout.weight"])  # fc unused in SSL
     # downstream: a logistic-regression readout on the frozen features, as for every other model
-    from repspec_utils.evaluate import refit_readout
+    from repspec_utils.evaluation.refit import refit_readout
 
-    train_ds, test_ds = train.load_training_data(cfg)
+    train_ds, test_ds = training.load_training_data(cfg)
     refit, acc = refit_readout(res.model, train_ds, test_ds, max_iter=50)  # plumbing only: no need to converge
     assert refit.readout.out_features == 10 and 0 <= acc <= 1
     assert refit(test_ds.x).shape == (10, 10)

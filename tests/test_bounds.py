@@ -1,4 +1,4 @@
-"""Certified radii (repspec_utils.bounds) against exact references.
+"""Certified radii (repspec_utils.evaluation.bounds) against exact references.
 
 References: for an MLP with the identity activation, F is linear and Δx = min_k m_k/‖∇m_k‖ exactly (the local bound
 is tight there: ρ = 0); with W₁ a multiple of an orthogonal matrix the global bound is tight too. For any net, no
@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repspec_utils import bounds, evaluate
 from repspec_utils.attacks import fmn_attack
 from repspec_utils.data import get_data
+from repspec_utils.evaluation import bounds, robustness
 from repspec_utils.models import MLP, RefitModel, activation_derivative
 
 BIG_BOX = (-50.0, 50.0)
@@ -172,12 +172,12 @@ def test_refit_model_misclassified_samples_and_bad_input():
 
 def test_evaluate_robustness_adds_the_certified_radius_below_every_attack_distance():
     m, test = _digits_mlp(2)
-    table = evaluate.evaluate_robustness(m, test, n=40, attack="tangent", attack_kwargs={"T": 10}, progress=False)
-    assert evaluate.CERTIFIED in table.columns
+    table = robustness.evaluate_robustness(m, test, n=40, attack="tangent", attack_kwargs={"T": 10}, progress=False)
+    assert robustness.CERTIFIED in table.columns
     assert np.isfinite(table.certified_radius).all() and (table.certified_radius > 0).all()
     assert (table.certified_radius <= table.distance).all()
     deep = MLP(64, [16, 16], 10, init_std=0.5, seed=0)
-    table = evaluate.evaluate_robustness(deep, test, n=5, attack="fmn", attack_kwargs={"steps": 20}, progress=False)
+    table = robustness.evaluate_robustness(deep, test, n=5, attack="fmn", attack_kwargs={"steps": 20}, progress=False)
     assert table.certified_radius.isna().all()  # not a one-hidden-layer MLP: no certificate, said as NaN
 
 
@@ -202,7 +202,7 @@ def _models_table(cert_gain: float, attack_gain: float, noise: float = 0.0) -> "
                                                                       (1.05, 1.2, 0.01, "fails"),
                                                                       (1.1, 1.1, 0.3, "inconclusive")])
 def test_bound_claims_pair_the_gains_by_seed(cert_gain, attack_gain, noise, expected):
-    from repspec_utils import claims, tables
+    from repspec_utils.analysis import claims, tables
 
     models = _models_table(cert_gain, attack_gain, noise)
     gains = tables.bound_gains(models, "none")

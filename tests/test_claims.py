@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repspec_utils import claims
-from repspec_utils.claims import claims_table
+from repspec_utils.analysis import claims, results
+from repspec_utils.analysis.claims import claims_table
 
 # Student t 0.975 quantiles: 2 degrees of freedom in closed form, t = (2p − 1) / sqrt(2p(1 − p)); 3 from tables
 T975_DF2 = 0.95 / np.sqrt(2 * 0.975 * 0.025)  # 4.3027
@@ -224,7 +224,7 @@ def test_results_page_lists_each_produced_figure_with_its_claim_verdict_and_scal
                                                        "data_sources": ["generated: XOR"], "commit": "abc1234",
                                                        "date": "2026-12-04T14:00:00+00:00"})
     table = claims_table(tmp_path)
-    page = claims.results_markdown(tmp_path, table, link_root="figures")
+    page = results.results_markdown(tmp_path, table, link_root="figures")
     assert page.startswith("# Results") and "## Verdicts at a glance" in page
     section = page.split("### Fig 2 — XOR: mean adversarial distance", 1)[1].split("###", 1)[0]
     assert "![fig2_xor_distance](figures/fig2_xor_distance/fig2_xor_distance.png)" in section
@@ -235,7 +235,7 @@ def test_results_page_lists_each_produced_figure_with_its_claim_verdict_and_scal
 
 
 def test_only_a_run_into_the_committed_figures_publishes_repo_pages(tmp_path, monkeypatch):
-    from repspec_utils import notebook as nbk
+    from repspec_utils.infra import notebook as nbk
 
     monkeypatch.setattr(nbk, "REPO_ROOT", tmp_path)
     defaults = {**nbk.notebook_defaults("claims"), "profile": "cpu"}

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from repspec_utils import data as D
-from repspec_utils.data import cifar as DC, mnist as DM
+from repspec_utils.data import cifar as DC
+from repspec_utils.data import mnist as DM
 from repspec_utils.data.__main__ import main as data_main
 
 REPO = Path(__file__).resolve().parent.parent

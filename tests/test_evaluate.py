@@ -11,17 +11,15 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Counting
 from torch import nn
 
 from repspec_utils import attacks as A
-from repspec_utils import cache
-from repspec_utils import evaluate as E
 from repspec_utils.data import ArrayDataset, get_data
+from repspec_utils.evaluation import refit as evaluation_refit
+from repspec_utils.evaluation import robustness
+from repspec_utils.infra import cache
 from repspec_utils.models import MLP, RefitModel, RepModel
-from helpers import Counting
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +43,17 @@ def test_accuracy_and_predict(digits):
     m, _, test = digits
     with torch.no_grad():
         manual = (m(test.x).argmax(1) == test.y).double().mean().item()
-    assert E.accuracy(m, test, batch_size=37) == pytest.approx(manual, abs=1e-12)
-    assert torch.equal(E.predict(m, test.x, batch_size=50), m(test.x).argmax(1))
+    assert robustness.accuracy(m, test, batch_size=37) == pytest.approx(manual, abs=1e-12)
+    assert torch.equal(robustness.predict(m, test.x, batch_size=50), m(test.x).argmax(1))
     assert 0.8 < manual < 1.0  # some misclassified samples exist for the next test
 
 
 def test_robustness_table_attacks_only_correct_samples(digits):
     m, _, test = digits
-    df = E.evaluate_robustness(m, test, 10, seed=4, attack="tangent", attack_kwargs=dict(T=5), progress=False)
+    df = robustness.evaluate_robustness(m, test, 10, seed=4, attack="tangent", attack_kwargs=dict(T=5), progress=False)
     assert list(df.columns) == ["index", "label", "distance", "queries", "success", "attack", "certified_radius"]
     assert len(df) == 10 and (df.attack == "tangent").all() and df.success.all()
-    pred = E.predict(m, test.x)
+    pred = robustness.predict(m, test.x)
     idx = torch.tensor(df["index"].to_numpy())
     assert (pred[idx] == test.y[idx]).all()  # misclassified samples are never attacked
     assert (df.label.values == test.y[idx].numpy()).all()
@@ -67,17 +65,17 @@ def test_robustness_table_attacks_only_correct_samples(digits):
     assert (pred[perm[:12]] != test.y[perm[:12]]).sum() == 2
     assert np.isfinite(df.distance).all() and (df.distance > 0).all()
     # deterministic
-    df2 = E.evaluate_robustness(m, test, 10, seed=4, attack="tangent", attack_kwargs=dict(T=5), progress=False)
+    df2 = robustness.evaluate_robustness(m, test, 10, seed=4, attack="tangent", attack_kwargs=dict(T=5), progress=False)
     pd.testing.assert_frame_equal(df, df2)
 
 
 def test_misclassified_in_shuffle_are_skipped(digits):
     m, _, test = digits
-    pred = E.predict(m, test.x)
+    pred = robustness.predict(m, test.x)
     wrong = (pred != test.y).nonzero()[:, 0]
     assert wrong.numel() > 0
     n = int((pred == test.y).sum())
-    idx = E.select_correct(m, test, n, seed=1)
+    idx = robustness.select_correct(m, test, n, seed=1)
     assert set(idx.tolist()).isdisjoint(wrong.tolist()) and len(set(idx.tolist())) == n
 
 
@@ -87,15 +85,15 @@ def test_cache_reloads_instead_of_recomputing(digits, tmp_path, monkeypatch):
     key = {"model": "digits-mlp", "seed": 0}
     wrapped = Counting(m)
     kw = dict(T=3, max_queries=2000)
-    first = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=kw, cache_key=key, progress=False)
+    first = robustness.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=kw, cache_key=key, progress=False)
     assert list(tmp_path.rglob("*.pt"))
     wrapped.calls = wrapped.rows = 0
-    again = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=kw, cache_key=key, progress=False)
+    again = robustness.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=kw, cache_key=key, progress=False)
     pd.testing.assert_frame_equal(first, again)
     assert wrapped.calls == 1 and wrapped.rows <= 2  # only the output-shape check
     # the reloaded table reports the attack's original compute time, not the time the reload took
     assert first.attrs["seconds"] > 0 and again.attrs["seconds"] == first.attrs["seconds"]
-    other = E.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=dict(T=2), cache_key=key,
+    other = robustness.evaluate_robustness(wrapped, test, 4, attack="hsj", attack_kwargs=dict(T=2), cache_key=key,
                                   progress=False)
     assert wrapped.rows > 1000  # different kwargs: a different entry, recomputed
     assert (other.queries < first.queries).all()
@@ -103,14 +101,14 @@ def test_cache_reloads_instead_of_recomputing(digits, tmp_path, monkeypatch):
 
 def test_n_larger_than_correct_raises_before_attacking(digits, monkeypatch):
     m, _, test = digits
-    n_correct = int((E.predict(m, test.x) == test.y).sum())
+    n_correct = int((robustness.predict(m, test.x) == test.y).sum())
 
     def boom(*a, **k):
         raise AssertionError("attack must not run")
 
     monkeypatch.setitem(A.ATTACKS, "tangent", boom)
     with pytest.raises(ValueError, match=rf"n={n_correct + 1}.*only {n_correct} of {len(test)}"):
-        E.evaluate_robustness(m, test, n_correct + 1, progress=False)
+        robustness.evaluate_robustness(m, test, n_correct + 1, progress=False)
 
 
 def _duck(x, y, box):
@@ -135,7 +133,7 @@ def test_bad_input_raises_before_any_model_call(case):
     elif case == "n_zero":
         n = 0
     with pytest.raises(ValueError):
-        E.evaluate_robustness(model, ds, n, attack=attack, attack_kwargs=kw, progress=False)
+        robustness.evaluate_robustness(model, ds, n, attack=attack, attack_kwargs=kw, progress=False)
     assert model.calls == 0
 
 
@@ -149,7 +147,7 @@ def test_model_output_shape_checked_with_one_small_call(out):
     model = Counting(Bad())
     ds = _duck(torch.rand(6, 2), torch.zeros(6, dtype=torch.long), (0.0, 1.0))
     with pytest.raises(ValueError, match="logits"):
-        E.evaluate_robustness(model, ds, 2, progress=False)
+        robustness.evaluate_robustness(model, ds, 2, progress=False)
     assert model.calls == 1 and model.rows <= 2
 
 
@@ -194,9 +192,9 @@ def test_refit_readout(n_classes, standardize):
     before = copy.deepcopy(model.state_dict())
     grads = [p.requires_grad for p in model.parameters()]
     train, test = blobs(n_classes, 60, 0), blobs(n_classes, 40, 1)
-    refit, acc = E.refit_readout(model, train, test, C=1.0, standardize=standardize)
-    assert acc >= 0.95 and acc == pytest.approx(E.accuracy(refit, test))
-    assert E.accuracy(model, test) == pytest.approx(1 / n_classes)  # the old head was useless
+    refit, acc = evaluation_refit.refit_readout(model, train, test, C=1.0, standardize=standardize)
+    assert acc >= 0.95 and acc == pytest.approx(robustness.accuracy(refit, test))
+    assert robustness.accuracy(model, test) == pytest.approx(1 / n_classes)  # the old head was useless
     assert isinstance(refit, RepModel) and isinstance(refit.readout, nn.Linear)
     with torch.no_grad():
         assert torch.equal(refit(test.x), refit.readout(refit.features(test.x)))
@@ -218,15 +216,15 @@ def test_refit_readout(n_classes, standardize):
 def test_refit_model_is_attackable(digits):
     m, train, test = digits
     small_train = train.subset(slice(0, 600))
-    refit, acc = E.refit_readout(m, small_train, test, max_iter=300)
+    refit, acc = evaluation_refit.refit_readout(m, small_train, test, max_iter=300)
     assert isinstance(refit, RefitModel) and acc > 0.5
-    df = E.evaluate_robustness(refit, test, 3, attack="tangent", attack_kwargs=dict(T=3), progress=False)
+    df = robustness.evaluate_robustness(refit, test, 3, attack="tangent", attack_kwargs=dict(T=3), progress=False)
     assert df.success.all()
 
 
 def test_fmn_table(digits):
     m, _, test = digits
-    df = E.evaluate_robustness(m, test, 4, attack="fmn", attack_kwargs=dict(steps=30), progress=False)
+    df = robustness.evaluate_robustness(m, test, 4, attack="fmn", attack_kwargs=dict(steps=30), progress=False)
     assert (df.attack == "fmn").all() and df.success.all()
 
 
@@ -236,10 +234,10 @@ def test_compute_ledger_counts_cached_entries_once_and_every_uncached_attack(dig
     kw = dict(T=2, max_queries=500)
     cache.reset_compute()
     for _ in range(2):  # one cache entry, used twice: one ledger entry
-        E.evaluate_robustness(m, test, 2, attack="hsj", attack_kwargs=kw, cache_key={"m": 0}, progress=False)
+        robustness.evaluate_robustness(m, test, 2, attack="hsj", attack_kwargs=kw, cache_key={"m": 0}, progress=False)
     assert cache.compute_summary()["attack"]["entries"] == 1
     for _ in range(2):  # no cache key: computed on every call, each one counted
-        E.evaluate_robustness(m, test, 2, attack="hsj", attack_kwargs=kw, progress=False)
+        robustness.evaluate_robustness(m, test, 2, attack="hsj", attack_kwargs=kw, progress=False)
     row = cache.compute_summary()["attack"]
     assert row["entries"] == 3 and row["unrecorded"] == 0 and row["seconds"] > 0
 
@@ -253,7 +251,7 @@ def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identi
     m, _, test = digits
     kw = dict(n=12, seed=3, attack="tangent", attack_kwargs={"T": 3}, progress=False, chunk=5)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "whole"))
-    whole = E.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
+    whole = robustness.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "killed"))
     calls = []
     real = A.ATTACKS["tangent"]
@@ -266,18 +264,18 @@ def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identi
 
     monkeypatch.setitem(A.ATTACKS, "tangent", dies_on_the_second_piece)
     with pytest.raises(KeyboardInterrupt):
-        E.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
+        robustness.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
     assert len(list((tmp_path / "killed" / "attacks").glob("*.part0.pt"))) == 1  # the first piece is kept
     calls.clear()
     monkeypatch.setitem(A.ATTACKS, "tangent", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
-    resumed = E.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
+    resumed = robustness.evaluate_robustness(m, test, cache_key={"model": "digits"}, **kw)
     assert calls == [5, 2]  # pieces 1 and 2 only
     pd.testing.assert_frame_equal(resumed, whole)
     assert not list((tmp_path / "killed" / "attacks").glob("*.part*.pt"))  # pieces removed once the table is whole
     # n within one piece: the same key and the same table as before attacks were chunked (one call, the table's seed)
-    one = E.evaluate_robustness(m, test, 5, seed=3, attack="tangent", attack_kwargs={"T": 3}, progress=False)
+    one = robustness.evaluate_robustness(m, test, 5, seed=3, attack="tangent", attack_kwargs={"T": 3}, progress=False)
     rows = torch.as_tensor(one["index"].to_numpy(copy=True))
     direct = real(m, test.x[rows], test.y[rows],
                   test.box, T=3, seed=3, progress=False,
-                  pool=(test.x[E.predict(m, test.x) == test.y], test.y[E.predict(m, test.x) == test.y]))
+                  pool=(test.x[robustness.predict(m, test.x) == test.y], test.y[robustness.predict(m, test.x) == test.y]))
     assert np.allclose(one.distance.to_numpy(), direct.distance.double().numpy())

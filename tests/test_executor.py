@@ -4,7 +4,6 @@ submission, and the SLURM script carries the requested resources."""
 
 from __future__ import annotations
 
-
 import functools
 import os
 import signal
@@ -13,8 +12,11 @@ import time
 import pytest
 import torch
 
-from repspec_utils import cache, executor as X, recipes, tables
-from repspec_utils.train import TrainConfig, _phase_key, train
+from repspec_utils.experiments import recipes, run
+from repspec_utils.infra import cache
+from repspec_utils.infra import executor as X
+from repspec_utils.training import TrainConfig, train
+from repspec_utils.training.loop import phase_key
 
 BASE = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [16], "init": "torch"}, lr=0.3, batch_size=64,
                    epochs=3, burn_in=2, lam=0.05)
@@ -45,7 +47,7 @@ def _spy_jobs(monkeypatch) -> list[list]:
 def inline(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "inline"))
     results = recipes.train_all(CONFIGS, progress=False)
-    table = tables.robustness_table(results, n=3, attack_kwargs={"T": 2}, progress=False, certify=False)
+    table = run.robustness_table(results, n=3, attack_kwargs={"T": 2}, progress=False, certify=False)
     return results, table
 
 
@@ -57,7 +59,7 @@ def test_executors_match_inline_bit_for_bit(name, inline, tmp_path, monkeypatch)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / name))
     got = recipes.train_all(CONFIGS[:k], progress=False, executor=name, max_workers=2, recompute=True)
     _same(ref[:k], got)
-    table = tables.robustness_table(got, n=3, attack_kwargs={"T": 2}, progress=False, certify=False, executor=name,
+    table = run.robustness_table(got, n=3, attack_kwargs={"T": 2}, progress=False, certify=False, executor=name,
                                     max_workers=2)
     # training: debug runs jobs one at a time, so a job per seed; local has one seed for 2 workers, so its two
     # branches are jobs (split_branches auto); then an attack job per model
@@ -163,7 +165,7 @@ def _killed_job_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "run"))
     ex = X.make_submitit_executor("local", tmp_path / "jobs" / "%j", {})
     job = X.submit(ex, functools.partial(train, cfg, progress=False, checkpoint_every_s=0), (), 1)
-    resume = cache.cache_root() / "train" / _phase_key(cfg, "base") / "resume.pt"
+    resume = cache.cache_root() / "train" / phase_key(cfg, "base") / "resume.pt"
     deadline = time.monotonic() + 120
     while not resume.exists() and time.monotonic() < deadline and not job.done():
         time.sleep(0.05)
@@ -172,7 +174,7 @@ def _killed_job_resumes(tmp_path, monkeypatch):
         time.sleep(0.05)
     assert resume.exists(), (f"no checkpoint before the job ended (state {job.state}); its stdout: "
                              f"{(job.stdout() or '')[-1500:]!r}; its stderr: {(job.stderr() or '')[-3000:]!r}")
-    assert not (cache.cache_root() / "train" / _phase_key(cfg, "final") / "final.pt").exists()
+    assert not (cache.cache_root() / "train" / phase_key(cfg, "final") / "final.pt").exists()
     got = recipes.train_all([cfg], progress=False, executor="local")
     _same([ref], got)
 
@@ -257,7 +259,7 @@ def test_slurm_script_has_the_requested_resources(tmp_path, monkeypatch):
 def test_a_notebooks_parameter_sets_the_process_default(monkeypatch):
     """A notebook's `executor` parameter wins over $REPSPEC_EXECUTOR for the calls that do not name one; its
     `max_workers` becomes the cap; a bad value is a ParameterError from the first cell."""
-    from repspec_utils import notebook
+    from repspec_utils.infra import notebook
 
     monkeypatch.setenv("REPSPEC_EXECUTOR", "local")
     monkeypatch.setattr(X, "DEFAULT_MAX_WORKERS", None)
@@ -276,10 +278,10 @@ def test_xor_attack_jobs_use_the_batched_models(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "xor"))
     configs = recipes.xor_configs(widths=[3], seeds=[400], weight_decays=[0.0], epochs=300, burn_in=200)
     results = recipes.train_all(configs, progress=False, executor="debug")
-    ref = tables.robustness_table(results, attack_kwargs={"T": 3}, progress=False, certify=False)
+    ref = run.robustness_table(results, attack_kwargs={"T": 3}, progress=False, certify=False)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "xor2"))
     results2 = recipes.train_all(configs, progress=False)
-    got = tables.robustness_table(results2, attack_kwargs={"T": 3}, progress=False, certify=False, executor="debug")
+    got = run.robustness_table(results2, attack_kwargs={"T": 3}, progress=False, certify=False, executor="debug")
     assert got.equals(ref)
 
 
@@ -290,7 +292,7 @@ def test_jobs_never_submit_jobs(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_EXECUTOR", "debug")
     calls = _spy_jobs(monkeypatch)
     results = recipes.train_all(CONFIGS[:2], progress=False)
-    tables.robustness_table(results, n=2, attack_kwargs={"T": 1}, progress=False, certify=False)
+    run.robustness_table(results, n=2, attack_kwargs={"T": 1}, progress=False, certify=False)
     assert [len(c) for c in calls] == [1, 2]  # one training job (a seed), two attack jobs: nothing nested
     assert X.resolve_executor(None) == "debug"
 
@@ -299,14 +301,14 @@ def test_rerun_submits_only_the_attacks_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "att"))
     results = recipes.train_all(CONFIGS[:2], progress=False)
     kw = dict(n=3, attack_kwargs={"T": 2}, progress=False, certify=False)
-    tables.robustness_table(results[:1], **kw)  # the first model's table is cached
-    tables.robustness_table(results[:1], readout="refit", **kw)
+    run.robustness_table(results[:1], **kw)  # the first model's table is cached
+    run.robustness_table(results[:1], readout="refit", **kw)
     calls = _spy_jobs(monkeypatch)
     for readout in ("original", "refit"):
-        tables.robustness_table(results, executor="debug", readout=readout, **kw)
+        run.robustness_table(results, executor="debug", readout=readout, **kw)
     submitted = [j.name for c in calls for j in c]
     assert submitted == ["attack rep seed 0 (original)", "attack rep seed 0 (refit)"]
-    tables.robustness_table(results, executor="debug", **kw)
+    run.robustness_table(results, executor="debug", **kw)
     assert len([j for c in calls for j in c]) == 2  # everything cached now: nothing submitted
 
 
@@ -316,11 +318,11 @@ def test_mnist_subset_debug_matches_inline(tmp_path, monkeypatch):
     cfgs = [c.replace(dataset="mnist", n_train=500, batch_size=100) for c in CONFIGS[:2]]
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "m1"))
     ref = recipes.train_all(cfgs, progress=False)
-    ref_table = tables.robustness_table(ref, n=2, attack_kwargs={"T": 2}, progress=False, certify=False)
+    ref_table = run.robustness_table(ref, n=2, attack_kwargs={"T": 2}, progress=False, certify=False)
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "m2"))
     got = recipes.train_all(cfgs, progress=False, executor="debug")
     _same(ref, got)
-    assert tables.robustness_table(got, n=2, attack_kwargs={"T": 2}, progress=False, certify=False,
+    assert run.robustness_table(got, n=2, attack_kwargs={"T": 2}, progress=False, certify=False,
                                    executor="debug").equals(ref_table)
 
 
@@ -330,25 +332,25 @@ def test_whitebox_jobs_match_inline_and_submit_only_what_is_missing(tmp_path, mo
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "wb"))
     results = recipes.train_all(CONFIGS[:2], progress=False)
     kw = dict(eps=[0.05, 0.2], n=40, pgd_steps=3)
-    ref = {ro: tables.whitebox_table(results, readout=ro, **kw) for ro in ("original", "refit")}
+    ref = {ro: run.whitebox_table(results, readout=ro, **kw) for ro in ("original", "refit")}
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "wb2"))
-    tables.whitebox_table(results[:1], **kw)  # the first model's original-readout values are cached
+    run.whitebox_table(results[:1], **kw)  # the first model's original-readout values are cached
     calls = _spy_jobs(monkeypatch)
-    got = {ro: tables.whitebox_table(results, readout=ro, executor="debug", progress=False, **kw)
+    got = {ro: run.whitebox_table(results, readout=ro, executor="debug", progress=False, **kw)
            for ro in ("original", "refit")}
     assert [j.name for c in calls for j in c] == ["white-box rep seed 0 (original)", "white-box none seed 0 (refit)",
                                                   "white-box rep seed 0 (refit)"]
     for ro in ref:
         assert got[ro].equals(ref[ro])
     assert got["original"]["pgd_acc_eps=0.2"].le(got["original"]["pgd_acc_eps=0.05"]).all()
-    tables.whitebox_table(results, readout="refit", executor="debug", progress=False, **kw)
+    run.whitebox_table(results, readout="refit", executor="debug", progress=False, **kw)
     assert len([j for c in calls for j in c]) == 3  # everything cached now: nothing submitted
 
 
 _RUNNER = r'''
 import os, sys, time
 from pathlib import Path
-from repspec_utils import executor as X
+from repspec_utils.infra import executor as X
 
 def job(path):
     Path(path).write_text(str(os.getpid()))

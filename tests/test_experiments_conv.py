@@ -8,11 +8,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from repspec_utils import recipes as R  # noqa: E402
-from repspec_utils import tables as E  # noqa: E402
-from repspec_utils import plotting as PL  # noqa: E402
-from repspec_utils import train  # noqa: E402
-from repspec_utils.train import TrainConfig  # noqa: E402
+from repspec_utils import training
+from repspec_utils.analysis import plotting as PL
+from repspec_utils.analysis import tables
+from repspec_utils.experiments import recipes as R
+from repspec_utils.experiments import run
+from repspec_utils.training import TrainConfig, loop
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -35,7 +36,7 @@ def test_cifar_data_routes_sizes_and_subsets():
 def test_synthetic_cifar_through_the_configs_is_labelled(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "data"))
     cfg = R.cifar_configs("cifar10_synthetic", seeds=[0], image_size=16, n_train=20, n_test=10)[0]
-    train_ds, test_ds = train.load_training_data(cfg)
+    train_ds, test_ds = training.load_training_data(cfg)
     assert train_ds.x.shape == (20, 3, 16, 16) and test_ds.x.shape == (10, 3, 16, 16)
     assert train_ds.synthetic and test_ds.synthetic and train_ds.source.startswith("SYNTHETIC STAND-IN")
 
@@ -45,7 +46,7 @@ def test_cifar_configs_follow_the_recipe():
     cfgs = R.cifar_configs(seeds=[0, 1], weight_decays=[0.0, 1e-4])
     assert len(cfgs) == 2 * 2 * 4  # weight decays x seeds x (None, ll, rep, rep on 2 stages)
     for c in cfgs:
-        train.validate(c)
+        training.validate(c)
         assert c.model == {"kind": "cifar_resnet18"} and c.augment == "cifar" and c.dataset == "cifar10"
         assert (c.lr, c.batch_size, c.epochs, c.burn_in, c.reg_every) == (0.01, 1024, 200, 160, 24)
         assert c.reg_epoch_end_step and c.lr_schedule == "constant"
@@ -53,14 +54,14 @@ def test_cifar_configs_follow_the_recipe():
     assert lam == {("none", None): 0.0, ("ll", None): 0.005, ("rep", None): 0.01, ("rep", 2): 0.01}
     # every method of one seed and weight decay branches from the same burn-in checkpoint
     same = [c for c in cfgs if c.seed == 1 and c.weight_decay == 1e-4]
-    assert len({train._phase_key(c, "base", "data") for c in same}) == 1 and len({train._phase_key(c, "final", "data") for c in same}) == 4
+    assert len({loop.phase_key(c, "base", "data") for c in same}) == 1 and len({loop.phase_key(c, "final", "data") for c in same}) == 4
 
 
 def test_barlow_configs():
     cfgs = R.barlow_configs(seeds=[3], lams=[0.01, 0.001])
     assert [(c.method, c.lam) for c in cfgs] == [("none", 0.0), ("rep", 0.01), ("rep", 0.001)]
     for c in cfgs:
-        train.validate(c)
+        training.validate(c)
         assert c.objective == "barlow" and c.model["kind"] == "barlow_resnet18" and c.seed == 3
         assert (c.epochs, c.burn_in, c.batch_size, c.reg_every, c.reg_epoch_end_step) == (1000, 900, 1024, 24, True)
 
@@ -103,9 +104,9 @@ def _table(rows):
 
 
 def test_settings_carry_method_kwargs_only_when_given():
-    plain = E.settings(TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [4]}, method="rep", lam=0.1))
+    plain = run.settings(TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [4]}, method="rep", lam=0.1))
     assert "method_kwargs" not in plain
-    l2sp = E.settings(TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [4]}, method="l2sp", lam=1.0,
+    l2sp = run.settings(TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [4]}, method="l2sp", lam=1.0,
                                   method_kwargs={"beta": 0.01, "alpha": 0.1}))
     assert l2sp["method_kwargs"] == "alpha=0.1, beta=0.01"
 
@@ -113,19 +114,19 @@ def test_settings_carry_method_kwargs_only_when_given():
 def test_method_setting_keys():
     t = _table([("none", 0.0, -1, None), ("ll", 0.005, -1, None), ("rep", 0.01, -1, None), ("rep", 0.01, 2, None),
                 ("rep", 0.01, 0, None)])
-    assert E.method_setting(t).tolist() == ["none", "ll", "rep", "rep_stages2", "rep_stages0"]
-    assert E.method_setting(t, unit="layer").tolist() == ["none", "ll", "rep", "rep2", "rep"]
-    assert E.method_setting(t, strengths="always").tolist() == \
+    assert tables.method_setting(t).tolist() == ["none", "ll", "rep", "rep_stages2", "rep_stages0"]
+    assert tables.method_setting(t, unit="layer").tolist() == ["none", "ll", "rep", "rep2", "rep"]
+    assert tables.method_setting(t, strengths="always").tolist() == \
         ["none", "ll λ=0.005", "rep λ=0.01", "rep_stages2 λ=0.01", "rep_stages0 λ=0.01"]
     t = _table([("none", 0.0, -1, None), ("rep", 0.01, -1, None), ("rep", 0.001, -1, None),
                 ("l2sp", 1.0, -1, "alpha=0.1, beta=0.01"), ("l2sp", 1.0, -1, "alpha=0.01, beta=0.01"),
                 ("bss", 0.01, -1, None), ("ll", 0.01, -1, None)])
-    assert E.method_setting(t).tolist() == ["none", "rep λ=0.01", "rep λ=0.001", "l2sp α=0.1 β=0.01",
+    assert tables.method_setting(t).tolist() == ["none", "rep λ=0.01", "rep λ=0.001", "l2sp α=0.1 β=0.01",
                                             "l2sp α=0.01 β=0.01", "bss", "ll"]
-    assert E.method_setting(t, strengths="always")[5] == "bss η=0.01"
-    assert E.method_setting(t, strengths="never").tolist() == ["none", "rep", "rep", "l2sp", "l2sp", "bss", "ll"]
+    assert tables.method_setting(t, strengths="always")[5] == "bss η=0.01"
+    assert tables.method_setting(t, strengths="never").tolist() == ["none", "rep", "rep", "l2sp", "l2sp", "bss", "ll"]
     with pytest.raises(ValueError):
-        E.method_setting(t, strengths="some")
+        tables.method_setting(t, strengths="some")
 
 
 def test_plotting_reads_variant_keys():
@@ -163,14 +164,14 @@ def test_l2sp_strengths_stay_separate_models(tmp_path, monkeypatch):
                        batch_size=64, epochs=2, burn_in=1)
     cfgs = [base, *[base.replace(method="l2sp", lam=1.0, method_kwargs={"alpha": a, "beta": 0.01}) for a in (1.0, 0.1)]]
     results = R.train_all(cfgs, progress=False, device="cpu")
-    samples = E.robustness_table(results, n=2, attack_kwargs={"T": 2, "init_probes": 10}, progress=False)
-    models = E.per_model(samples)
+    samples = run.robustness_table(results, n=2, attack_kwargs={"T": 2, "init_probes": 10}, progress=False)
+    models = tables.per_model(samples)
     assert len(models) == 3 and sorted(models.method_kwargs.fillna("")) == ["", "alpha=0.1, beta=0.01",
                                                                             "alpha=1, beta=0.01"]
     assert models.data_source.notna().all() and models.data_source.nunique() == 1
-    variants = E.method_setting(models)
+    variants = tables.method_setting(models)
     assert sorted(variants) == ["l2sp α=0.1 β=0.01", "l2sp α=1 β=0.01", "none"]
-    assert (E.attacked_predictions(results, samples) == samples.label.to_numpy()).all()
+    assert (run.attacked_predictions(results, samples) == samples.label.to_numpy()).all()
 
 
 def _fig_models(spec):
@@ -184,7 +185,7 @@ def _fig_models(spec):
 
 
 def test_claims_compare_rep_with_none_and_every_baseline(tmp_path):
-    from repspec_utils.claims import claims_table
+    from repspec_utils.analysis.claims import claims_table
 
     fig6 = tmp_path / "fig6_cifar_resnet"  # ll and rep at different λ, None at 0: ll's only λ is used
     fig6.mkdir()

@@ -14,13 +14,13 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from repspec_utils import cache  # noqa: E402
-from repspec_utils import recipes as R  # noqa: E402
-from repspec_utils import tables as E  # noqa: E402
-from repspec_utils import geometry as G  # noqa: E402
-from repspec_utils import plotting as PL  # noqa: E402
-from repspec_utils.models import MLP  # noqa: E402
-from repspec_utils.train import TrainConfig, TrainResult, load_training_data  # noqa: E402
+from repspec_utils.analysis import plotting as PL
+from repspec_utils.analysis import tables as analysis_tables
+from repspec_utils.evaluation import geometry as G
+from repspec_utils.experiments import run
+from repspec_utils.infra import cache
+from repspec_utils.models import MLP
+from repspec_utils.training import TrainConfig, TrainResult, load_training_data
 
 
 @pytest.fixture(autouse=True)
@@ -131,20 +131,20 @@ def _xor_result(method: str = "none", seed: int = 0) -> TrainResult:
 
 def test_attacked_predictions_original_and_refit():
     results = [_xor_result("none"), _xor_result("rep")]
-    tables = [E.robustness_table(results, n=None, attack_kwargs={"T": 2}, readout=ro) for ro in ("original", "refit")]
+    tables = [run.robustness_table(results, n=None, attack_kwargs={"T": 2}, readout=ro) for ro in ("original", "refit")]
     table = pd.concat(tables, ignore_index=True)
-    pred = E.attacked_predictions(results, table)
+    pred = run.attacked_predictions(results, table)
     assert pred.shape == (len(table),) and (pred >= 0).all()
     assert (pred == table["label"].to_numpy()).all()
     assert (table[table.readout == "original"].groupby("method").size() == 4).all()
     # a wrong label is seen: the predictions come from the models, not from the table
     bad = table.assign(label=1 - table["label"])
-    assert (E.attacked_predictions(results, bad) != bad["label"].to_numpy()).all()
+    assert (run.attacked_predictions(results, bad) != bad["label"].to_numpy()).all()
 
 
 def test_history_table():
     results = [_xor_result(m, s) for m in ("none", "rep") for s in (0, 1)]
-    h = E.history_table(results)
+    h = run.history_table(results)
     assert len(h) == 8 and {"method", "seed", "epoch", "phase", "sigma_0", "sigma_1", "lam", "burn_in"} <= set(h.columns)
     assert (h.groupby(["method", "seed"]).size() == 2).all()
 
@@ -165,15 +165,15 @@ def test_sigma_trace_tracks_the_exact_norm():
     cfg = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [32]}, method="ll", lam=1e-3, lr=0.1,
                       batch_size=128, seed=0, n_power_iter=1)
     cache.reset_compute()
-    trace = E.sigma_trace(cfg, 12)
+    trace = run.sigma_trace(cfg, 12)
     assert cache.compute_summary()["sigma-trace"]["entries"] == 1  # timed for the footer
     assert len(trace) == 12 * 2 and sorted(trace.layer.unique()) == [0, 1] and (trace.method == "ll").all()
     assert (trace.sigma_power <= trace.sigma_exact * (1 + 1e-5)).all()
     assert (trace[trace.step == 0].rel_error.abs() < 1e-5).all()  # warm start from a converged power iteration
-    many = E.sigma_trace(cfg.replace(n_power_iter=200, method="rep"), 5)
+    many = run.sigma_trace(cfg.replace(n_power_iter=200, method="rep"), 5)
     assert len(many) == 5 and (many.rel_error.abs() < 1e-5).all()
     with pytest.raises(ValueError, match="spectral method"):
-        E.sigma_trace(cfg.replace(method="none"), 2)
+        run.sigma_trace(cfg.replace(method="none"), 2)
 
 
 def test_sigma_trace_from_a_given_model_leaves_it_untouched():
@@ -181,13 +181,13 @@ def test_sigma_trace_from_a_given_model_leaves_it_untouched():
                       batch_size=64, seed=1)
     model = MLP(64, [16], 10, seed=3)
     before = [p.detach().clone() for p in model.parameters()]
-    trace = E.sigma_trace(cfg, 3, model=model)
+    trace = run.sigma_trace(cfg, 3, model=model)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert trace.sigma_exact.iloc[0] == pytest.approx(torch.linalg.matrix_norm(model.hidden[0].weight, 2).item(), rel=1e-6)
 
 
 def test_conv_sigma_table_against_explicit_matrix():
-    conv = E.conv_sigma_table([[2, 3, 3, 1, 6], [3, 4, 3, 2, 8], [16, 16, 3, 1, 16]])
+    conv = run.conv_sigma_table([[2, 3, 3, 1, 6], [3, 4, 3, 2, 8], [16, 16, 3, 1, 16]])
     assert list(conv.stride) == [1, 2, 1] and conv.sigma_dense.isna().tolist() == [False, False, True]
     assert (conv.rel_error.abs() < 1e-4).all()
     dense = conv.dropna(subset=["sigma_dense"])
@@ -208,17 +208,17 @@ def _digits_results(width: int = 80):
 
 def test_digit_indices():
     _, test = load_training_data(TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [8]}))
-    idx = E.digit_indices(test, (7, 6, 1))
+    idx = run.digit_indices(test, (7, 6, 1))
     assert [int(test.y[i]) for i in idx] == [7, 6, 1]
     assert all((test.y[:i] != c).all() for i, c in zip(idx, (7, 6, 1)))  # the first of each class
     with pytest.raises(ValueError, match="class 11"):
-        E.digit_indices(test, (11,))
+        run.digit_indices(test, (11,))
 
 
 def test_metric_plane_table_and_summary():
     results = _digits_results()
     cache.reset_compute()
-    plane = E.metric_plane_table(results, n=4, n_edge=3)
+    plane = run.metric_plane_table(results, n=4, n_edge=3)
     timed = cache.compute_summary()["metric"]  # the footer's 'metric … (3 models)'
     assert timed["entries"] == 3 and timed["unrecorded"] == 0 and timed["seconds"] > 0
     assert len(plane) == 3 * (16 + 9) and set(plane.part) == {"grid", "edge"}
@@ -228,13 +228,13 @@ def test_metric_plane_table_and_summary():
     assert edge.position.tolist() == pytest.approx([0, 0.5, 1, 1, 1.5, 2, 2, 2.5, 3])
     # the same numbers as the singular values of the autograd Jacobian at those points (float64)
     _, test = load_training_data(results[0].config)
-    x1, x2, x3 = (test.x[i] for i in E.digit_indices(test))
+    x1, x2, x3 = (test.x[i] for i in run.digit_indices(test))
     pts = G.digit_plane(x1, x2, x3, n=4).points
     sv = torch.linalg.svdvals(G.feature_jacobian(copy.deepcopy(results[0].model).double(), pts.double()))
     grid = plane[(plane.part == "grid") & (plane.method == "none")]
     np.testing.assert_allclose(grid.lambda_max, (sv[:, 0] ** 2).numpy(), rtol=1e-6)
     np.testing.assert_allclose(grid.log_volume, sv.log().sum(-1).numpy(), rtol=1e-6)
-    summary = E.metric_plane_summary(plane)
+    summary = analysis_tables.metric_plane_summary(plane)
     assert sorted(summary.method) == ["ll", "none", "rep"] and (summary.n_seeds == 1).all()
     row = summary.set_index("method").loc["none"]
     assert row.lambda_max_mean_plane == pytest.approx(grid.lambda_max.mean())
@@ -244,5 +244,5 @@ def test_metric_plane_table_and_summary():
 
 
 def test_metric_plane_narrow_features_give_minus_inf_volume():
-    plane = E.metric_plane_table(_digits_results(width=20)[:1], n=3, n_edge=2)
+    plane = run.metric_plane_table(_digits_results(width=20)[:1], n=3, n_edge=2)
     assert np.isneginf(plane.log_volume).all() and np.isfinite(plane.lambda_max).all()

@@ -10,12 +10,13 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from repspec_utils import recipes as R  # noqa: E402
-from repspec_utils import tables as E  # noqa: E402
-from repspec_utils import geometry as G  # noqa: E402
-from repspec_utils import plotting as PL  # noqa: E402
-from repspec_utils.models import MLP  # noqa: E402
-from repspec_utils.train import TrainConfig, TrainResult  # noqa: E402
+from repspec_utils.analysis import plotting as PL
+from repspec_utils.analysis import tables
+from repspec_utils.evaluation import geometry as G
+from repspec_utils.experiments import recipes as R
+from repspec_utils.experiments import run
+from repspec_utils.models import MLP
+from repspec_utils.training import TrainConfig, TrainResult
 
 
 @pytest.fixture(autouse=True)
@@ -33,11 +34,11 @@ def _result(method: str, seed: int, width: int = 5) -> TrainResult:
 
 def test_method_variant():
     table = pd.DataFrame({"method": ["none", "ll", "rep", "rep", "rep"], "max_layer": [-1, -1, -1, 1, 2]})
-    assert E.method_variant(table).tolist() == ["none", "ll", "rep", "rep1", "rep2"]
+    assert tables.method_variant(table).tolist() == ["none", "ll", "rep", "rep1", "rep2"]
     assert PL.method_order(["rep", "rep2", "none", "rep1", "ll"]) == ["none", "ll", "rep1", "rep2", "rep"]
     assert PL.method_label("rep1") == "rep-spectral (layer 1)" and PL.method_color("rep2") != PL.method_color("rep")
     ub = pd.DataFrame({"method": ["rep_ub", "rep_ub", "ll_readout"], "max_layer": [-1, 2, -1]})
-    assert E.method_variant(ub).tolist() == ["rep_ub", "rep_ub2", "ll_readout"]  # the authors' rep, ablated too
+    assert tables.method_variant(ub).tolist() == ["rep_ub", "rep_ub2", "ll_readout"]  # the authors' rep, ablated too
     assert PL.method_label("rep_ub2").endswith("(layers 1–2)") and PL.method_label("rep_ub") != PL.method_label("rep")
 
 
@@ -64,9 +65,9 @@ def test_torch_default_init_matches_nn_linear():
 def test_sin_deep_inits_are_separate_models():
     cfgs = R.sin_configs(widths=[[8], [8, 8, 8]], seeds=[0], methods=["none", "rep"], deep_ablation=[1],
                          deep_inits=["normal", "torch"], epochs=4, burn_in=2)
-    widths = [E.settings(c)["width"] for c in cfgs]
+    widths = [run.settings(c)["width"] for c in cfgs]
     assert widths.count("8") == 2 and widths.count("8-8-8") == 3 and widths.count("8-8-8 (torch init)") == 3
-    from repspec_utils import cache
+    from repspec_utils.infra import cache
     torch_cfg = next(c for c in cfgs if c.model.get("init") == "torch")
     normal_cfg = next(c for c in cfgs if c.model["widths"] == [8, 8, 8] and "init" not in c.model
                       and c.method == torch_cfg.method and c.max_layer == torch_cfg.max_layer)
@@ -88,7 +89,7 @@ def test_field_table_matches_autograd():
     """Closed-form log √det g and λ_max(g) against autograd on Φ; margin against the logits."""
     r = _result("rep", 3)
     pts = torch.randn(7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
-    t = E.field_table([r], pts)
+    t = run.field_table([r], pts)
     model = r.model.double()
     assert list(t.columns[-5:]) == ["x1", "x2", "margin", "log_volume", "lambda_max"]
     assert (t.method == "rep").all() and (t.seed == 3).all() and len(t) == 7
@@ -97,12 +98,12 @@ def test_field_table_matches_autograd():
     logits = model(pts).detach()
     np.testing.assert_allclose(t.margin, (logits[:, 1] - logits[:, 0]).numpy(), rtol=1e-10)
     assert (np.log(t.lambda_max) >= t.log_volume).all()  # λ_max ≥ √(λ_1 λ_2) = √det g
-    assert "log_volume" not in E.field_table([r], pts, metric=False).columns
+    assert "log_volume" not in run.field_table([r], pts, metric=False).columns
 
 
 def test_grid_table_order_and_maps():
     results = [_result(m, 1) for m in ("rep", "none", "ll")]
-    grid = E.grid_table(results, lim=1.5, n=6)
+    grid = run.grid_table(results, lim=1.5, n=6)
     xx, yy, _ = G.grid_2d(1.5, 6)
     assert len(grid) == 3 * 36
     one = grid[grid.method == "ll"]
@@ -136,8 +137,8 @@ def test_attack_summary_keeps_failed_models():
     rows += [dict(base, method="rep", seed=2, label=0, distance=np.inf, success=False, test_acc=0.5)] * 2
     rows += [dict(base, method="ll", seed=1, label=0, distance=d, success=s, test_acc=0.5)
              for d, s in [(0.2, True), (np.inf, False)]]
-    out = E.attack_summary(pd.DataFrame(rows)).set_index(["method", "seed"])
-    assert len(out) == 3 and len(E.per_model(pd.DataFrame(rows))) == 2
+    out = tables.attack_summary(pd.DataFrame(rows)).set_index(["method", "seed"])
+    assert len(out) == 3 and len(tables.per_model(pd.DataFrame(rows))) == 2
     assert out.loc[("rep", 1), ["n_attacked", "n_failed", "n_labels"]].tolist() == [2, 0, 2]
     assert out.loc[("rep", 1), "mean_distance"] == pytest.approx(0.6)
     assert out.loc[("rep", 2), "n_failed"] == 2 and np.isnan(out.loc[("rep", 2), "mean_distance"])
@@ -165,5 +166,5 @@ def test_robustness_table_refuses_more_samples_than_are_correct(tmp_path, monkey
                      == torch.tensor([0, 0, 1, 1])).sum())
     assert 0 < n_correct < 4
     with pytest.raises(ValueError, match=rf"n={n_correct + 1} .* only {n_correct} of its 4 test samples"):
-        E.robustness_table([r], n=n_correct + 1, attack_kwargs={"T": 1}, progress=False)
-    assert len(E.robustness_table([r], n=None, attack_kwargs={"T": 1}, progress=False)) == n_correct
+        run.robustness_table([r], n=n_correct + 1, attack_kwargs={"T": 1}, progress=False)
+    assert len(run.robustness_table([r], n=None, attack_kwargs={"T": 1}, progress=False)) == n_correct

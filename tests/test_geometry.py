@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from repspec_utils import geometry as G
-from repspec_utils.models import BatchedMLP, MLP
+from repspec_utils.evaluation import geometry as G
+from repspec_utils.models import MLP, BatchedMLP
 
 torch.set_num_threads(1)
 

@@ -1,9 +1,9 @@
 """Packaging: environment.yml and pyproject.toml agree; the torch/torchvision pair imports and runs a model."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent

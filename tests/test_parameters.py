@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from repspec_utils import notebook as nbk
-from repspec_utils import parameters
-from repspec_utils import reproduce as rp
+from repspec_utils.infra import notebook as nbk
+from repspec_utils.infra import parameters
+from repspec_utils.infra import runner as rp
 
 BAD = [("n_attack", 0), ("attack_T", -1), ("T", -1), ("attack_probes", 0), ("seeds", []), ("seeds", [0, 0]),
        ("widths", []), ("lams", []), ("weight_decays", [-1e-4]), ("grid_n", 0), ("eps", -0.1), ("lim", 0.0),

@@ -11,8 +11,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from repspec_utils import geometry as G  # noqa: E402
-from repspec_utils import plotting as P  # noqa: E402
+from repspec_utils.analysis import plotting
+from repspec_utils.evaluation import geometry as G
+from repspec_utils.infra import provenance
 
 
 @pytest.fixture(autouse=True)
@@ -26,37 +27,37 @@ INFO = {"profile": "cpu", "seeds": [400, 401, 402, 403, 404], "epochs": 15000, "
 
 
 def test_method_names_and_colours():
-    assert [P.method_label(m) for m in P.METHOD_ORDER] == ["None", "ll-spectral", "rep-spectral"]
-    assert P.method_label("rep-spectral") == "rep-spectral" and P.method_label("other") == "other"
-    assert len({P.METHOD_COLORS[m] for m in P.METHOD_ORDER}) == 3
-    assert P.method_color("ll-spectral") == P.METHOD_COLORS["ll"]
-    assert P.method_order(["rep", "none", "bss", "ll", "l2sp"]) == ["none", "l2sp", "bss", "ll", "rep"]
+    assert [plotting.method_label(m) for m in plotting.METHOD_ORDER] == ["None", "ll-spectral", "rep-spectral"]
+    assert plotting.method_label("rep-spectral") == "rep-spectral" and plotting.method_label("other") == "other"
+    assert len({plotting.METHOD_COLORS[m] for m in plotting.METHOD_ORDER}) == 3
+    assert plotting.method_color("ll-spectral") == plotting.METHOD_COLORS["ll"]
+    assert plotting.method_order(["rep", "none", "bss", "ll", "l2sp"]) == ["none", "l2sp", "bss", "ll", "rep"]
 
 
 def test_footer_contains_every_field():
-    text = P.footer_text({**INFO, "lambda": 1e-3})
+    text = plotting.footer_text({**INFO, "lambda": 1e-3})
     for label in ("profile: cpu", "seeds: 400–404 (n=5)", "epochs: 15000", "attacked samples: 1000",
                   "data: MNIST (yann.lecun.com mirror, md5 ok)", "commit: abc1234", "lambda: 0.001"):
         assert label in text
-    sparse = P.footer_text({"profile": "fast"})
-    for _, label in P.FOOTER_FIELDS:
+    sparse = plotting.footer_text({"profile": "fast"})
+    for _, label in plotting.FOOTER_FIELDS:
         assert f"{label}: " in sparse
     assert "attacked samples: n/a" in sparse and "commit: n/a" not in sparse  # commit defaults to git_commit()
-    assert "seeds: 3, 9 (n=2)" in P.footer_text({"seeds": [3, 9]})
+    assert "seeds: 3, 9 (n=2)" in plotting.footer_text({"seeds": [3, 9]})
 
 
 def test_git_commit(tmp_path):
-    assert P.git_commit(tmp_path) == "unknown"  # not a repository
+    assert provenance.git_commit(tmp_path) == "unknown"  # not a repository
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    assert P.git_commit(tmp_path) == "unknown"  # no commits yet
+    assert provenance.git_commit(tmp_path) == "unknown"  # no commits yet
     (tmp_path / "a.txt").write_text("1")
     subprocess.run([*git, "-C", str(tmp_path), "add", "a.txt"], check=True)
     subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "-m", "x"], check=True)
     head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
     (tmp_path / "untracked.txt").write_text("u")
-    assert P.git_commit(tmp_path) == head
+    assert provenance.git_commit(tmp_path) == head
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "f.csv").write_text("1")
     (tmp_path / "RESULTS.md").write_text("# Results")
@@ -68,24 +69,24 @@ def test_git_commit(tmp_path):
                           text=True, check=True).stdout.strip()
     (tmp_path / "figures" / "f.csv").write_text("2")  # a figure rewritten by a batch run: still the clean commit
     (tmp_path / "RESULTS.md").write_text("# Results, regenerated")  # the claims notebook's page: likewise
-    assert P.git_commit(tmp_path) == head
+    assert provenance.git_commit(tmp_path) == head
     (tmp_path / "docs" / "RESULTS.md").write_text("edited")  # only the root page is generated
-    assert P.git_commit(tmp_path) == head + "-dirty"
+    assert provenance.git_commit(tmp_path) == head + "-dirty"
     (tmp_path / "docs" / "RESULTS.md").write_text("not the generated page")
     (tmp_path / "a.txt").write_text("2")
-    assert P.git_commit(tmp_path) == head + "-dirty"
+    assert provenance.git_commit(tmp_path) == head + "-dirty"
 
 
 def test_save_figure_writes_both_atomically(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
-    png, pdf = P.save_figure(fig, "fig_test", tmp_path / "out", INFO)
+    png, pdf = plotting.save_figure(fig, "fig_test", tmp_path / "out", INFO)
     assert png == tmp_path / "out" / "fig_test.png" and pdf == tmp_path / "out" / "fig_test.pdf"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fig_test.pdf", "fig_test.png"]  # no temp files
     footers = [t for t in fig.texts if t.get_gid() == "repspec-footer"]
     assert len(footers) == 1 and "attacked samples: 1000" in footers[0].get_text().replace("\n", " ")
-    P.save_figure(fig, "fig_test", tmp_path / "out", INFO)  # overwrite; still one footer
+    plotting.save_figure(fig, "fig_test", tmp_path / "out", INFO)  # overwrite; still one footer
     assert len([t for t in fig.texts if t.get_gid() == "repspec-footer"]) == 1
 
 
@@ -94,7 +95,7 @@ def test_figure1_numbers():
     assert (a.accuracy, b.accuracy, c.accuracy) == (0.5, 1.0, 1.0)
     assert b.mean_distance < c.mean_distance
     fig, axes = plt.subplots(1, 3)
-    examples = P.figure1_tradeoff(axes)
+    examples = plotting.figure1_tradeoff(axes, G.tradeoff_examples(0.2))
     assert [e.accuracy for e in examples] == [0.5, 1.0, 1.0]
     for ax, ex in zip(axes, examples):  # the annotation shows the computed numbers
         assert f"accuracy {ex.accuracy:.0%}" in ax.get_xlabel() and f"{ex.mean_distance:.2f}" in ax.get_xlabel()
@@ -110,15 +111,15 @@ def _seed_table():
 def test_method_panels():
     df = _seed_table()
     fig, (ax1, ax2) = plt.subplots(1, 2)
-    P.plot_method_distribution(df, y="test_accuracy", ax=ax1)
+    plotting.plot_method_distribution(df, y="test_accuracy", ax=ax1)
     assert [t.get_text() for t in ax1.get_xticklabels()] == ["None", "ll-spectral", "rep-spectral"]
-    table = P.plot_mean_sd_bars(df, "mean_distance", by="weight_decay", ax=ax2)
+    table = plotting.plot_mean_sd_bars(df, "mean_distance", by="weight_decay", ax=ax2)
     expected = df.groupby(["weight_decay", "method"])["mean_distance"].agg(["mean", "std"])
     for _, row in table.iterrows():
         ref = expected.loc[(row["weight_decay"], row["method"])]
         assert row["mean"] == pytest.approx(ref["mean"]) and row["sd"] == pytest.approx(ref["std"])
     assert [p.get_height() for p in ax2.patches][:3] == pytest.approx(list(table["mean"][:3]))
-    plain = P.plot_mean_sd_bars(df[df.weight_decay == 0], "mean_distance", ax=plt.figure().gca())
+    plain = plotting.plot_mean_sd_bars(df[df.weight_decay == 0], "mean_distance", ax=plt.figure().gca())
     assert list(plain["method"]) == ["none", "ll", "rep"]
 
 
@@ -129,10 +130,10 @@ def test_field_and_boundary_panels():
     vol[0] = 0.0  # a zero (dead-unit) value must not break the log scale
     margin = P_[:, 0] - 0.3
     fig, (ax1, ax2) = plt.subplots(1, 2)
-    mesh = P.plot_field_2d(ax1, xx, yy, vol, points=np.array([[1.0, 1.0], [-1.0, -1.0]]), labels=[0, 1],
+    mesh = plotting.plot_field_2d(ax1, xx, yy, vol, points=np.array([[1.0, 1.0], [-1.0, -1.0]]), labels=[0, 1],
                            boundary=margin, title="volume element", cbar_label="√det g")
     assert isinstance(mesh.norm, matplotlib.colors.LogNorm) and mesh.norm.vmin > 0
-    P.plot_decision_boundary(ax2, xx, yy, margin, np.array([[1.0, 1.0]]), [1])
+    plotting.plot_decision_boundary(ax2, xx, yy, margin, np.array([[1.0, 1.0]]), [1])
     fig.canvas.draw()
 
 
@@ -141,7 +142,7 @@ def test_footer_is_at_most_two_lines_and_a_smoke_figure_says_so(tmp_path):
     compute come before the long data field; a smoke run's figure carries 'SMOKE — not a result'."""
     import matplotlib.pyplot as plt
 
-    from repspec_utils import plotting as PL
+    from repspec_utils.analysis import plotting as PL
 
     info = {"profile": "smoke", "seeds": [0, 1, 2], "epochs": 4, "attacked": 5, "commit": "abc1234",
             "compute": "training 3 s (6 models + 2 burn-ins)",
@@ -162,7 +163,7 @@ def test_few_seeds_are_drawn_as_mean_and_sd_not_as_boxes():
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from repspec_utils import plotting as PL
+    from repspec_utils.analysis import plotting as PL
 
     for n_seeds, boxes in ((3, False), (5, True)):
         df = pd.DataFrame({"method": ["none", "rep"] * n_seeds, "acc": [0.1 * i for i in range(2 * n_seeds)]})
@@ -173,8 +174,8 @@ def test_few_seeds_are_drawn_as_mean_and_sd_not_as_boxes():
 
 
 def test_portable_paths_and_merged_splits(monkeypatch, tmp_path):
-    from repspec_utils import files
-    from repspec_utils.notebook import merge_splits
+    from repspec_utils.infra import files
+    from repspec_utils.infra.notebook import merge_splits
 
     assert files.portable(f"real: MNIST from {files.REPO_ROOT}/data/MNIST/raw") == "real: MNIST from data/MNIST/raw"
     monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "d"))
@@ -183,7 +184,7 @@ def test_portable_paths_and_merged_splits(monkeypatch, tmp_path):
 
 
 def test_eps_label_writes_radii_in_units_of_1_255_where_they_are():
-    from repspec_utils.plotting import eps_label
+    from repspec_utils.analysis.plotting import eps_label
 
     assert eps_label(8 / 255) == "8/255" and eps_label("0.0313725") == "8/255" and eps_label(4 / 255) == "4/255"
     assert eps_label(0.1) == "0.1" and eps_label("0.3") == "0.3" and eps_label(0.05) == "0.05"
@@ -202,9 +203,15 @@ def test_claims_figure_has_a_distance_and_an_accuracy_panel_and_cuts_nothing():
          "distance_baseline_mean": 1.0, "distance_diff": d, "distance_diff_ci_low": d - 0.9,
          "distance_diff_ci_high": d + 0.9, "acc_diff": a, "acc_diff_ci_low": a - 0.01, "acc_diff_ci_high": a + 0.01}
         for b, v, d, a in (("none", "holds", 1.2, 0.0), ("ll λ=0.001", "fails", 0.5, -0.2))])
-    fig = P.plot_paired_intervals(rows)
+    fig = plotting.plot_paired_intervals(rows)
     dist, acc = fig.axes[:2]
     lo, hi = dist.get_xlim()
     assert lo <= (0.5 - 0.9) * 100 and hi >= (1.2 + 0.9) * 100  # the widest interval is inside the axis (210 %)
     assert acc.get_xlim()[0] <= -21  # the accuracy failure (−20 points) is drawn where it is, left of zero
     assert len(dist.get_yticks()) == 1 and "cpu, 5 seeds" in dist.get_yticklabels()[0].get_text()
+
+
+def test_the_named_palette_is_seaborns_colorblind():
+    import seaborn as sns
+
+    assert list(plotting._CB) == sns.color_palette("colorblind").as_hex()

@@ -4,9 +4,9 @@ model'), and the README and RESULTS.md say what the package does today."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def test_readme_points_to_the_results_page_and_names_the_slow_marker():
 def test_readme_verdicts_are_generated_from_the_committed_tables():
     """issue 28: the README's verdicts block is what the claims notebook generates from figures/ (the same
     comparisons as RESULTS.md's table), and the README stays short, in the newcomer's order."""
-    from repspec_utils import claims
+    from repspec_utils.analysis import claims
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     if claims._descends_from("HEAD", claims.REFERENCE_MODEL_COMMIT) is None:

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repspec_utils import bounds, recipes
-from repspec_utils import evaluate as E
 from repspec_utils.data import get_data
+from repspec_utils.evaluation import bounds, robustness
+from repspec_utils.evaluation import refit as evaluation_refit
+from repspec_utils.experiments import recipes
 from repspec_utils.models import MLP, BatchedMLP, BiasScaledLinear
-from repspec_utils.train import TrainConfig, make_optimizer, supervised_loss, train, train_step
+from repspec_utils.training import TrainConfig, make_optimizer, supervised_loss, train, train_step
 
 XOR = TrainConfig(dataset="xor", model={"kind": "mlp", "widths": [8], "bias_scaled": True}, method="rep", lam=1e-3,
                   lr=1.0, batch_size=4, epochs=40, burn_in=20, seed=400, schedule="reference")
@@ -133,7 +134,7 @@ def test_reference_refit_is_scikit_learns_default_fit_on_the_raw_activations():
     from sklearn.linear_model import LogisticRegression
 
     model, train_ds, test_ds = _digits_model()
-    refit, acc = E.refit_readout(model, train_ds, test_ds)  # the default convention is the reference one
+    refit, acc = evaluation_refit.refit_readout(model, train_ds, test_ds)  # the default convention is the reference one
     raw = model.raw_features(train_ds.x).detach().double().numpy()
     clf = LogisticRegression().fit(raw, train_ds.y.numpy())  # the authors' fit: sklearn's defaults on φ
     want = clf.predict(model.raw_features(test_ds.x).detach().double().numpy())
@@ -142,7 +143,7 @@ def test_reference_refit_is_scikit_learns_default_fit_on_the_raw_activations():
     assert acc == pytest.approx((want == test_ds.y.numpy()).mean(), abs=0.006)
     torch.testing.assert_close(refit.readout.weight.double(),
                                torch.from_numpy(clf.coef_) * math.sqrt(64), rtol=1e-5, atol=1e-5)
-    scaled, _ = E.refit_readout(model, train_ds, test_ds, convention="scaled")
+    scaled, _ = evaluation_refit.refit_readout(model, train_ds, test_ds, convention="scaled")
     assert not torch.allclose(scaled.readout.weight, refit.readout.weight, atol=1e-3)
 
 
@@ -157,14 +158,14 @@ def test_bad_refit_settings_are_rejected_before_any_fit(kwargs, match, monkeypat
     def no_features(*a, **k):
         raise AssertionError("features computed before the settings were checked")
 
-    monkeypatch.setattr(E, "features", no_features)
+    monkeypatch.setattr(robustness, "features", no_features)
     m = MLP(2, [4], 2, seed=0)
     with pytest.raises(ValueError, match=match):
-        E.refit_readout(m, None, None, **kwargs)
+        evaluation_refit.refit_readout(m, None, None, **kwargs)
 
 
 def test_the_readout_name_chooses_the_convention():
-    from repspec_utils import tables
+    from repspec_utils.analysis import tables
 
     assert tables.REFIT_READOUTS == {"refit": "reference", "refit_scaled": "scaled"}
     with pytest.raises(ValueError, match="readout must be one of"):

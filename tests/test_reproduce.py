@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from repspec_utils import notebook as nbk
-from repspec_utils import reproduce as rp
+from repspec_utils.infra import notebook as nbk
+from repspec_utils.infra import runner as rp
 
 NOTEBOOKS = nbk.notebooks()
 
@@ -33,7 +33,7 @@ def _write_notebook(folder: Path, stem: str, params_src: str, n_param_cells: int
     nb.cells.append(nbformat.v4.new_markdown_cell("# Toy"))
     for _ in range(n_param_cells):
         nb.cells.append(nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}))
-    nb.cells.append(nbformat.v4.new_code_cell(f'from repspec_utils import notebook\nP = notebook.notebook_params(globals(), "{stem}")'))
+    nb.cells.append(nbformat.v4.new_code_cell(f'from repspec_utils.infra import notebook\nP = notebook.notebook_params(globals(), "{stem}")'))
     nb.cells.append(nbformat.v4.new_code_cell(rest))
     path = folder / f"{stem}.ipynb"
     nbformat.write(nb, path)
@@ -147,7 +147,7 @@ def test_notebook_params_in_namespace(toy):
 
 
 def test_footer_and_manifest_say_how_long_the_results_took(toy):
-    from repspec_utils import cache
+    from repspec_utils.infra import cache
 
     cache.note_compute("attack", "left over from another notebook", 5.0)
     run = nbk.notebook_params({**nbk.notebook_defaults("toy"), "out_dir": str(toy / "figs")}, "toy")
@@ -295,7 +295,7 @@ def _runnable_toy(folder: Path) -> Path:
                        language_info={"name": "python"})
     nb.cells.append(nbformat.v4.new_code_cell(PARAMS_SRC, metadata={"tags": ["parameters"]}))
     nb.cells.append(nbformat.v4.new_code_cell(
-        "from pathlib import Path\nfrom repspec_utils import notebook\n"
+        "from pathlib import Path\nfrom repspec_utils.infra import notebook\n"
         "fig_dir = Path(out_dir) / 'toy'\nfig_dir.mkdir(parents=True, exist_ok=True)\n"
         "(fig_dir / 'out.csv').write_text(f'epochs={epochs}\\n')\n"
         "notebook.record(fig_dir, data_sources=['toy data'])\n"
@@ -378,7 +378,7 @@ def test_concurrent_runs_into_one_folder_each_keep_a_complete_manifest(tmp_path)
     import sys
 
     env = {**os.environ, "REPSPEC_PROGRESS": "0", "MPLBACKEND": "Agg", "REPSPEC_CACHE": str(tmp_path / "cache")}
-    procs = [subprocess.Popen([sys.executable, "-m", "repspec_utils.reproduce", "run", "--profile", "smoke",
+    procs = [subprocess.Popen([sys.executable, "-m", "repspec_utils.infra.runner", "run", "--profile", "smoke",
                                "--only", "fig1_tradeoff", "--out-dir", str(tmp_path / "figs"), "--executed-dir",
                                str(tmp_path / f"ex{i}")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for i in range(2)]
@@ -400,7 +400,7 @@ def test_exploring_never_writes_into_the_committed_figures(tmp_path, monkeypatch
         run = nbk.notebook_params({**nbk.notebook_defaults("fig1_tradeoff"), "profile": profile}, "fig1_tradeoff")
         assert run.fig_dir == tmp_path / "runs" / profile / "fig1_tradeoff"
     assert nbk.default_out_dir("paper") == tmp_path / "runs" / "paper"
-    assert "--out-dir figures" in (Path(rp.__file__).parent.parent / "scripts" / "reproduce.sh").read_text()
+    assert "--out-dir figures" in (Path(rp.__file__).parents[2] / "scripts" / "reproduce.sh").read_text()
 
 
 def test_a_notebook_pointed_at_figures_directly_stops_with_one_line(tmp_path, monkeypatch):
@@ -449,7 +449,7 @@ def test_help_does_not_load_torch():
     import subprocess
     import sys
 
-    code = ("import sys, repspec_utils.reproduce as r\n"
+    code = ("import sys, repspec_utils.infra.runner as r\n"
             "try:\n    r.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -3,14 +3,13 @@ two-stage ablation touches only stem + stages 1-2, ll-spectral adds the fc, and 
 
 import pytest
 import torch
+from helpers import conv_matrix
 from torch import nn
 
-import repspec_utils.transfer  # noqa: F401  (registers 'transfer_cifar10_synthetic': synthetic CIFAR resized)
-from repspec_utils import spectral, train
+import repspec_utils.defences.transfer  # noqa: F401  (registers 'transfer_cifar10_synthetic': synthetic CIFAR resized)
+from repspec_utils import training
+from repspec_utils.method import penalties, spectral
 from repspec_utils.models import cifar_resnet18, resnet50_transfer
-
-from helpers import conv_matrix
-
 
 
 def _convs(*modules):
@@ -24,12 +23,12 @@ def test_rep_penalty_in_training_lowers_sigma_of_every_conv(tmp_path, monkeypatc
     gap between the twins is the penalty's doing."""
     monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "data"))
-    base = train.TrainConfig(dataset="transfer_cifar10_synthetic",
+    base = training.TrainConfig(dataset="transfer_cifar10_synthetic",
                              data_kwargs={"n_train": 96, "n_test": 10, "image_size": 16},
                              model={"kind": "cifar_resnet18"}, lr=0.002, momentum=0.0, batch_size=16, epochs=2,
                              burn_in=1, reg_every=1, reg_epoch_end_step=True, eval_every=0)
-    twin = train.train(base, device="cpu", progress=False)
-    reg = train.train(base.replace(method="rep", lam=10.0), device="cpu", progress=False)
+    twin = training.train(base, device="cpu", progress=False)
+    reg = training.train(base.replace(method="rep", lam=10.0), device="cpu", progress=False)
     # both branches start from the same burn-in checkpoint (the second run loads it from the cache)
     assert reg.history.iloc[0].equals(twin.history.iloc[0]) and list(reg.history.phase) == ["burn-in", "rep"]
 
@@ -52,9 +51,9 @@ def test_rep_penalty_in_training_lowers_sigma_of_every_conv(tmp_path, monkeypatc
 
 def _penalised_layers(method, max_layer=None):
     model = cifar_resnet18(seed=0)
-    cfg = train.TrainConfig(dataset="cifar10_synthetic", model={"kind": "cifar_resnet18"}, method=method, lam=1.0,
+    cfg = training.TrainConfig(dataset="cifar10_synthetic", model={"kind": "cifar_resnet18"}, method=method, lam=1.0,
                             max_layer=max_layer, spectral_mode="exact")
-    return model, train.make_penalty(cfg, model, torch.rand(2, 3, 8, 8))
+    return model, penalties.make_penalty(cfg, model, torch.rand(2, 3, 8, 8))
 
 
 def test_two_stage_ablation_touches_only_stem_and_stages_1_2():

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from helpers import conv_matrix
 from torch import nn
 
-from repspec_utils.spectral import (
+from repspec_utils.method.spectral import (
     SpectralPenalty,
     conv_block_at,
     conv_blocks,
@@ -18,8 +19,6 @@ from repspec_utils.spectral import (
     spectral_layers,
     top_right_singular_vectors,
 )
-
-from helpers import conv_matrix
 
 torch.set_num_threads(1)
 DT = torch.float64

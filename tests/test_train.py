@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from repspec_utils import cache, train as T
-from repspec_utils.batched import train_batched
-from repspec_utils.train import TrainConfig, train
+from repspec_utils import training
+from repspec_utils.infra import cache
+from repspec_utils.training import TrainConfig, loop, train
+from repspec_utils.training.ensemble import train_batched
 
 DIGITS = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [32]}, method="rep", lam=0.1,
                      lr=0.5, batch_size=128, epochs=6, burn_in=3, seed=1)
@@ -39,7 +40,7 @@ def test_bad_config_fails_before_any_work(changes, match, monkeypatch):
     def no_data(*a, **k):
         raise AssertionError("data was loaded before the config was checked")
 
-    monkeypatch.setattr(T, "get_data", no_data)
+    monkeypatch.setattr(loop, "get_data", no_data)
     with pytest.raises(ValueError, match=match):
         train(DIGITS.replace(**changes), progress=False)
     if changes.get("model", {}).get("kind", "mlp") == "mlp" and "augment" not in changes:
@@ -147,7 +148,7 @@ def test_rep_only_penalises_feature_layers_in_batched_engine():
 
 def test_cifar_augment_is_a_crop_and_flip():
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
-    out = T.cifar_augment(x, torch.Generator().manual_seed(0))
+    out = training.cifar_augment(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     for i in range(2):  # every output is a shifted (maybe flipped) window of the zero-padded input
         padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
@@ -193,7 +194,7 @@ def test_compute_ledger_counts_a_shared_burn_in_once_and_keeps_original_times():
 
 def test_divergence_stops_training_names_the_run_and_caches_nothing():
     """issue 12 item 3: a non-finite loss or weight (lr 1e4) stops with the config, epoch and step; no entry."""
-    with pytest.raises(T.TrainingDiverged, match=r"diverged .* at epoch \d+(, step \d+)? of the (burn-in|branch) "
+    with pytest.raises(training.TrainingDiverged, match=r"diverged .* at epoch \d+(, step \d+)? of the (burn-in|branch) "
                                                   r"of digits rep seed 1 \(lr=10000") as info:
         train(DIGITS.replace(lr=1e4), progress=False)
     assert not list((cache.cache_root() / "train").rglob("final.pt"))
@@ -203,7 +204,7 @@ def test_divergence_stops_training_names_the_run_and_caches_nothing():
 
 def test_divergence_in_the_batched_engine_names_the_member():
     cfgs = [XOR.replace(lr=1e6, lam=1e6, method=m) for m in ("none", "rep")]
-    with pytest.raises(T.TrainingDiverged, match=r"diverged .* of xor (none|rep) seed 400"):
+    with pytest.raises(training.TrainingDiverged, match=r"diverged .* of xor (none|rep) seed 400"):
         train_batched(cfgs, progress=False)
     assert not list((cache.cache_root() / "train").rglob("final.pt"))
 
@@ -216,11 +217,11 @@ def test_stale_temporaries_of_killed_writers_are_removed_when_the_cache_opens(tm
     import sys
     import time
 
-    from repspec_utils import files
+    from repspec_utils.infra import files
 
     root = tmp_path / "killed"
     # a real killed writer: a child process opens an atomic write, then is killed with SIGKILL mid-write
-    code = ("import os, signal, sys; from repspec_utils.files import atomic_path\n"
+    code = ("import os, signal, sys; from repspec_utils.infra.files import atomic_path\n"
             f"with atomic_path({str(root / 'train' / 'k' / 'final.pt')!r}) as tmp:\n"
             "    tmp.write_bytes(b'half'); print(tmp, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from repspec_utils import data, recipes, train, transfer
+from repspec_utils import data, training
+from repspec_utils.defences import transfer
+from repspec_utils.experiments import recipes
+from repspec_utils.method import penalties
 from repspec_utils.models import MLP, resnet50_transfer
-
 
 
 def _set(p, values):
@@ -74,24 +76,24 @@ def test_bss_gradient_is_2_sigma_u_vT_of_the_smallest_singular_values():
 
 
 def test_factories_read_their_settings_and_reject_bad_ones():
-    cfg = train.TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [5]}, method="bss", lam=0.01,
+    cfg = training.TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [5]}, method="bss", lam=0.01,
                             method_kwargs={"k": 2})
-    model = train.make_model(cfg, data.get_data("digits")[0])
+    model = training.make_model(cfg, data.get_data("digits")[0])
     x = torch.rand(2, 64)
-    pen = train.make_penalty(cfg, model, x)
+    pen = penalties.make_penalty(cfg, model, x)
     assert isinstance(pen, transfer.BSS) and pen.k == 2 and pen.needs_features
     for bad, match in ((cfg.replace(lam=0.0), "lam"), (cfg.replace(reg_epoch_end_step=True), "epoch_end"),
                        (cfg.replace(method_kwargs={"kk": 1}), "kk")):
         with pytest.raises(ValueError, match=match):
-            train.make_penalty(bad, model, x)
+            penalties.make_penalty(bad, model, x)
     l2 = cfg.replace(method="l2sp", lam=1.0, method_kwargs={"alpha": 0.01, "beta": 0.02})
-    pen = train.make_penalty(l2, model, x)
+    pen = penalties.make_penalty(l2, model, x)
     assert (pen.alpha, pen.beta) == (0.01, 0.02) and not pen.needs_features
     # w⁰ is the model as built from the config (seeded init here), not whatever the model holds now
-    fresh = train.make_model(l2, data.get_data("digits")[0])
+    fresh = training.make_model(l2, data.get_data("digits")[0])
     assert all(torch.equal(p0, q) for (p, p0), q in zip(pen.shared, fresh.hidden[0].parameters()))
     with pytest.raises(ValueError, match="lam=1"):
-        train.make_penalty(l2.replace(lam=0.1), model, x)
+        penalties.make_penalty(l2.replace(lam=0.1), model, x)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -181,7 +183,7 @@ def test_paper_recipes_validate():
     for name in transfer.TRANSFER_RECIPES:
         for method, lam in (("none", 0.0), ("rep", 0.01), ("ll", 0.01), ("bss", 0.001), ("l2sp", 1.0)):
             cfg = transfer.transfer_config(name, method, lam)
-            train.validate(cfg)
+            training.validate(cfg)
             assert cfg.backbone_lr_mult == 0.2 and cfg.lr_schedule == "cosine" and cfg.batch_size == 64
             assert cfg.reg_epoch_end_step == (method in ("rep", "ll"))
 
@@ -219,7 +221,7 @@ def test_finetuning_steps_on_the_standin(tmp_path, monkeypatch):
                             ("rep", 0.01, {})):
         cfg = transfer.standin_finetune_config(path, method, lam, n_per_class=10, n_test=100, epochs=3, burn_in=1,
                                                lr=0.05, batch_size=20, method_kwargs=kw)
-        res = train.train(cfg, device="cpu", progress=False)
+        res = training.train(cfg, device="cpu", progress=False)
         assert res.data_source.startswith(transfer.STANDIN_TAG)
         h = res.history
         assert list(h.phase) == ["burn-in", method, method] and h.train_loss.notna().all()
@@ -257,7 +259,7 @@ def test_analog_transfer_on_a_conv_backbone(tmp_path, monkeypatch):
     cfgs = recipes.transfer_configs("analog", methods=("none", "rep"), seeds=[0], spectral_lams=[0.01],
                                     standin_weights=path, n_per_class=5, n_test=40, epochs=2, burn_in=1, lr=0.05,
                                     batch_size=25)
-    res = [train.train(c, device="cpu", progress=False) for c in cfgs]
+    res = [training.train(c, device="cpu", progress=False) for c in cfgs]
     assert [r.history.phase.tolist() for r in res] == [["burn-in", "none"], ["burn-in", "rep"]]
     assert res[1].history.penalty.iloc[1] > 0 and res[0].data_source.startswith(transfer.ANALOG_TRANSFER_TAG)
     assert {c.dataset for c in cfgs} == {"transfer_analog"}  # its own dataset name: never mixed with the MLP stand-in

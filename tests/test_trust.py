@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from repspec_utils import cache, parameters, recipes
 from repspec_utils import data as D
 from repspec_utils.attacks import NonFiniteLogits, fmn_attack, full_fp32_matmuls, pgd_linf, tangent_attack
 from repspec_utils.data import mnist as DM
-from repspec_utils.train import TrainConfig, _phase_key, data_identity, make_model, train, validate
+from repspec_utils.experiments import recipes
+from repspec_utils.infra import cache, parameters
+from repspec_utils.training import TrainConfig, data_identity, make_model, train, validate
+from repspec_utils.training.loop import phase_key
 
 
 class _Payload:
@@ -50,7 +52,7 @@ def test_a_crafted_cache_entry_with_a_valid_header_runs_nothing(tmp_path):
 
 
 def test_a_crafted_transfer_weights_file_runs_nothing(tmp_path):
-    from repspec_utils.transfer import build_standin_model
+    from repspec_utils.defences.transfer import build_standin_model
 
     marker, weights = tmp_path / "ran", tmp_path / "weights.pt"
     torch.save({"format": "repspec-standin-backbone-v1", "d_in": 4, "widths": [3], "activation": "gelu",
@@ -98,15 +100,15 @@ def _fake_mnist(root, monkeypatch):
 def test_a_model_trained_on_other_data_is_never_served_from_the_cache(tmp_path, monkeypatch):
     """The same config on the real MNIST files and on 3 fake images used to share a key (name and size only)."""
     cfg = recipes.mnist_configs(seeds=[0], methods=["none"], epochs=2, burn_in=1, width=8)[0]
-    real = _phase_key(cfg, "final")
+    real = phase_key(cfg, "final")
     monkeypatch.setenv("REPSPEC_DATA", str(tmp_path / "fake"))
     _fake_mnist(tmp_path / "fake", monkeypatch)
     assert data_identity(cfg) != D.data_fingerprint(D.MNIST_MD5)
-    assert _phase_key(cfg, "final") != real and _phase_key(cfg, "base") != _phase_key(cfg, "base", "md5:real")
+    assert phase_key(cfg, "final") != real and phase_key(cfg, "base") != phase_key(cfg, "base", "md5:real")
 
 
 def test_the_attack_key_carries_the_test_sets_content():
-    from repspec_utils.evaluate import _attack_key
+    from repspec_utils.evaluation.robustness import _attack_key
 
     train, test = D.get_data("xor_noisy", seed=0)
     other = D.get_data("xor_noisy", seed=1)[1]
@@ -188,7 +190,7 @@ def test_attacks_raise_on_non_finite_logits(attack):
 
 def test_precision_is_keyed_and_amp_cannot_disagree_with_it():
     cfg = TrainConfig(dataset="digits", model={"kind": "mlp", "widths": [8]}, epochs=2, burn_in=1)
-    assert _phase_key(cfg, "final", "d") != _phase_key(cfg.replace(precision="bf16"), "final", "d")
+    assert phase_key(cfg, "final", "d") != phase_key(cfg.replace(precision="bf16"), "final", "d")
     with pytest.raises(ValueError, match="amp=True contradicts cfg.precision='fp32'"):
         train(cfg, progress=False, amp=True)
 
@@ -221,7 +223,7 @@ def test_cuda_training_defaults_to_fp32_with_tf32_off():  # pragma: no cover - r
 
 
 def test_the_manifest_records_the_datas_fingerprint(tmp_path):
-    from repspec_utils import notebook as nbk
+    from repspec_utils.infra import notebook as nbk
 
     train, test = D.get_data("xor_noisy", seed=0)
     rec = nbk.record(tmp_path, data_sources=[train, test])

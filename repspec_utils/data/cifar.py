@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import md5_file, portable
-from ..registry import DATASETS
+from repspec_utils.infra.files import md5_file, portable
+from repspec_utils.infra.registry import DATASETS
+
 from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_root
 
 CIFAR10_CLASSES: tuple[str, ...] = (

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files import REPO_ROOT
-from ..registry import DATASETS
+from repspec_utils.infra.files import REPO_ROOT
+from repspec_utils.infra.registry import DATASETS
 
 COMMON_ARGS = ("root", "seed", "download", "flatten")  # loaders that have no use for one of these ignore it
 

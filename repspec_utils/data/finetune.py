@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import cache
-from ..registry import DATASETS
+from repspec_utils.infra import cache
+from repspec_utils.infra.registry import DATASETS
+
 from .core import ArrayDataset, DataMissingError, data_root, get_data
 
 STANDIN_TAG = "TRANSFER STAND-IN"

@@ -11,8 +11,9 @@ from typing import Sequence
 
 import torch
 
-from ..files import REPO_ROOT, atomic_path, atomic_write_text, md5_file, portable
-from ..registry import DATASETS
+from repspec_utils.infra.files import REPO_ROOT, atomic_path, md5_file, portable
+from repspec_utils.infra.registry import DATASETS
+
 from .core import ArrayDataset, DataIntegrityError, DataMissingError, data_fingerprint, data_root, normalize_name
 
 FETCH_COMMAND = "bash scripts/fetch_data.sh"

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..registry import DATASETS
+from repspec_utils.infra.registry import DATASETS
+
 from .core import ArrayDataset
 
 _TOY_BOX = (-2.0, 2.0)
