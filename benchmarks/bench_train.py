@@ -1,25 +1,28 @@
-"""Training speed, printed as ratios measured in one run (not a test).
+"""Training speed: ratios from interleaved rounds in one run, CPU and wall time with their IQR (benchmarks/harness.py),
+written to benchmarks/results/train_*.csv (not a test).
 
 1. MNIST 784→2000→10 at batch 1024: step time with rep-spectral and ll-spectral vs the unregularised step
-   (target ≤ 1.05x) with the library's step (`train.train_step`: the penalty's gradient added in place), the
+   (target ≤ 1.05x) with the library's step (`training.train_step`: the penalty's gradient added in place), the
    same penalty through autograd, and a penalty that forms WᵀW and iterates on it every step.
-2. MNIST epoch time vs the matrix-multiply bound: the epoch's GEMM FLOPs / GEMM throughput measured here
-   (target ≤ 1.3x).
+2. MNIST epoch vs its exact GEMM bound: the five matrix products an epoch executes (forward of both layers, the
+   weight gradients of both, the hidden layer's input gradient — never the input's), each at its own shape and
+   layout, timed in the same rounds as the epoch (target ≤ 1.25x).
 3. XOR at full scale (15000 epochs; widths 3, 8; wd 0, 1e-4; None/ll/rep; 5 seeds = 60 nets) with the
-   batched engine (target < 2 minutes on a 2-core machine).
+   batched engine.
 
-Run: python benchmarks/bench_train.py [--skip-xor]
+Run: python benchmarks/bench_train.py [--skip-xor] [--rounds 20] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import tempfile
 import time
 
+import pandas as pd
 import torch
+from harness import cpu_clock, machine, print_machine, run_rounds, show, summarise, write
 
 from repspec_utils.infra.registry import OBJECTIVES
 from repspec_utils.method import spectral
@@ -28,29 +31,7 @@ from repspec_utils.training import TrainConfig, make_optimizer, train_step
 from repspec_utils.training.ensemble import train_batched
 
 
-def timeit(fn, repeat: int = 20, warmup: int = 3) -> float:
-    """Median seconds per call."""
-    return compare({"fn": fn}, repeat, warmup)["fn"]
-
-
-def compare(fns: dict, repeat: int = 20, warmup: int = 3) -> dict:
-    """Median seconds per call of each function, timed round-robin (in a shuffled order each round) so background
-    load and cache effects hit all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {k: [] for k in fns}
-    order, rng = list(fns), random.Random(0)
-    for _ in range(repeat):
-        rng.shuffle(order)  # a fixed order would always run one function right after the same other one
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-
-
-def mnist_step_ratios(batch: int = 1024, repeat: int = 20) -> dict:
+def mnist_step_rounds(batch: int = 1024, rounds: int = 20) -> pd.DataFrame:
     torch.manual_seed(0)
     x, y = torch.rand(batch, 784), torch.randint(0, 10, (batch,))
     model = MLP(784, [2000], 10, seed=0)
@@ -81,16 +62,25 @@ def mnist_step_ratios(batch: int = 1024, repeat: int = 20) -> dict:
         loss.backward()
         opt.step()
 
-    return compare({"none": lambda: step(), "rep": lambda: step(penalties["rep"]),
-                    "ll": lambda: step(penalties["ll"]),
-                    "rep (autograd)": lambda: autograd_step(penalties["rep"].penalty),
-                    "gram": lambda: autograd_step(gram_penalty)}, repeat=repeat)
+    return run_rounds({"none": lambda: step(), "rep": lambda: step(penalties["rep"]),
+                       "ll": lambda: step(penalties["ll"]),
+                       "rep (autograd)": lambda: autograd_step(penalties["rep"].penalty),
+                       "gram": lambda: autograd_step(gram_penalty)}, rounds=rounds)
 
 
 
 
-def mnist_epoch_vs_bound(batch: int = 1024, n: int = 60000) -> tuple[float, float]:
-    """(measured epoch seconds, GEMM-bound seconds) for the unregularised MNIST MLP on tensor data."""
+EPOCH_GEMMS = ("x·W1ᵀ", "h·W2ᵀ", "dW2 = dyᵀ·h", "dh = dy·W2", "dW1 = dzᵀ·x")
+
+
+def epoch_gemm_flops(n: int = 60000, d: int = 784, width: int = 2000, classes: int = 10) -> int:
+    """The FLOPs of the matrix products one epoch executes (2·m·k·n each): per sample 2·d·w + 2·w·c forward, then
+    2·w·c (dW2) + 2·c·w (dh) + 2·w·d (dW1) backward; the input's gradient is never computed."""
+    return n * (2 * d * width + 2 * width * classes + 2 * width * classes + 2 * classes * width + 2 * width * d)
+
+
+def mnist_epoch_rounds(batch: int = 1024, n: int = 60000, rounds: int = 20) -> pd.DataFrame:
+    """Rounds of (one unregularised MNIST epoch on tensor data, the same epoch's five GEMMs alone)."""
     torch.manual_seed(0)
     X, Y = torch.rand(n, 784), torch.randint(0, 10, (n,))
     model = MLP(784, [2000], 10, seed=0)
@@ -103,17 +93,24 @@ def mnist_epoch_vs_bound(batch: int = 1024, n: int = 60000) -> tuple[float, floa
             idx = perm[i : i + batch]
             train_step(model, opt, OBJECTIVES["supervised"], X[idx], Y[idx])
 
-    a, b = torch.randn(batch, 784), torch.randn(784, 2000)
-    n_gemm = 60  # GEMMs of the first layer's size, timed in the same rounds as the epoch
-    t = compare({"epoch": epoch, "gemm": lambda: [a @ b for _ in range(n_gemm)]}, repeat=3, warmup=1)
-    gemm_rate = n_gemm * 2 * batch * 784 * 2000 / t["gemm"]
-    # forward: 2·(784·2000 + 2000·10) per sample; backward: weight grads of both layers + the hidden grad
-    # (the input needs no grad): 2·(784·2000) + 2·(2000·10)·2
-    flops = n * (2 * (784 * 2000 + 2000 * 10) + 2 * 784 * 2000 + 4 * 2000 * 10)
-    return t["epoch"], flops / gemm_rate
+    W1, W2 = torch.randn(2000, 784), torch.randn(10, 2000)
+    sizes = [min(batch, n - i) for i in range(0, n, batch)]
+    operands = {b: (torch.randn(b, 784), torch.randn(b, 2000), torch.randn(b, 10), torch.randn(b, 2000))
+                for b in set(sizes)}
+
+    def gemms():  # each product at the shape and layout nn.Linear's forward and backward use
+        for b in sizes:
+            x, h, dy, dz = operands[b]
+            torch.mm(x, W1.t())
+            torch.mm(h, W2.t())
+            torch.mm(dy.t(), h)
+            torch.mm(dy, W2)
+            torch.mm(dz.t(), x)
+
+    return run_rounds({"gemms": gemms, "epoch": epoch}, rounds=rounds, warmup=1)
 
 
-def xor_full_scale() -> float:
+def xor_full_scale() -> tuple[float, float]:
     cfgs = [
         TrainConfig(dataset="xor", model={"kind": "mlp", "widths": [w]}, method=m, lam=1e-3, lr=1.0, batch_size=4,
                     epochs=15000, burn_in=10500, seed=s, weight_decay=wd)
@@ -121,30 +118,37 @@ def xor_full_scale() -> float:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["REPSPEC_CACHE"] = tmp
-        t0 = time.perf_counter()
+        clock = cpu_clock()[1]
+        t0, c0 = time.perf_counter(), clock()
         for w in (3, 8):
             train_batched([c for c in cfgs if c.model["widths"] == [w]], progress=False)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, clock() - c0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-xor", action="store_true")
-    ap.add_argument("--repeat", type=int, default=20, help="timed rounds of the step comparison (median)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds of each comparison (≥ 20)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is the thread's)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    t = mnist_step_ratios(repeat=args.repeat)
-    print(f"MNIST 784-2000-10 step at batch 1024 (median of {args.repeat}):")
-    for m in ("none", "rep", "ll", "rep (autograd)", "gram"):
-        print(f"  {m:>14}: {t[m] * 1e3:7.2f} ms   ratio to none {t[m] / t['none']:.3f}")
-    measured, bound = mnist_epoch_vs_bound()
-    print(f"MNIST epoch (60000 samples, tensor data): {measured:.2f} s; GEMM bound {bound:.2f} s; "
-          f"ratio {measured / bound:.2f}")
+    torch.set_num_threads(args.threads)
+    info = machine()
+    print_machine(info)
+    steps = summarise(mnist_step_rounds(rounds=args.rounds), baseline="none")
+    print(f"MNIST 784-2000-10 step at batch 1024 ({args.rounds} interleaved rounds; median [IQR]):")
+    show(steps)
+    write("train_mnist_step", steps.assign(benchmark="mnist_step"), info)
+    epoch = summarise(mnist_epoch_rounds(rounds=args.rounds), baseline="gemms")
+    flops = epoch_gemm_flops()
+    print(f"MNIST epoch (60000 samples, tensor data) vs its exact GEMM bound ({flops / 1e9:.1f} GFLOP in "
+          f"{len(EPOCH_GEMMS)} products):")
+    show(epoch, unit="s")
+    write("train_mnist_epoch_bound", epoch.assign(benchmark="mnist_epoch_bound", gemm_gflop=flops / 1e9), info)
     if not args.skip_xor:
-        print(f"XOR full scale (60 nets x 15000 epochs, batched): {xor_full_scale():.1f} s")
+        wall, cpu = xor_full_scale()
+        print(f"XOR full scale (60 nets x 15000 epochs, batched): cpu {cpu:.1f} s, wall {wall:.1f} s (one run)")
+        write("train_xor_full_scale", pd.DataFrame([{"benchmark": "xor_full_scale", "variant": "batched", "rounds": 1,
+                                                      "wall_s": wall, "cpu_s": cpu, "cpu_clock": cpu_clock()[0]}]), info)
 
 
 if __name__ == "__main__":

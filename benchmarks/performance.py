@@ -1,0 +1,86 @@
+"""The Performance table of docs/GUIDE.md, generated from the committed results in benchmarks/results/ (never typed
+by hand: tests/test_benchmarks.py checks that the table in the guide is what this script makes of those files).
+
+Run: python benchmarks/performance.py        (rewrites the block between the markers in docs/GUIDE.md)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+GUIDE = ROOT / "docs" / "GUIDE.md"
+START, END = "<!-- performance:start (benchmarks/performance.py) -->", "<!-- performance:end -->"
+
+# (results file, variant, what it measures, target); the ratio is to the file's baseline variant
+ROWS = [
+    ("train_mnist_step", "rep", "MNIST 784→2000→10 step, batch 1024: rep-spectral / unregularised "
+     "(`training.train_step`, the penalty's gradient added in place)", "≤ 1.05×"),
+    ("train_mnist_step", "ll", "same, ll-spectral / unregularised", "≤ 1.05×"),
+    ("train_mnist_step", "rep (autograd)", "same, rep-spectral's gradient through autograd / unregularised", ""),
+    ("train_mnist_step", "gram", "same, a penalty that forms WᵀW every step / unregularised (the slow way)", ""),
+    ("train_mnist_epoch_bound", "epoch", "MNIST epoch (60000 images, one tensor) / its exact GEMM bound (the five "
+     "products it executes, each at its shape, timed in the same rounds)", "≤ 1.25×"),
+]
+
+
+def _iqr(r: pd.Series, col: str, fmt: str) -> str:
+    return f"{r[col]:{fmt}} [{r[col + '_q1']:{fmt}}–{r[col + '_q3']:{fmt}}]"
+
+
+def _machine(r: pd.Series) -> str:
+    return f"{r['cpu']}, load {r['load1']:.1f}, {int(r['torch_threads'])} thread(s), {int(r['rounds'])} rounds, {r['date']}"
+
+
+def table(results: Path = RESULTS) -> str:
+    """The markdown block: one row per measured comparison, CPU-time ratio first (median [IQR] over the rounds)."""
+    lines = ["| what | CPU-time ratio, median [IQR] | wall ratio, median [IQR] | CPU time per call | target | "
+             "measured on |", "|---|---|---|---|---|---|"]
+    for stem, variant, what, target in ROWS:
+        path = results / f"{stem}.csv"
+        if not path.exists():
+            continue
+        df = pd.read_csv(path)
+        if not (df["variant"] == variant).any():
+            continue
+        r = df[df["variant"] == variant].iloc[0]
+        unit, scale = ("s", 1.0) if r["cpu_s"] >= 1 else ("ms", 1e3)
+        base = df[(df["cpu_ratio"] == 1.0) & (df["variant"] != variant)]["cpu_s"]
+        per_call = f"{r['cpu_s'] * scale:.4g} {unit}" + (f" / {base.iloc[0] * scale:.4g} {unit}" if len(base) else "")
+        ok = ""
+        if target.startswith("≤"):
+            ok = " ✓" if r["cpu_ratio"] <= float(target.strip("≤ ×")) else " ✗"
+        lines.append(f"| {what} | **{_iqr(r, 'cpu_ratio', '.3f')}** | {_iqr(r, 'wall_ratio', '.3f')} | {per_call} | "
+                     f"{target}{ok} | {_machine(r)} |")
+    xor = results / "train_xor_full_scale.csv"
+    if xor.exists():
+        r = pd.read_csv(xor).iloc[0]
+        lines.append(f"| XOR at full scale: 60 nets (widths 3, 8 × wd 0, 1e-4 × None/ll/rep × 5 seeds) × 15000 epochs, "
+                     f"batched (one run: an absolute time, no ratio) | | | {r['cpu_s']:.1f} s (wall {r['wall_s']:.1f} s) "
+                     f"| < 2 min{' ✓' if r['cpu_s'] < 120 else ' ✗'} | {_machine(r)} |")
+    return "\n".join(lines)
+
+
+def block(results: Path = RESULTS) -> str:
+    return f"{START}\n{table(results)}\n{END}"
+
+
+def replace_block(text: str, new_block: str) -> str:
+    if START not in text or END not in text:
+        raise ValueError(f"{GUIDE} lacks the markers {START!r} … {END!r}")
+    head, rest = text.split(START, 1)
+    return head + new_block + rest.split(END, 1)[1]
+
+
+def main() -> int:
+    GUIDE.write_text(replace_block(GUIDE.read_text(encoding="utf-8"), block()), encoding="utf-8")
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
