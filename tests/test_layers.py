@@ -193,3 +193,26 @@ def test_a_new_method_runs_in_both_engines_or_is_refused_clearly():
         for name in ("test_first_layer_only", "test_no_layers"):
             METHODS._items.pop(name, None)
             METHODS._meta.pop(name, None)
+
+
+def test_parameter_names_come_from_their_one_source():
+    """The notebook parameters `precision`, `deep_inits` and `executor` accept exactly the registered precisions and
+    initialisations and the executor module's executors (no second hand-kept tuple)."""
+    from repspec_utils.attacks.precision import PRECISIONS
+    from repspec_utils.infra import registry
+    from repspec_utils.infra.executor import EXECUTORS
+    from repspec_utils.infra.parameters import RULES
+    from repspec_utils.models.base import INITS
+
+    assert set(registry.PRECISIONS.names()) == set(PRECISIONS) and set(registry.INITS.names()) == set(INITS)
+    for name in PRECISIONS:
+        assert RULES["precision"].ok(name)
+    assert not RULES["precision"].ok("fp16") and "'bf16'" in RULES["precision"].text
+    assert RULES["deep_inits"].ok(list(INITS)) and not RULES["deep_inits"].ok(["xavier"])
+    assert all(RULES["executor"].ok(e) for e in ("", *EXECUTORS)) and not RULES["executor"].ok("ray")
+    registry.PRECISIONS.register("test_fp8", "a test entry")
+    try:
+        assert RULES["precision"].ok("test_fp8")  # registering a name is all it takes
+    finally:
+        registry.PRECISIONS._items.pop("test_fp8")
+        registry.PRECISIONS._meta.pop("test_fp8")

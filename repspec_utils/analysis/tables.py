@@ -4,7 +4,6 @@ readout and strength labels, the defence comparison's per-model table."""
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple, Sequence
 
 import numpy as np

@@ -8,7 +8,12 @@ from typing import Callable
 
 import torch
 
+from repspec_utils.infra import registry
+
 PRECISIONS = ("fp32", "bf16")
+registry.PRECISIONS.register("fp32", "float32 throughout (the default)")
+registry.PRECISIONS.register("bf16", "the model's matmuls under torch.autocast(bfloat16); master weights, optimiser state, "
+                             "the spectral penalty and the attacks' final bisection in float32")
 
 
 @contextmanager

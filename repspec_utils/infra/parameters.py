@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
+from repspec_utils.infra import registry
+from repspec_utils.infra.executor import EXECUTORS
+
 __all__ = ["Rule", "RULES", "NOTEBOOK_RULES", "RELATIONS", "rules_for", "check_value", "check_relations", "describe"]
 
 
@@ -62,7 +65,13 @@ def non_empty_list(element: Rule, unique: bool = False, length: int | None = Non
         return all(element.ok(e) for e in v)
 
     size = f"{length} " if length is not None else "a non-empty list of "
-    return Rule(ok, f"{size}{'distinct ' if unique else ''}values, each {element.text}")
+    return Rule(ok, lambda: f"{size}{'distinct ' if unique else ''}values, each {element.text}")  # read when shown
+
+
+def registered(table: str) -> Rule:
+    """A name registered in `registry.TABLES[table]` (read when checked: the plug-ins register on first read)."""
+    names = registry.TABLES[table]
+    return Rule(lambda v: isinstance(v, str) and v in names, lambda: f"one of {', '.join(map(repr, names.names()))}")
 
 
 def _methods() -> Rule:
@@ -108,10 +117,10 @@ RULES: dict[str, Rule] = {
     "base_width": int_in(1, 512, " (the first stage's channels of a ResNet; 64 with blocks 2 is ResNet18)"),
     "blocks": int_in(1, 16, " (basic blocks per residual stage)"),
     "methods": _methods(),
-    "precision": one_of("fp32", "bf16"),
+    "precision": registered("precisions"),
     "deep_ablation": non_empty_list(POSITIVE_INT, unique=True),
     "stage_ablation": non_empty_list(Rule(lambda v: _int(v) and 0 <= v <= 4, "an integer in 0..4"), unique=True),
-    "deep_inits": non_empty_list(one_of("normal", "torch"), unique=True),
+    "deep_inits": non_empty_list(registered("inits"), unique=True),
     "n_power_iters": non_empty_list(POSITIVE_INT, unique=True),
     "n_steps": POSITIVE_INT,
     "conv_shapes": non_empty_list(non_empty_list(POSITIVE_INT, length=5)),
@@ -133,7 +142,7 @@ RULES: dict[str, Rule] = {
     "acc_tolerance": NON_NEGATIVE, "level": between(0, 1, open_=True),
     # machine
     "torch_threads": COUNT_OR_ALL,
-    "executor": one_of("", "inline", "local", "slurm", "debug"),
+    "executor": one_of("", *EXECUTORS),
     "max_workers": COUNT_OR_ALL,
 }
 

@@ -3,14 +3,16 @@
 | table           | a name resolves to                                                | registered in            |
 |-----------------|-------------------------------------------------------------------|--------------------------|
 | `DATASETS`      | loader(**kwargs) -> (train, test) ArrayDatasets                   | `data.*`                 |
-| `MODELS`        | builder(spec: dict) -> RepModel                                   | `models`, `barlow`, `transfer` |
-| `METHODS`       | factory(cfg, model, example_x) -> penalty object, or None         | `train`, `authors`, `transfer` |
-| `OBJECTIVES`    | objective(model, x, y, gen) -> (loss, features, n_correct)        | `train`, `barlow`        |
-| `AUGMENTATIONS` | augment(x, gen) -> x                                              | `train`, `barlow`        |
+| `MODELS`        | builder(spec: dict) -> RepModel                                   | `models`, `defences`     |
+| `METHODS`       | factory(cfg, model, example_x) -> penalty object, or None         | `method.penalties`, `defences` |
+| `OBJECTIVES`    | objective(model, x, y, gen) -> (loss, features, n_correct)        | `training.loop`, `defences.barlow` |
+| `AUGMENTATIONS` | augment(x, gen) -> x                                              | `training.augment`, `defences.barlow` |
+| `PRECISIONS`    | what the precision does (a sentence)                              | `attacks.precision`      |
+| `INITS`         | what the initialisation draws (a sentence)                        | `models.base`            |
 
 A plug-in module registers with a decorator, the way torchvision registers its models:
 
-    from .registry import METHODS
+    from repspec_utils.infra.registry import METHODS
 
     @METHODS.register("my_penalty", doc="what it penalises")
     def make_my_penalty(cfg, model, example_x): ...
@@ -28,13 +30,13 @@ from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "DATASETS", "MODELS", "METHODS", "OBJECTIVES", "AUGMENTATIONS", "TABLES"]
+__all__ = ["Registry", "DATASETS", "MODELS", "METHODS", "OBJECTIVES", "AUGMENTATIONS", "PRECISIONS", "INITS", "TABLES"]
 
 
 # The plug-in modules (relative to this package), imported on the first read of any table, in this order (their
 # dependencies first), so every name is registered whatever was imported before and a light import of the package
 # (the CLI's --help, the analysis of committed tables) does not load torch. Named here, not imported: a leaf.
-PLUGINS = ("data", "models", "method.penalties", "training.loop", "training.augment", "defences.barlow",
+PLUGINS = ("data", "models", "attacks.precision", "method.penalties", "training.loop", "training.augment", "defences.barlow",
            "defences.transfer", "defences.adversarial")
 _LOADED = threading.Event()
 _LOADING = threading.RLock()
@@ -138,5 +140,8 @@ MODELS: Registry[Callable[[dict], Any]] = Registry("model kind")
 METHODS: Registry[Callable[..., Any]] = Registry("method")
 OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective")
 AUGMENTATIONS: Registry[Callable[..., Any]] = Registry("augmentation")
+PRECISIONS: Registry[str] = Registry("precision")
+INITS: Registry[str] = Registry("initialisation")
 TABLES: Mapping[str, Registry] = {"datasets": DATASETS, "models": MODELS, "methods": METHODS,
-                                  "objectives": OBJECTIVES, "augmentations": AUGMENTATIONS}
+                                  "objectives": OBJECTIVES, "augmentations": AUGMENTATIONS,
+                                  "precisions": PRECISIONS, "inits": INITS}

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repspec_utils.infra import registry
 from repspec_utils.infra.registry import MODELS
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -87,6 +88,8 @@ class Normalize(nn.Module):
 
 
 INITS = ("normal", "torch")  # N(0, init_std²) everywhere (the paper's) | PyTorch's nn.Linear default
+registry.INITS.register("normal", "N(0, init_std²) for every weight and bias (the paper's)")
+registry.INITS.register("torch", "PyTorch's nn.Linear default (a labelled deviation)")
 
 
 def torch_default_init_(layers: Sequence[nn.Linear], generator: torch.Generator | None) -> None:
