@@ -1,8 +1,9 @@
-"""Cost of the adversarial-training methods (issue 13), printed as ratios to the unregularised step, one run.
+"""Cost of the adversarial-training methods (issue 13): ratios to the unregularised step from interleaved rounds, CPU
+and wall time with their IQR (benchmarks/harness.py), written to benchmarks/results/adversarial_step*.csv.
 
 The MNIST MLP (784→2000→10, batch 1024, the paper's width) trains one minibatch step with each method exactly as
-`train()` runs it (`train.method_parts` of the method's factory, its wrapped objective, `train.train_step`); the
-steps are timed round-robin (benchmarks/bench_train.compare) so background load hits all alike. Targets (issue 13):
+`train()` runs it (`training.method_parts` of the method's factory, its wrapped objective, `training.train_step`);
+the steps run in interleaved rounds so background load hits all alike. Targets (issue 13):
 a `pgd_at` step with k PGD steps costs at most (k + 1.3)× the unregularised step, an `arat` step at most (k + 2.5)×.
 Every step of an epoch is such a step (the per-epoch test-set evaluation is the same for every method), so the
 step ratio is the epoch ratio. AR-AT runs on the BatchNorm MLP (`batchnorm=True`, split BN) and on the plain MLP;
@@ -11,15 +12,18 @@ the BN one's baseline is the unregularised step of that same BatchNorm MLP. AR-A
 With --resnet the CIFAR ResNet18 (batch 32, CPU) times none / pgd_at / arat as well (layer4's four 512-wide
 predictors are small next to the convolutions).
 
-Run: python benchmarks/bench_adversarial.py [--threads 1] [--steps 10] [--repeat 7] [--resnet]
+Targets of issue 31: an LSP-style step at most 1.5× the unregularised one.
+
+Run: python benchmarks/bench_adversarial.py [--threads 1] [--steps 10] [--repeat 20] [--resnet]
 """
 
 from __future__ import annotations
 
 import argparse
 
+import pandas as pd
 import torch
-from bench_train import compare  # benchmarks/ is on sys.path when run
+from harness import machine, print_machine, run_rounds, show, summarise, write  # benchmarks/ is on sys.path
 
 from repspec_utils import training
 from repspec_utils.defences import adversarial as ADV
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10, help="PGD steps k")
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=20, help="interleaved rounds (≥ 20)")
     ap.add_argument("--resnet", action="store_true", help="also ResNet18 on 32x32 inputs (batch 32; minutes)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -82,23 +86,27 @@ def main(argv=None) -> int:
     def predictor_step():
         head(z).sum().backward()
     fns["AR-AT predictor"] = predictor_step
-    t = compare(fns, repeat=args.repeat, warmup=1)
+    info = machine()
+    print_machine(info)
+    rounds = run_rounds(fns, rounds=args.repeat, warmup=1)
+    mlp = [v for v in fns if "BN MLP" not in v and v != "AR-AT predictor"]
+    bn = [v for v in fns if "BN MLP" in v]
+    table = pd.concat([summarise(rounds[rounds.variant.isin(mlp)], baseline="none").assign(baseline="none"),
+                       summarise(rounds[rounds.variant.isin(bn)], baseline="none (BN MLP)").assign(baseline="none (BN MLP)"),
+                       summarise(rounds[rounds.variant == "AR-AT predictor"]).assign(baseline="")], ignore_index=True)
+    print(f"MNIST MLP 784→2000→10, batch 1024, {args.threads} thread(s), PGD k = {k}; {args.repeat} interleaved rounds "
+          f"(median [IQR]); targets: pgd_at ≤ {k + 1.3:.1f}×, arat ≤ {k + 2.5:.1f}×, lsp ≤ 1.5×")
+    show(table)
+    write("adversarial_step", table.assign(benchmark="adversarial_step", pgd_steps=k), info)
     if args.resnet:
         gr = torch.Generator().manual_seed(1)
         xr, yr = torch.rand(32, 3, 32, 32, generator=gr), torch.randint(0, 10, (32,), generator=gr)
-        t.update(compare({"none (ResNet18)": step_fn("none", k, False, xr, yr, 0.0, resnet=True),
-                          "pgd_at (ResNet18)": step_fn("pgd_at", k, False, xr, yr, 0.0, resnet=True),
-                          "arat (ResNet18)": step_fn("arat", k, False, xr, yr, 30.0, resnet=True)},
-                         repeat=max(2, args.repeat // 2), warmup=1))
-    targets = {"pgd_at (ResNet18)": k + 1.3, "arat (ResNet18)": k + 2.5, "pgd_at": k + 1.3, "rep+pgd_at": None, "arat (BN MLP)": k + 2.5, "arat (no BN)": k + 2.5}
-    print(f"MNIST MLP 784→2000→10, batch 1024, {args.threads} thread(s), PGD k = {k}; median of {args.repeat}")
-    print(f"{'method':16s} {'s/step':>8s} {'× none':>8s}  target")
-    for name, sec in t.items():
-        base = t["none (BN MLP)"] if "BN MLP" in name else t["none (ResNet18)"] if "ResNet18" in name else t["none"]
-        ratio = sec / base
-        tgt = targets.get(name)
-        verdict = "" if tgt is None else f"≤ {tgt:.1f}×  {'ok' if ratio <= tgt else 'MISSED'}"
-        print(f"{name:16s} {sec:8.3f} {ratio:8.2f}  {verdict}")
+        res = summarise(run_rounds({"none (ResNet18)": step_fn("none", k, False, xr, yr, 0.0, resnet=True),
+                                    "pgd_at (ResNet18)": step_fn("pgd_at", k, False, xr, yr, 0.0, resnet=True),
+                                    "arat (ResNet18)": step_fn("arat", k, False, xr, yr, 30.0, resnet=True)},
+                                   rounds=args.repeat, warmup=1), baseline="none (ResNet18)")
+        show(res)
+        write("adversarial_step_resnet18", res.assign(benchmark="adversarial_step_resnet18", pgd_steps=k), info)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_train import compare  # noqa: E402  (interleaved medians, the timer of every benchmark here)
+from harness import compare  # noqa: E402  (median CPU seconds of interleaved rounds)
 
 from repspec_utils import attacks
 from repspec_utils.infra.registry import OBJECTIVES

@@ -62,7 +62,8 @@ def summarise(rounds: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame
     """Per variant: median / q1 / q3 of wall_s and cpu_s, and (with a baseline) of the per-round ratios to it."""
     out = []
     wide = {m: rounds.pivot(index="round", columns="variant", values=f"{m}_s") for m in ("wall", "cpu")}
-    for name in rounds.attrs.get("order") or list(dict.fromkeys(rounds["variant"])):
+    present = list(dict.fromkeys(rounds["variant"]))
+    for name in [n for n in rounds.attrs.get("order", ()) if n in present] or present:
         row = {"variant": name, "rounds": int((rounds["variant"] == name).sum()),
                "cpu_clock": rounds["cpu_clock"].iloc[0]}
         for m, w in wide.items():
@@ -122,3 +123,10 @@ def show(table: pd.DataFrame, unit: str = "ms") -> None:
             line += (f"  ratio cpu {r['cpu_ratio']:.3f} [{r['cpu_ratio_q1']:.3f}, {r['cpu_ratio_q3']:.3f}]"
                      f"  wall {r['wall_ratio']:.3f} [{r['wall_ratio_q1']:.3f}, {r['wall_ratio_q3']:.3f}]")
         print(line)
+
+
+def compare(fns: Mapping[str, Callable[[], object]], repeat: int = MIN_ROUNDS, warmup: int = 2) -> dict[str, float]:
+    """Median CPU seconds per call of each function over interleaved rounds (for the benchmarks not yet writing
+    results files; `run_rounds` + `summarise` give the spread)."""
+    rounds = run_rounds(fns, rounds=repeat, warmup=warmup)
+    return rounds.groupby("variant")["cpu_s"].median().to_dict()
