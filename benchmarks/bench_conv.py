@@ -1,0 +1,85 @@
+"""The real-image analogs' small ResNet on this CPU (issue 27 item 5): its training step and its attack query against
+a FLOP bound, with memory format and batch size as the variants, from interleaved rounds (benchmarks/harness.py), CPU
+time on one thread with its IQR; written to benchmarks/results/conv_*.csv.
+
+FLOP bound: a training step executes ≈ 3× the forward multiply-adds (forward, input gradient, weight gradient; the
+first conv's input gradient is not needed, a < 1 % term at 1 input channel) = 6 · forward_macs FLOPs per image
+(`models.small_resnet_cost`, exact, tested); an attack query executes the forward only, 2 · forward_macs. The rate
+is a GEMM of the net's typical im2col shape (rows = batch · 8², k = 9 · 64, n = 64 at base width 16's third stage)
+timed in the same rounds; the ratio measured / bound says how far the convolutions run below that rate.
+torch.compile is not tried here (no validated compiler setup on these machines).
+
+Run: python benchmarks/bench_conv.py [--rounds 20] [--width 16] [--blocks 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from harness import machine, print_machine, run_rounds, show, summarise, write
+
+from repspec_utils.infra.registry import OBJECTIVES
+from repspec_utils.models import small_resnet, small_resnet_cost
+from repspec_utils.training import TrainConfig, make_optimizer, train_step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--blocks", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    info = machine()
+    print_machine(info)
+    cost = small_resnet_cost(args.width, args.blocks, channels=1, image_size=28, pad=2)
+    g = torch.Generator().manual_seed(0)
+    fns, flops = {}, {}
+    for batch in (64, 128, 256):
+        for fmt in ("contiguous", "channels_last"):
+            model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).train()
+            x = torch.rand(batch, 1, 28, 28, generator=g)
+            y = torch.randint(0, 10, (batch,), generator=g)
+            if fmt == "channels_last":
+                model = model.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            opt = make_optimizer(TrainConfig(dataset="fashion_mnist", model={"kind": "small_resnet"}, lr=0.01), model)
+            name = f"step b={batch} {fmt}"
+            fns[name] = (lambda model=model, opt=opt, x=x, y=y:
+                         train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
+            flops[name] = 6 * cost["forward_macs"] * batch
+    for fmt in ("contiguous", "channels_last"):
+        model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).eval()
+        x = torch.rand(512, 1, 28, 28, generator=g)
+        if fmt == "channels_last":
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        name = f"query b=512 {fmt}"
+
+        def query(model=model, x=x):
+            with torch.no_grad():
+                model(x).argmax(1)
+        fns[name], flops[name] = query, 2 * cost["forward_macs"] * 512
+    a, b = torch.randn(128 * 64, 9 * 4 * args.width), torch.randn(9 * 4 * args.width, 4 * args.width)
+    fns["gemm"] = lambda: a @ b
+    flops["gemm"] = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    table = summarise(run_rounds(fns, rounds=args.rounds, warmup=1), baseline="step b=128 contiguous")
+    rate = flops["gemm"] / float(table.loc[table.variant == "gemm", "cpu_s"].iloc[0])
+    table["gflop"] = table["variant"].map(flops) / 1e9
+    table["bound_s"] = table["variant"].map(flops) / rate
+    table["cpu_over_bound"] = table["cpu_s"] / table["bound_s"]
+    table["per_image_ms"] = [r.cpu_s * 1e3 / int(r.variant.split("b=")[1].split()[0]) if "b=" in r.variant else None
+                             for r in table.itertuples()]
+    show(table)
+    print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s; small ResNet width {args.width}, {args.blocks} block(s)/stage: "
+          f"{cost['forward_macs'] / 1e6:.1f} M MACs per image at 32 px")
+    print(table[["variant", "per_image_ms", "cpu_over_bound"]].to_string(index=False))
+    epoch = table.loc[table.variant == "step b=128 contiguous", "cpu_s"].iloc[0] * 60000 / 128
+    print(f"a 60000-image epoch at batch 128: ≈ {epoch / 60:.1f} CPU min")
+    write(f"conv_small_resnet_w{args.width}_b{args.blocks}",
+          table.assign(benchmark="conv_small_resnet", width=args.width, blocks=args.blocks,
+                       forward_macs=cost["forward_macs"], gemm_gflops=rate / 1e9, epoch_cpu_min=epoch / 60), info)
+
+
+if __name__ == "__main__":
+    main()
