@@ -35,7 +35,7 @@ def main() -> None:
     print_machine(info)
     cost = small_resnet_cost(args.width, args.blocks, channels=1, image_size=28, pad=2)
     g = torch.Generator().manual_seed(0)
-    fns, flops = {}, {}
+    fns, flops, images = {}, {}, {}
     for batch in (64, 128, 256):
         for fmt in ("contiguous", "channels_last"):
             model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).train()
@@ -48,7 +48,7 @@ def main() -> None:
             name = f"step b={batch} {fmt}"
             fns[name] = (lambda model=model, opt=opt, x=x, y=y:
                          train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
-            flops[name] = 6 * cost["forward_macs"] * batch
+            flops[name], images[name] = 6 * cost["forward_macs"] * batch, batch
     for fmt in ("contiguous", "channels_last"):
         model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).eval()
         x = torch.rand(512, 1, 28, 28, generator=g)
@@ -59,7 +59,7 @@ def main() -> None:
         def query(model=model, x=x):
             with torch.no_grad():
                 model(x).argmax(1)
-        fns[name], flops[name] = query, 2 * cost["forward_macs"] * 512
+        fns[name], flops[name], images[name] = query, 2 * cost["forward_macs"] * 512, 512
     a, b = torch.randn(128 * 64, 9 * 4 * args.width), torch.randn(9 * 4 * args.width, 4 * args.width)
     fns["gemm"] = lambda: a @ b
     flops["gemm"] = 2 * a.shape[0] * a.shape[1] * b.shape[1]
@@ -68,8 +68,7 @@ def main() -> None:
     table["gflop"] = table["variant"].map(flops) / 1e9
     table["bound_s"] = table["variant"].map(flops) / rate
     table["cpu_over_bound"] = table["cpu_s"] / table["bound_s"]
-    table["per_image_ms"] = [r.cpu_s * 1e3 / int(r.variant.split("b=")[1].split()[0]) if "b=" in r.variant else None
-                             for r in table.itertuples()]
+    table["per_image_ms"] = table["cpu_s"] * 1e3 / table["variant"].map(images)
     show(table)
     print(f"GEMM rate {rate / 1e9:.1f} GFLOP/s; small ResNet width {args.width}, {args.blocks} block(s)/stage: "
           f"{cost['forward_macs'] / 1e6:.1f} M MACs per image at 32 px")

@@ -30,7 +30,7 @@ from repspec_utils.training import TrainConfig, make_optimizer, train_step
 def mlp_step_curve(widths, rounds: int) -> pd.DataFrame:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(1024, 784, generator=g), torch.randint(0, 10, (1024,), generator=g)
-    fns = {}
+    fns, setting = {}, {}
     for w in widths:
         model = MLP(784, [w], 10, seed=0)
         opt = make_optimizer(TrainConfig(dataset="mnist", model={"kind": "mlp", "widths": [w]}, lr=0.1), model)
@@ -38,9 +38,10 @@ def mlp_step_curve(widths, rounds: int) -> pd.DataFrame:
         for m in ("none", "rep", "ll"):
             fns[f"{m} w={w}"] = (lambda model=model, opt=opt, pen=pens.get(m):
                                  train_step(model, opt, OBJECTIVES["supervised"], x, y, None, pen, 1e-3))
+            setting[f"{m} w={w}"] = (m, w)
     out = summarise(run_rounds(fns, rounds=rounds))
-    out[["method", "width"]] = out["variant"].str.extract(r"(\w+) w=(\d+)")
-    return out.assign(width=lambda d: d["width"].astype(int))
+    return out.assign(method=out["variant"].map(lambda v: setting[v][0]),
+                      width=out["variant"].map(lambda v: setting[v][1]))
 
 
 def attack_curve(batches, rounds: int) -> pd.DataFrame:
@@ -49,7 +50,7 @@ def attack_curve(batches, rounds: int) -> pd.DataFrame:
     x = torch.rand(max(batches), 784, generator=g)
     fns = {f"n={n}": (lambda n=n: tangent_attack(model, x[:n], T=5, progress=False)) for n in batches}
     out = summarise(run_rounds(fns, rounds=rounds, warmup=1))
-    out["batch"] = out["variant"].str.extract(r"n=(\d+)")[0].astype(int)
+    out["batch"] = out["variant"].map(dict(zip(fns, batches)))
     for col in ("cpu_s", "cpu_s_q1", "cpu_s_q3", "wall_s"):
         out[f"{col}_per_sample"] = out[col] / out["batch"]
     return out
@@ -58,15 +59,16 @@ def attack_curve(batches, rounds: int) -> pd.DataFrame:
 def conv_curve(widths, rounds: int) -> pd.DataFrame:
     g = torch.Generator().manual_seed(2)
     x, y = torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)
-    fns = {}
+    fns, width_of = {}, {}
     for w in widths:
         model = small_resnet(width=w, blocks=1, pad=2, seed=0).train()
         opt = make_optimizer(TrainConfig(dataset="fashion_mnist", model={"kind": "small_resnet", "width": w},
                                          lr=0.01), model)
         fns[f"width={w}"] = (lambda model=model, opt=opt:
                              train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
+        width_of[f"width={w}"] = w
     out = summarise(run_rounds(fns, rounds=rounds, warmup=1))
-    out["base_width"] = out["variant"].str.extract(r"width=(\d+)")[0].astype(int)
+    out["base_width"] = out["variant"].map(width_of)
     out["epoch_cpu_s"] = out["cpu_s"] * (60000 / 128)  # a 60000-image epoch at this step's cost
     return out
 

@@ -15,7 +15,7 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
 
-from repspec_utils.analysis.tables import DIGIT_PLANE_COORDS
+from repspec_utils.analysis.tables import DIGIT_PLANE_COORDS, square_grid
 from repspec_utils.infra.files import atomic_path
 from repspec_utils.infra.provenance import git_commit
 
@@ -567,9 +567,8 @@ def figure1_tradeoff(ax_row, examples: Sequence, lim: float = 3.25) -> Sequence:
     (computed there; drawn here); returned as given."""
     if ax_row is None:
         _, ax_row = _pyplot().subplots(1, 3, figsize=(7.5, 2.8))
-    t = np.linspace(-lim, lim, 301)
-    xx, yy = np.meshgrid(t, t)
-    grid = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32)  # the points `geometry.grid_2d` gives
+    xx, yy, grid = square_grid(lim, 301)
+    grid = grid.astype(np.float32)  # the float32 points `geometry.grid_2d` gives the models
     for ax, ex in zip(ax_row, examples):
         D = ex.decision(grid.astype(float)).reshape(xx.shape)
         ax.contourf(xx, yy, D, levels=[-np.inf, 0.0, np.inf], colors=[mcolors.to_rgba(c, 0.18) for c in CLASS_COLORS])

@@ -18,6 +18,15 @@ DIGIT_PLANE_COORDS = (
 )
 
 
+def square_grid(lim: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The square grid of the 2-D field tables on [−lim, lim]²: xx, yy (n, n) (rows = y) and points (n², 2) with
+    points[i] = (xx.flat[i], yy.flat[i]); a field computed on the points is drawn with `values.reshape(xx.shape)`.
+    (`evaluation.geometry.grid_2d` hands the points to models as a tensor; `plotting.figure1_tradeoff` draws on it.)"""
+    t = np.linspace(-lim, lim, n)
+    xx, yy = np.meshgrid(t, t)
+    return xx, yy, np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
 SETTING_COLUMNS = ["dataset", "width", "method", "lam", "weight_decay", "seed", "max_layer", "epochs", "burn_in",
                    "method_kwargs"]  # method_kwargs only where a config has some (L2-SP α, β; BSS k)
 

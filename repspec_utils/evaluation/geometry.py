@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from repspec_utils.analysis.tables import DIGIT_PLANE_COORDS
+from repspec_utils.analysis.tables import DIGIT_PLANE_COORDS, square_grid
 from repspec_utils.models.base import activation_derivative as _activation_derivative
 from repspec_utils.models.mlp import MLP, BatchedMLP, effective_bias
 
@@ -328,14 +328,9 @@ def lambda_max_2d(model, x: Tensor) -> Tensor:
 
 
 def grid_2d(lim: float = 3.5, n: int = 40, dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray, Tensor]:
-    """A square grid on [−lim, lim]²: xx, yy (n, n) numpy (rows = y) and points (n², 2) with points[i] = (xx.flat[i], yy.flat[i]).
-
-    A field computed on the points is drawn with `values.reshape(xx.shape)`.
-    """
-    t = np.linspace(-lim, lim, n)
-    xx, yy = np.meshgrid(t, t)
-    points = torch.as_tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), dtype=dtype)
-    return xx, yy, points
+    """`analysis.tables.square_grid` with the points (n², 2) as a tensor of `dtype`, for the models."""
+    xx, yy, points = square_grid(lim, n)
+    return xx, yy, torch.as_tensor(points, dtype=dtype)
 
 
 class DigitPlane(NamedTuple):

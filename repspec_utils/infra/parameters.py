@@ -75,11 +75,9 @@ def registered(table: str) -> Rule:
 
 
 def _methods() -> Rule:
-    from repspec_utils.infra.registry import METHODS
-
-    return Rule(lambda v: isinstance(v, (list, tuple)) and bool(v) and len(set(v)) == len(v)
-                and all(isinstance(m, str) and m in METHODS for m in v),
-                lambda: f"a non-empty list of distinct method names from: {', '.join(METHODS.names())}")
+    """Distinct registered method names (`registered` in a `non_empty_list`), said in words of methods."""
+    return Rule(non_empty_list(registered("methods"), unique=True).ok,
+                lambda: f"a non-empty list of distinct method names from: {', '.join(registry.METHODS.names())}")
 
 
 def int_in(lo: int, hi: int, note: str = "") -> Rule:
