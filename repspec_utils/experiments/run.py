@@ -137,6 +137,22 @@ def _attack_cached(r: TrainResult, n, attack, attack_kwargs, seed, readout, prec
     return n_attack > 0 and attack_is_cached(key, test_ds, n_attack, seed, attack, attack_kwargs, precision)
 
 
+def _submit_uncached(results: Sequence[TrainResult], is_cached, job, kwargs: dict, what: str, readout: str,
+                     executor: str | None, max_workers: int | None, progress: bool | None, desc: str) -> None:
+    """Check the executor and max_workers; on any executor but inline, `job(cfg, kwargs)` as one job per model whose
+    result `is_cached` says is not in the cache yet (the caller then reads every result from the cache)."""
+    from repspec_utils.infra.executor import Job, check_max_workers, resolve_executor, run_jobs
+
+    name = resolve_executor(executor)
+    check_max_workers(max_workers)
+    if name == "inline":
+        return
+    todo = [r for r in results if not is_cached(r)]
+    if todo:
+        run_jobs([Job(f"{what} {r.config.method} seed {r.config.seed} ({readout})", job, (r.config, kwargs))
+                  for r in todo], name, max_workers, progress=progress, desc=desc)
+
+
 def robustness_table(results: Sequence[TrainResult], n: int | None = None, attack: str = "tangent",
                      attack_kwargs: dict | None = None, seed: int = 0, readout: str = "original",
                      progress: bool | None = None, precision: str = "fp32", certify: bool = True,
@@ -147,17 +163,11 @@ def robustness_table(results: Sequence[TrainResult], n: int | None = None, attac
     readout='refit' first re-trains the readout on frozen Φ (SPEC §4); certify: the certified_radius column
     (`evaluation.robustness.evaluate_robustness`)."""
     check_readout(readout)
-    from repspec_utils.infra.executor import Job, check_max_workers, resolve_executor, run_jobs
-
-    name = resolve_executor(executor)
-    check_max_workers(max_workers)
-    if name != "inline":  # one job per model not cached yet; the loop below then reads every table from the cache
-        kwargs = dict(n=n, attack=attack, attack_kwargs=attack_kwargs, seed=seed, readout=readout, progress=False,
-                      precision=precision, certify=False)
-        todo = [r for r in results if not _attack_cached(r, n, attack, attack_kwargs, seed, readout, precision)]
-        if todo:
-            run_jobs([Job(f"attack {r.config.method} seed {r.config.seed} ({readout})", _attack_job,
-                          (r.config, kwargs)) for r in todo], name, max_workers, progress=progress, desc="attacks")
+    # one job per model not cached yet; the loop below then reads every table from the cache
+    _submit_uncached(results, lambda r: _attack_cached(r, n, attack, attack_kwargs, seed, readout, precision),
+                     _attack_job, dict(n=n, attack=attack, attack_kwargs=attack_kwargs, seed=seed, readout=readout,
+                                       progress=False, precision=precision, certify=False),
+                     "attack", readout, executor, max_workers, progress, desc="attacks")
     rows = []
     for r in results:
         test_ds, model, key, acc = _with_readout(r, readout)
@@ -212,17 +222,10 @@ def whitebox_table(results: Sequence[TrainResult], eps: Sequence[float], n: int,
     other than inline, the models whose values are not cached yet are evaluated as one job each (as the attacks
     of `robustness_table`), then every row is read from the cache."""
     check_readout(readout)
-    from repspec_utils.infra.executor import Job, check_max_workers, resolve_executor, run_jobs
-
-    name = resolve_executor(executor)
-    check_max_workers(max_workers)
     kwargs = dict(eps=list(eps), n=n, readout=readout, pgd_steps=pgd_steps, autoattack_eps=autoattack_eps,
                   autoattack_n=autoattack_n, seed=seed)
-    if name != "inline":
-        todo = [r for r in results if not _whitebox_cached(r, kwargs)]
-        if todo:
-            run_jobs([Job(f"white-box {r.config.method} seed {r.config.seed} ({readout})", _whitebox_job,
-                          (r.config, kwargs)) for r in todo], name, max_workers, progress=progress, desc="white-box")
+    _submit_uncached(results, lambda r: _whitebox_cached(r, kwargs), _whitebox_job, kwargs, "white-box", readout,
+                     executor, max_workers, progress, desc="white-box")
     rows = []
     for r in results:
         test_ds, model, key, acc = _with_readout(r, readout)
