@@ -216,3 +216,133 @@ def test_parameter_names_come_from_their_one_source():
     finally:
         registry.PRECISIONS._items.pop("test_fp8")
         registry.PRECISIONS._meta.pop("test_fp8")
+
+
+def test_method_catalogue_matches_the_registrations():
+    """Every registered method has a catalogue entry (label, colour) and every entry is registered or is a table's
+    setting `of` a registered one: the analysis layer's labels, colours, order and claim roles come from there."""
+    from repspec_utils.analysis import claims, plotting
+    from repspec_utils.infra.registry import METHODS
+
+    catalogue = METHODS.catalogue()
+    registered = set(METHODS.names())
+    assert registered <= set(catalogue), f"methods without a catalogue entry: {registered - set(catalogue)}"
+    for name, entry in catalogue.items():
+        assert (name in registered) != ("of" in entry), name  # registered, or a setting of a registered method
+        assert "of" not in entry or entry["of"] in registered, name
+        assert isinstance(entry["colour"], int) and 0 <= entry["colour"] < len(plotting._CB), name
+        assert plotting.method_label(name) == entry["label"]
+    assert len({e["label"] for e in catalogue.values()}) == len(catalogue)  # a label names one method
+    assert claims.REP_METHODS == ("rep", "rep_ub") and claims.SAME_LAMBDA == ("ll", "ll_readout")
+    assert plotting.method_order(catalogue) == list(catalogue)
+
+
+def test_a_runtime_registered_method_is_shown_by_its_registration():
+    """A user's own method (registered at run time, not in the catalogue) is labelled and coloured from its
+    registration; without one it is shown by its name."""
+    from repspec_utils.analysis import plotting
+    from repspec_utils.infra.registry import METHODS
+
+    METHODS.register("test_mine", lambda cfg, model, x: None, label="my penalty", colour=6)
+    METHODS.register("test_bare", lambda cfg, model, x: None)
+    try:
+        assert plotting.method_label("test_mine") == "my penalty" and plotting.method_color("test_mine") == plotting._CB[6]
+        assert plotting.method_label("test_bare") == "test_bare" and plotting.method_color("test_bare") == plotting._CB[5]
+    finally:
+        for name in ("test_mine", "test_bare"):
+            METHODS._items.pop(name, None)
+            METHODS._meta.pop(name, None)
+
+
+def test_a_bad_catalogue_is_refused(tmp_path):
+    from repspec_utils.infra.registry import _read_catalogue
+
+    bad = tmp_path / "c.yaml"
+    bad.write_text("a: {colour: 1}\n")
+    with pytest.raises(ValueError, match="label"):
+        _read_catalogue(bad, "method")
+    bad.write_text("a: {label: A, of: b}\n")
+    with pytest.raises(ValueError, match="'b', which has no entry"):
+        _read_catalogue(bad, "method")
+
+
+def _string_constants(path) -> list[tuple[int, str]]:
+    """(line, value) of every string literal of a module that is not a docstring."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_no_library_module_lists_figures():
+    """One figure, one place: no string literal of the library names a notebook (titles, claims, rules and flags
+    are in the figure's profile file)."""
+    stems = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")} - {"claims"}  # also the `figure.claims` key
+    assert len(stems) > 10
+    hits = [f"{p.relative_to(PKG)}:{line} {value!r}" for p in PKG.rglob("*.py")
+            for line, value in _string_constants(p) if value in stems]
+    assert not hits, hits
+
+
+def test_every_figure_is_described_in_its_profile_file():
+    from repspec_utils.analysis.claims import CLAIMS
+    from repspec_utils.infra import figures, notebook
+
+    specs = {f.name: f for f in figures.all_figures()}
+    assert set(specs) == set(notebook.notebooks())  # a profile file per notebook, and no other
+    on_page = [f.name for f in figures.page_figures()]
+    assert set(on_page) == set(specs) - {"claims"} and on_page[:3] == ["fig1_tradeoff", "fig2_xor_distance",
+                                                                      "fig3_xor_geometry"]
+    assert all(specs[n].title and specs[n].shows for n in on_page)
+    assert {c.claim for c in figures.claim_sources()} == set(CLAIMS)  # every claim is tested by some figure
+    assert [c.claim for c in figures.claim_sources()] == sorted(c.claim for c in figures.claim_sources())
+    assert figures.flagged("field") == ("baselines_mnist",) and figures.flagged("runs_last") == ("claims",)
+    assert notebook.notebooks()[-1] == "claims"
+    assert "fig4_mnist" in figures.flagged("mlp") and "fig6_cifar_resnet" not in figures.flagged("mlp")
+
+
+def test_a_figures_rules_come_from_its_profile_file():
+    from repspec_utils.infra.parameters import check_value, describe
+
+    check_value("n_attack", 0, notebook="appA_xor_noisy")  # 0: every correctly classified point
+    with pytest.raises(ValueError, match="10000 test images"):
+        check_value("n_attack", 20_000, notebook="fig4_mnist")
+    check_value("epochs", 0, notebook="fig8_transfer")  # 0: the task's recipe
+    with pytest.raises(ValueError, match="n_attack"):
+        check_value("n_attack", 0, notebook="fig4_mnist")
+    with pytest.raises(ValueError, match="epochs"):
+        check_value("epochs", 0, notebook="fig4_mnist")
+    assert "recipe" in describe("lr", "fig8_transfer") and "recipe" not in (describe("lr", "fig4_mnist") or "")
+
+
+@pytest.mark.parametrize("section, error", [
+    ("figure: {title: T, colour: 3}", "unknown key"),
+    ("figure: {title: T, claims: [{claim: one, tests: X}]}", "claim's number"),
+    ("figure: {title: T, claims: [{claim: 1}]}", "name the test"),
+    ("figure: {title: T, rules: {n_attack: no_such_rule}}", "unknown rule name"),
+    ("figure: {page: 5}", "needs a `title`"),
+    ("figure: {title: T, mlp: yes please}", "true or false"),
+])
+def test_a_bad_figure_section_is_refused_before_anything_runs(tmp_path, monkeypatch, section, error):
+    """Through every interface: the profile load that the runner, papermill's first cell and the Python API share."""
+    import shutil
+
+    from repspec_utils.infra import figures, notebook
+
+    for p in figures.PROFILE_DIR.glob("*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    path = tmp_path / "fig1_tradeoff.yaml"
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index("\nfigure:") + 1, text.index("\nsmoke:") + 1
+    path.write_text(text[:start] + section + "\n" + text[end:], encoding="utf-8")
+    monkeypatch.setattr(figures, "PROFILE_DIR", tmp_path)
+    monkeypatch.setattr(notebook, "PROFILE_DIR", tmp_path)
+    with pytest.raises(ValueError, match=error):
+        notebook.profile_params("fig1_tradeoff", "smoke")

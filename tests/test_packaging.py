@@ -54,3 +54,16 @@ def test_notebooks_carry_the_kernelspec_that_setup_installs():
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         spec = json.loads(nb.read_text())["metadata"]["kernelspec"]
         assert (spec["name"], spec["display_name"]) == (name, display), nb.name
+
+
+def test_the_method_catalogue_ships_in_a_wheel(tmp_path):
+    """A non-editable install has the catalogue the analysis layer reads (package data, not only the repository)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("repspec*.whl")
+    assert "repspec_utils/method/catalogue.yaml" in zipfile.ZipFile(wheel).namelist()

@@ -27,11 +27,15 @@ INFO = {"profile": "cpu", "seeds": [400, 401, 402, 403, 404], "epochs": 15000, "
 
 
 def test_method_names_and_colours():
-    assert [plotting.method_label(m) for m in plotting.METHOD_ORDER] == ["None", "ll-spectral", "rep-spectral"]
+    assert [plotting.method_label(m) for m in plotting.MAIN_METHODS] == ["None", "ll-spectral", "rep-spectral"]
     assert plotting.method_label("rep-spectral") == "rep-spectral" and plotting.method_label("other") == "other"
-    assert len({plotting.METHOD_COLORS[m] for m in plotting.METHOD_ORDER}) == 3
-    assert plotting.method_color("ll-spectral") == plotting.METHOD_COLORS["ll"]
+    assert plotting.method_label("rep λ=0.01") == "rep-spectral λ=0.01"
+    assert plotting.method_label("rep_stages2 λ=0.01") == "rep-spectral (2 stages) λ=0.01"
+    assert len({plotting.method_color(m) for m in plotting.MAIN_METHODS}) == 3
+    assert plotting.method_color("ll-spectral") == plotting.method_color("ll") == plotting._CB[1]
+    assert plotting.method_color("rep λ=0.01") == plotting.method_color("rep") and plotting.method_color("x") == plotting._CB[5]
     assert plotting.method_order(["rep", "none", "bss", "ll", "l2sp"]) == ["none", "l2sp", "bss", "ll", "rep"]
+    assert plotting.method_order(["rep-spectral λ=0.01", "zzz", "None"]) == ["none", "rep λ=0.01", "zzz"]
 
 
 def test_footer_contains_every_field():

@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 from repspec_utils.analysis.tables import bound_gains, strength_label
+from repspec_utils.infra import figures
 from repspec_utils.infra.notebook import profile_label
+from repspec_utils.infra.registry import METHODS
 
 ACC_TOLERANCE = 0.005  # accuracy may be at most 0.5 points worse (the interval's lower end) for "holds"
 
@@ -38,10 +40,13 @@ LEVEL = 0.95
 VERDICTS = ("holds", "fails", "inconclusive")
 
 
-REP_METHODS = ("rep", "rep_ub")  # rep-spectral as the paper states it, and as the authors' code runs it
+# From the method catalogue (METHODS.catalogue(), read without torch): the rep-spectral methods, each compared with
+# every other method of a table (rep as the paper states it, rep_ub as the authors' code runs it on XOR / sin / F-MNIST)
+REP_METHODS = tuple(sorted(name for name, entry in METHODS.catalogue().items() if entry.get("rep")))  # rep first
 
 
-SAME_LAMBDA = ("ll", "ll_readout")  # baselines compared at rep's λ where they were run at it
+# the baselines compared at rep's λ where they were run at it (ll, ll_readout)
+SAME_LAMBDA = tuple(name for name, entry in METHODS.catalogue().items() if entry.get("same_lambda"))
 
 
 CLAIMS = {
@@ -56,18 +61,8 @@ CLAIMS = {
 }
 
 
-# (claim, figure folder, what it tests[, table stem]); the per-model tables are <figure>/models.csv (or
-# <figure>/models_<stem>.csv), per sample samples.csv
-CLAIM_SOURCES = [
-    (1, "fig2_xor_distance", "XOR"),
-    (1, "fig2_xor_distance", "XOR, 50 seeds (ours)", "many_seeds"),  # a sample size beyond the paper's 10
-    (1, "appA_xor_noisy", "noisy XOR"), (1, "fig4_mnist", "MNIST"),
-    (1, "appC_mnist_sweeps", "MNIST λ / weight-decay sweep"), (1, "appE_fashion_mnist", "Fashion-MNIST"),
-    (2, "fig5_mnist_refit", "MNIST, re-trained readout"),
-    (3, "fig3_xor_geometry", "XOR metric"), (3, "appD_mnist_metric_plane", "MNIST metric plane"),
-    (4, "fig6_cifar_resnet", "CIFAR-10 ResNet18"), (5, "fig7_barlow", "Barlow Twins"), (6, "fig8_transfer", "transfer"),
-    (7, "bounds_sandwich", "certified radius vs attack distance"),
-]
+# Which figure tests which claim is in each figure's profile file (`figure.claims`, infra/figures.py): the per-model
+# tables are <figure>/models.csv (or <figure>/models_<table>.csv), per sample samples.csv.
 
 
 BOUND_ATTACKS = {"ta_distance": "Tangent Attack", "fmn_distance": "FMN"}
@@ -128,13 +123,9 @@ def _mean_sem(values: pd.Series) -> str:
     return f"{v.mean():.4g} ± {sem:.2g}" if np.isfinite(sem) else f"{v.mean():.4g}"
 
 
-# The MLP figures, and the commit that made the authors' MLP, schedule and re-fit the default (issue 26): a table
-# from a run at an earlier commit used this package's earlier MLP and re-fit, and its rows say so.
-MLP_FIGURES = ("fig2_xor_distance", "fig3_xor_geometry", "appA_xor_noisy", "appB_sin", "fig4_mnist",
-               "fig5_mnist_refit", "appC_mnist_sweeps", "appD_mnist_metric_plane", "appE_fashion_mnist",
-               "appG_training_curves", "bounds_sandwich", "baselines_mnist")
-
-
+# The commit that made the authors' MLP, schedule and re-fit the default (issue 26): a table of an MLP figure
+# (`figure.mlp` in its profile file) from a run at an earlier commit used this package's earlier MLP and re-fit, and
+# its rows say so.
 REFERENCE_MODEL_COMMIT = "a18bc30"
 
 
@@ -162,7 +153,7 @@ def _descends_from(commit: str, ancestor: str) -> bool | None:
 def model_label(fig: str, man: dict) -> str:
     """Which MLP a figure's tables come from: the manifest's own `model` record, else by its commit (the authors'
     MLP from REFERENCE_MODEL_COMMIT on); '' for figures without an MLP."""
-    if fig not in MLP_FIGURES or not man:
+    if not figures.figure(fig).mlp or not man:
         return ""
     if man.get("model"):
         return REFERENCE_MODEL if "reference" in str(man["model"]) else str(man["model"])
@@ -355,9 +346,12 @@ def claims_table(fig_root, acc_tolerance: float = ACC_TOLERANCE, level: float = 
     check_tolerance(acc_tolerance, level)
     root = Path(fig_root)
     rows: list[dict] = []
-    for claim, fig, what, *stem in CLAIM_SOURCES:
+    for source in figures.claim_sources():
+        claim, fig, what, extra = source.claim, source.figure, source.tests, source.table
+        if claim not in CLAIMS:
+            raise ValueError(f"{figures.profile_file(fig)}: figure.claims names claim {claim}, which is not one of "
+                             f"{', '.join(map(str, CLAIMS))}")
         folder = root / fig
-        extra = stem[0] if stem else None
         if extra is not None and not (folder / f"models_{extra}.csv").exists():
             continue  # an optional table (e.g. fig2's many-seed comparison) that this run did not produce
         man = _manifest(folder)
@@ -579,7 +573,12 @@ def claims_markdown(table: pd.DataFrame, acc_tolerance: float = ACC_TOLERANCE, l
 
 
 # ------------------------------------------------------------------------------- the field's methods (measured)
-FIELD_FIGURE = "baselines_mnist"
+def field_figure() -> str:
+    """The figure whose tables are the comparison with the field's methods (`figure.field` in its profile file)."""
+    flagged = figures.flagged("field")
+    if len(flagged) != 1:
+        raise ValueError(f"exactly one profile file must set figure.field: true, found {list(flagged) or 'none'}")
+    return flagged[0]
 
 
 FIELD_PAIRS = (("rep", "none"), ("rep", "pgd_at"), ("rep", "arat"), ("rep", "lsp"), ("rep+pgd_at", "pgd_at"),
@@ -602,7 +601,7 @@ def field_table(fig_root, level: float = LEVEL) -> pd.DataFrame:
     measured column: the paired-by-seed mean difference (rep-variant − other) with its Student-t interval, and both
     means. Reported as measured: no verdict, no claim. Empty when the figure was not produced or its manifest does
     not say status 'ok'."""
-    folder = Path(fig_root) / FIELD_FIGURE
+    folder = Path(fig_root) / field_figure()
     man = _manifest(folder)
     if man.get("status") != "ok" or not (folder / "models.csv").exists():
         return pd.DataFrame()
@@ -628,7 +627,7 @@ def field_table(fig_root, level: float = LEVEL) -> pd.DataFrame:
 def field_markdown(table: pd.DataFrame, level: float = LEVEL) -> str:
     """The field comparison as Markdown: per readout, one row per pair, one column per measure (Δ [interval])."""
     if table.empty:
-        return f"`{FIELD_FIGURE}` not produced (or its last run did not end ok): nothing measured.\n"
+        return f"`{field_figure()}` not produced (or its last run did not end ok): nothing measured.\n"
     measures = list(dict.fromkeys(table.measure))
     names = {"test_acc": "accuracy", "ta_mean_distance": "TA distance", "fmn_mean_distance": "FMN distance",
              "autoattack_acc": "AutoAttack acc."}

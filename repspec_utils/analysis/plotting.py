@@ -17,6 +17,7 @@ import pandas as pd
 
 from repspec_utils.analysis.tables import DIGIT_PLANE_COORDS, square_grid
 from repspec_utils.infra.files import atomic_path
+from repspec_utils.infra.registry import METHODS
 from repspec_utils.infra.provenance import git_commit
 
 if TYPE_CHECKING:
@@ -29,34 +30,12 @@ if TYPE_CHECKING:
 _CB = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9")
 
 
-METHOD_ORDER = ("none", "ll", "rep")
+MAIN_METHODS = ("none", "ll", "rep")  # the paper's three (Figs 2–6): None, ll-spectral, rep-spectral
 
 
-METHOD_LABELS = {"none": "None", "ll": "ll-spectral", "rep": "rep-spectral", "l2sp": "L2-SP", "bss": "BSS",
-                 "rep1": "rep-spectral (layer 1)", "rep2": "rep-spectral (layers 1–2)",
-                 "rep_stages0": "rep-spectral (stem only)", "rep_stages1": "rep-spectral (1 stage)",
-                 "rep_stages2": "rep-spectral (2 stages)", "rep_stages3": "rep-spectral (3 stages)",
-                 "ll_readout": "ll-spectral (readout only, authors' code)",
-                 "rep_ub": "rep-spectral + activation term (authors' code)",
-                 "rep_ub1": "rep-spectral + activation term (layer 1)",
-                 "rep_ub2": "rep-spectral + activation term (layers 1–2)",
-                 "pgd_at": "PGD-AT", "rep+pgd_at": "rep-spectral + PGD-AT", "arat": "AR-AT", "lsp": "LSP-style",
-                 "lsp+pgd_at": "LSP-style + PGD-AT"}
-
-
-METHOD_COLORS = {"none": _CB[7], "ll": _CB[1], "rep": _CB[0], "l2sp": _CB[2], "bss": _CB[4],
-                 "rep1": _CB[8], "rep2": _CB[6], "rep_stages0": _CB[9], "rep_stages1": _CB[8],
-                 "rep_stages2": _CB[6], "rep_stages3": _CB[3], "ll_readout": _CB[5], "rep_ub": _CB[3],
-                 "rep_ub1": _CB[4], "rep_ub2": _CB[2], "pgd_at": _CB[3], "rep+pgd_at": _CB[9], "arat": _CB[4],
-                 "lsp": _CB[2], "lsp+pgd_at": _CB[8]}
-
-
-# baselines first, the paper's method last (Fig 8 order); rep1 / rep2: the sin deep-net layer ablation
-# (tables.method_variant); rep_stages<k>: rep-spectral on a ResNet's stem + first k stages
-# (tables.method_setting). A key may carry a strength suffix: 'rep λ=0.01' is drawn as rep, labelled
-# 'rep-spectral λ=0.01'.
-_ALL_ORDER = ("none", "l2sp", "bss", "lsp", "pgd_at", "lsp+pgd_at", "arat", "ll", "ll_readout", "rep_ub1", "rep_ub2",
-              "rep_ub", "rep1", "rep2", "rep_stages0", "rep_stages1", "rep_stages2", "rep_stages3", "rep", "rep+pgd_at")
+# Every method's label, colour (an index into _CB) and place in the house order come from the method catalogue
+# (METHODS.catalogue(), repspec_utils/method/catalogue.yaml), read without importing torch. A key may carry a strength
+# suffix: 'rep λ=0.01' is drawn as rep, labelled 'rep-spectral λ=0.01'.
 
 
 CLASS_COLORS = (_CB[3], _CB[9])  # class 0 vermillion, class 1 sky blue
@@ -97,15 +76,20 @@ def set_style() -> None:
     _pyplot().rcParams.update({"figure.dpi": 150, "savefig.dpi": 150, "axes.titlesize": 9, "legend.fontsize": 7})
 
 
+def _labels() -> dict[str, str]:
+    return {name: entry["label"] for name, entry in METHODS.catalogue().items()}
+
+
 def _split_method(m) -> tuple[str, str]:
     """(method key, suffix) of a key or display label with an optional ' …' strength suffix:
     'rep λ=0.01' and 'rep-spectral λ=0.01' -> ('rep', ' λ=0.01'); unknown names -> (name, '')."""
     m = str(m)
-    inverse = {v: k for k, v in METHOD_LABELS.items()}
-    for table in (METHOD_LABELS, inverse):  # keys first, then labels; the longest match wins
+    labels = _labels()
+    inverse = {v: k for k, v in labels.items()}
+    for table in (labels, inverse):  # keys first, then labels; the longest match wins
         for name in sorted(table, key=len, reverse=True):
             if m == name or m.startswith(name + " "):
-                return (name if table is METHOD_LABELS else table[name]), m[len(name):]
+                return (name if table is labels else table[name]), m[len(name):]
     return m, ""
 
 
@@ -116,23 +100,25 @@ def _method_key(m) -> str:
 
 
 def method_label(m) -> str:
-    """Display name of a method: 'none' -> 'None', 'll' -> 'll-spectral', 'rep' -> 'rep-spectral', 'rep λ=0.01' ->
-    'rep-spectral λ=0.01' (labels pass through)."""
+    """Display name of a method (its catalogue label): 'none' -> 'None', 'll' -> 'll-spectral', 'rep' ->
+    'rep-spectral', 'rep λ=0.01' -> 'rep-spectral λ=0.01' (labels pass through; unknown names are shown as is)."""
     key, suffix = _split_method(m)
-    return METHOD_LABELS.get(key, key) + suffix
+    return METHODS.display(key).get("label", key) + suffix
 
 
 def method_color(m) -> str:
-    """The fixed colour of a method (key or label, any strength suffix); other names get a neutral brown."""
-    return METHOD_COLORS.get(_split_method(m)[0], _CB[5])
+    """The fixed colour of a method (key or label, any strength suffix): its catalogue colour; other names get a
+    neutral brown."""
+    colour = METHODS.display(_split_method(m)[0]).get("colour")
+    return _CB[colour] if isinstance(colour, int) and 0 <= colour < len(_CB) else _CB[5]
 
 
 def method_order(methods: Iterable) -> list[str]:
-    """The method keys present in `methods`, in the house order (None, L2-SP, BSS, ll, rep, then others); keys with
-    a strength suffix sit with their method, in the order given."""
+    """The method keys present in `methods`, in the catalogue's house order (None, L2-SP, BSS, …, ll, rep, then others);
+    keys with a strength suffix sit with their method, in the order given."""
     keys = list(dict.fromkeys(_method_key(m) for m in methods))
-    rank = {k: i for i, k in enumerate(_ALL_ORDER)}
-    return sorted(keys, key=lambda k: rank.get(_split_method(k)[0], len(_ALL_ORDER)))
+    rank = {k: i for i, k in enumerate(METHODS.catalogue())}
+    return sorted(keys, key=lambda k: rank.get(_split_method(k)[0], len(rank)))
 
 
 def _format_value(key: str, value) -> str:

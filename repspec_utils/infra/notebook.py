@@ -17,7 +17,8 @@ Writing a figure notebook (copy notebooks/fig1_tradeoff.ipynb):
  4. derived values, then library calls; `P.record(data_sources=[train_set, ...], seeds=...)`;
  5. `plotting.save_figure(fig, "<stem>", P.fig_dir, P.info())` and `P.save_table(df, "<name>")` (tidy CSV);
  6. a final cell of `assert`s that must hold at any profile;
- 7. `profiles/<stem>.yaml` with smoke: {} (or the defaults), cpu: {...}, paper: {...}; clear outputs, save.
+ 7. `profiles/<stem>.yaml` with a `figure:` section (title, what it shows, its page, the claims it tests, its own
+    parameter rules: infra/figures.py) and smoke: {} (or the defaults), cpu: {...}, paper: {...}; clear outputs, save.
 The batch runner (`repspec run`, module `reproduce`) executes these notebooks with papermill.
 """
 
@@ -31,11 +32,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from repspec_utils.infra import cache, parameters
+from repspec_utils.infra import cache, figures, parameters
 from repspec_utils.infra.files import REPO_ROOT, atomic_write_text, portable
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-PROFILE_DIR = REPO_ROOT / "profiles"
+PROFILE_DIR = figures.PROFILE_DIR
 PROFILES = ("smoke", "cpu", "paper")
 RUNNER_PARAMS = ("profile", "out_dir")  # every notebook has them; the runner sets them itself
 RECORD_FILE = "record.json"      # written by the notebook (NotebookRun.record), merged into the manifest
@@ -56,14 +57,14 @@ class OutputDirError(OSError):
 # ----------------------------------------------------------------------------------------------------
 # Notebooks, their parameters cells, and profiles
 # ----------------------------------------------------------------------------------------------------
-RUNS_LAST = ("claims",)  # notebooks that read the others' tables: always after them in a run
 
 
 def notebooks() -> list[str]:
     """Stems of the figure notebooks in notebooks/, in run order: sorted, then those that read the others' tables
     (the claims page) last."""
     names = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
-    return [n for n in names if n not in RUNS_LAST] + [n for n in RUNS_LAST if n in names]
+    last = [n for n in names if figures.figure(n).runs_last]  # `figure.runs_last` in its profile file
+    return [n for n in names if n not in last] + last
 
 
 def notebook_path(notebook: str) -> Path:
@@ -146,15 +147,16 @@ def _profile_file(notebook: str) -> Path:
 
 def load_profiles(notebook: str) -> dict[str, dict[str, Any]]:
     """All profiles of a notebook {profile: overrides} from profiles/<notebook>.yaml (not type-checked)."""
-    import yaml
-
     path = _profile_file(notebook)
     if not path.is_file():
         raise ValueError(f"notebook {notebook!r} has no profile file {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict) or sorted(data) != sorted(PROFILES):
-        raise ValueError(f"{path} must map exactly the profiles {', '.join(PROFILES)} to parameter overrides, "
-                         f"found {', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__}")
+    data = figures.read_yaml(path)
+    profiles = sorted(k for k in data if k != figures.FIGURE_KEY) if isinstance(data, dict) else None
+    if profiles != sorted(PROFILES):
+        raise ValueError(f"{path} must map exactly the profiles {', '.join(PROFILES)} to parameter overrides (and may "
+                         f"have a `{figures.FIGURE_KEY}:` section), found "
+                         f"{', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__}")
+    parameters.rules_for(notebook_path(notebook).stem)  # its figure section and rule names are checked too
     out = {}
     for name in PROFILES:
         overrides = data[name] or {}

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from repspec_utils.infra import registry
+from repspec_utils.infra import figures, registry
 from repspec_utils.infra.executor import EXECUTORS
 
-__all__ = ["Rule", "RULES", "NOTEBOOK_RULES", "RELATIONS", "rules_for", "check_value", "check_relations", "describe"]
+__all__ = ["Rule", "RULES", "NAMED_RULES", "RELATIONS", "rules_for", "check_value", "check_relations", "describe"]
 
 
 class Rule:
@@ -145,25 +145,18 @@ RULES: dict[str, Rule] = {
 }
 
 
-# where one notebook gives a name a wider meaning (fig8's paper profile: 0 = each transfer task's own recipe)
-_ALL_CORRECT = Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: every correctly classified point)")
-_MNIST_NOTEBOOKS = ("fig4_mnist", "fig5_mnist_refit", "appC_mnist_sweeps", "appE_fashion_mnist", "bounds_sandwich",
-                    "baselines_mnist")
-# the conv figures: CIFAR-10, its stand-in, or a real-image analog (28-px MNIST / Fashion-MNIST, issue 27)
-_ANALOGS = ("fashion_mnist", "mnist")
-_CONV_DATA = one_of("cifar10", "cifar10_synthetic", *_ANALOGS)
-NOTEBOOK_RULES: dict[str, dict[str, Rule]] = {
-    **{nb: {"n_attack": MNIST_TEST, "n_eval": MNIST_TEST} for nb in _MNIST_NOTEBOOKS},
-    "fig6_cifar_resnet": {"dataset": _CONV_DATA},
-    "fig7_barlow": {"dataset": _CONV_DATA},
-    "baselines_cifar": {"dataset": one_of("cifar10", "cifar10_synthetic")},
-    "appA_xor_noisy": {"n_attack": _ALL_CORRECT},
-    "appB_sin": {"n_attack": _ALL_CORRECT},
-    "fig8_transfer": {"tasks": non_empty_list(one_of("standin", "analog", "stanford_dogs", "flowers102",
-                                                     "mit_indoor67", "cifar10"), unique=True),
-                      "epochs": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)"),
-                      "lr": Rule(NON_NEGATIVE.ok, "a finite number ≥ 0 (0: the task's recipe)"),
-                      "reg_every": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)")},
+# Rules a figure takes for one of its parameters instead of RULES', by name, in its profile file (`figure.rules`,
+# infra/figures.py): where one notebook gives a name a wider or narrower meaning.
+_ANALOGS = ("fashion_mnist", "mnist")  # the conv figures' real-image analogs (28-px MNIST / Fashion-MNIST, issue 27)
+NAMED_RULES: dict[str, Rule] = {
+    "mnist_test": MNIST_TEST,
+    "all_correct": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: every correctly classified point)"),
+    "conv_data": one_of("cifar10", "cifar10_synthetic", *_ANALOGS),  # CIFAR-10, its stand-in, or an analog
+    "cifar_data": one_of("cifar10", "cifar10_synthetic"),
+    "transfer_tasks": non_empty_list(one_of("standin", "analog", "stanford_dogs", "flowers102", "mit_indoor67",
+                                            "cifar10"), unique=True),
+    "count_or_recipe": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)"),
+    "number_or_recipe": Rule(NON_NEGATIVE.ok, "a finite number ≥ 0 (0: the task's recipe)"),
 }
 
 
@@ -191,8 +184,16 @@ RELATIONS: list[tuple[tuple[str, ...], Callable[[Mapping], bool], str]] = [
 
 
 def rules_for(notebook: str | None) -> dict[str, Rule]:
-    """RULES with the notebook's own NOTEBOOK_RULES on top."""
-    return {**RULES, **NOTEBOOK_RULES.get(str(notebook), {})}
+    """RULES with the notebook's own rules on top (its profile file's `figure.rules`, by name from NAMED_RULES);
+    ValueError naming the file for a rule name that does not exist."""
+    if notebook is None:
+        return dict(RULES)
+    fig = figures.figure(str(notebook))
+    unknown = sorted(set(fig.rules.values()) - set(NAMED_RULES))
+    if unknown:
+        raise ValueError(f"{figures.profile_file(fig.name)}: unknown rule name(s) {', '.join(map(repr, unknown))} under "
+                         f"figure.rules; valid: {', '.join(NAMED_RULES)}")
+    return {**RULES, **{name: NAMED_RULES[rule] for name, rule in fig.rules.items()}}
 
 
 def describe(name: str, notebook: str | None = None) -> str | None:

@@ -18,14 +18,20 @@ A plug-in module registers with a decorator, the way torchvision registers its m
     def make_my_penalty(cfg, model, example_x): ...
 
 The first read of any table imports every plug-in module (`PLUGINS`, `load_plugins`), so every name is
-registered whatever is imported first, and importing the package alone stays light (no torch). The valid names of a table are `TABLE.names()`; an unknown name raises a
-ValueError that lists them (`TABLE.lookup(name)`).
+registered whatever is imported first, and importing the package alone stays light (no torch). The valid names of a
+table are `TABLE.names()`; an unknown name raises a ValueError that lists them (`TABLE.lookup(name)`).
+
+A table may also have a *catalogue*: a YAML file in the package that declares, per name, how it is shown (label,
+colour, order, roles) and that is read without importing any plug-in (`TABLE.catalogue()`, `TABLE.display(name)`),
+so that code which only draws or tabulates (the analysis layer) takes its names from the registry with no torch.
+METHODS has one (`method/catalogue.yaml`); a test checks it against the registrations.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
@@ -64,10 +70,12 @@ class Registry(Mapping[str, T], Generic[T]):
     """A name -> object table with a `register` decorator, optional per-entry metadata, and errors that list
     the valid names. Read-only as a Mapping; entries are added only through `register`."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, catalogue: str | None = None):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._catalogue_file = None if catalogue is None else Path(__file__).resolve().parents[1] / catalogue
+        self._catalogue: dict[str, dict[str, Any]] | None = None
 
     def register(self, name: str, obj: T | None = None, **meta: Any):
         """Register `obj` under `name` (or use as a decorator: `@TABLE.register(name, **meta)`).
@@ -116,6 +124,22 @@ class Registry(Mapping[str, T], Generic[T]):
         """The names whose metadata has `key` (any value), sorted."""
         return tuple(n for n in self.names() if key in self._meta[n])
 
+    def catalogue(self) -> dict[str, dict[str, Any]]:
+        """The declared entries {name: fields}, in the file's order (the house order); read once, importing no plug-in.
+        Empty for a table without a catalogue."""
+        if self._catalogue is None:
+            self._catalogue = {} if self._catalogue_file is None else _read_catalogue(self._catalogue_file, self.kind)
+        return self._catalogue
+
+    def display(self, name: str) -> dict[str, Any]:
+        """How `name` is shown: its catalogue entry; else, for a name registered at run time (a user's own plug-in,
+        so the plug-ins are loaded already), the `label` / `colour` given at registration; else {} (shown as is)."""
+        entry = self.catalogue().get(name)
+        if entry is not None:
+            return dict(entry)
+        meta = self._meta.get(name, {})
+        return {k: meta[k] for k in ("label", "colour") if k in meta}
+
     def __getitem__(self, name: str) -> T:
         load_plugins()
         return self._items[name]
@@ -131,13 +155,28 @@ class Registry(Mapping[str, T], Generic[T]):
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
 
 
+def _read_catalogue(path: Path, kind: str) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in data.items()):
+        raise ValueError(f"{path}: the {kind} catalogue must map each name to a mapping of its fields")
+    for name, entry in data.items():
+        if not isinstance(entry.get("label"), str) or not entry["label"]:
+            raise ValueError(f"{path}: {kind} {name!r} needs a non-empty `label`")
+        of = entry.get("of")
+        if of is not None and of not in data:
+            raise ValueError(f"{path}: {kind} {name!r} is a setting `of` {of!r}, which has no entry")
+    return {k: dict(v) for k, v in data.items()}
+
+
 def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
 DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
 MODELS: Registry[Callable[[dict], Any]] = Registry("model kind")
-METHODS: Registry[Callable[..., Any]] = Registry("method")
+METHODS: Registry[Callable[..., Any]] = Registry("method", catalogue="method/catalogue.yaml")
 OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective")
 AUGMENTATIONS: Registry[Callable[..., Any]] = Registry("augmentation")
 PRECISIONS: Registry[str] = Registry("precision")
