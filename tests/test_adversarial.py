@@ -485,3 +485,24 @@ def test_lsp_term_equals_the_full_neighbour_tensor_form():
     wq, wr = torch.autograd.grad(want, (q, r))
     torch.testing.assert_close(gq, wq, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(gr, wr, rtol=1e-5, atol=1e-7)
+
+
+def test_lsp_term_with_one_feature_tensor_for_both_sides():
+    """Without PGD the query and reference features are one tensor (r is q): the gradient of both roles adds up,
+    and must equal the (B, k, p) form's."""
+    import math as _math
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(50, 12, generator=g)
+    f = torch.randn(50, 40, generator=g, requires_grad=True)
+    got = ADV.lsp_kl(x, f, f, k=6)
+    X = x.flatten(1)
+    dx = torch.cdist(X, X).pow(2)
+    dx.fill_diagonal_(_math.inf)
+    dxn, nb = dx.topk(6, dim=1, largest=False)
+    log_p = torch.log_softmax(-dxn / dxn.median(), dim=1)
+    dphi = (f[:, None, :] - f[nb]).pow(2).sum(-1)
+    log_q = torch.log_softmax(-dphi / dphi.detach().median(), dim=1)
+    want = (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    assert abs(got.item() - want.item()) <= 1e-6 * max(1.0, abs(want.item()))
+    torch.testing.assert_close(torch.autograd.grad(got, f)[0], torch.autograd.grad(want, f)[0], rtol=1e-5, atol=1e-7)

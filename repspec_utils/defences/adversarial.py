@@ -277,9 +277,10 @@ def _quiet_sparse():
 
 class _NeighbourSquaredDistances(torch.autograd.Function):
     """(B, k) squared distances ‖q_i − r_m‖² to the k neighbours m = nb[i, j], as ‖q_i‖² + ‖r_m‖² − 2 q_i·r_m with the
-    dot products computed at the B·k neighbour positions only (`torch.sparse.sampled_addmm` on a CSR pattern) and the
-    backward through the same sparse pattern (two sparse × dense products): no (B, k, p) tensor of neighbour features
-    is formed, forward or backward. `nb`: each row's indices sorted and distinct (sorted top-k indices are)."""
+    dot products computed at the B·k neighbour positions only (`torch.sparse.sampled_addmm` on a CSR pattern), and
+    the backward as two weighted sums of rows (`F.embedding_bag`, mode 'sum' with per-sample weights: once over each
+    query's neighbours, once over each reference's queries): no (B, k, p) tensor of neighbour features is formed,
+    forward or backward. `nb`: each row's indices sorted and distinct (sorted top-k indices are)."""
 
     @staticmethod
     def forward(ctx, q: Tensor, r: Tensor, nb: Tensor) -> Tensor:
@@ -289,28 +290,30 @@ class _NeighbourSquaredDistances(torch.autograd.Function):
             pattern = torch.sparse_csr_tensor(crow, nb.reshape(-1), torch.ones(b * k, dtype=q.dtype, device=q.device),
                                               (b, r.shape[0]), check_invariants=False)
             dots = torch.sparse.sampled_addmm(pattern, q, r.t(), beta=0.0).values().view(b, k)
-        ctx.save_for_backward(q, r, nb, crow)
+        ctx.save_for_backward(q, r, nb)
         q_sq = torch.einsum("ip,ip->i", q, q)
         r_sq = q_sq if r is q else torch.einsum("ip,ip->i", r, r)
         return (r_sq[nb] + q_sq[:, None]).sub_(dots, alpha=2)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        q, r, nb, crow = ctx.saved_tensors
+        q, r, nb = ctx.saved_tensors
         b, k = nb.shape
-        cols, vals = nb.reshape(-1), g.reshape(-1).contiguous()
+        g = g.contiguous()
         dq = dr = None
-        if ctx.needs_input_grad[0]:  # Σ_j g_ij · 2(q_i − r_m)
-            with _quiet_sparse():
-                weights = torch.sparse_csr_tensor(crow, cols, vals, (b, r.shape[0]), check_invariants=False)
-                dq = torch.addmm(q * (2 * g.sum(1, keepdim=True)), weights, r, alpha=-2)
-        if ctx.needs_input_grad[1]:  # Σ_{(i, j): nb_ij = m} g_ij · 2(r_m − q_i)
-            rows = torch.arange(b, device=nb.device).repeat_interleave(k)
-            per_ref = torch.zeros(r.shape[0], dtype=g.dtype, device=g.device).index_add_(0, cols, vals)
-            with _quiet_sparse():
-                weights_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (r.shape[0], b),
-                                                    check_invariants=False).coalesce()
-                dr = torch.addmm(r * (2 * per_ref[:, None]), weights_t.to_sparse_csr(), q, alpha=-2)
+        if ctx.needs_input_grad[0]:  # Σ_j g_ij · 2(q_i − r_m): 2 q_i Σ_j g_ij − 2 Σ_j g_ij r_{nb_ij}
+            near = F.embedding_bag(nb, r, per_sample_weights=g, mode="sum")
+            dq = torch.addcmul(near.mul_(-2), q, g.sum(1, keepdim=True), value=2)
+        if ctx.needs_input_grad[1]:  # Σ_{(i, j): nb_ij = m} g_ij · 2(r_m − q_i), grouped by m
+            cols = nb.reshape(-1)
+            order = torch.argsort(cols, stable=True)
+            counts = torch.bincount(cols, minlength=r.shape[0])
+            offsets = torch.cumsum(counts, 0).sub_(counts)
+            rows = torch.arange(b, device=nb.device).repeat_interleave(k)[order]
+            weights = g.reshape(-1)[order]
+            near = F.embedding_bag(rows, q, offsets, per_sample_weights=weights, mode="sum")
+            per_ref = torch.zeros(r.shape[0], dtype=g.dtype, device=g.device).index_add_(0, cols, g.reshape(-1))
+            dr = torch.addcmul(near.mul_(-2), r, per_ref[:, None], value=2)
         return dq, dr, None
 
 
@@ -323,7 +326,8 @@ def lsp_kl(x: Tensor, phi_query: Tensor, phi_ref: Tensor, k: int = 10) -> Tensor
     if k < 1:
         raise ValueError(f"the LSP term needs at least 2 samples in a batch, got {b}")
     with torch.no_grad():
-        dx = torch.cdist(X, X).pow(2)
+        sq = torch.einsum("ip,ip->i", X, X)
+        dx = torch.addmm(sq[None, :], X, X.t(), alpha=-2).add_(sq[:, None]).clamp_min_(0)  # ‖x_i − x_j‖², one GEMM
         dx.fill_diagonal_(math.inf)
         dxn, nb = dx.topk(k, dim=1, largest=False)
         nb, order = nb.sort(dim=1)  # the KL sums over the k slots: their order is free; the sparse pattern wants it
