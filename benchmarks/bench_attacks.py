@@ -1,8 +1,9 @@
 """Benchmark of the hard-label attacks on an MNIST-shaped MLP (784 → 2000 → 10), CPU or GPU.
 
 Prints and saves (into runs/benchmarks/ unless `--out-dir benchmarks/results`, where the committed copy lives):
-  1. Tangent Attack at T = 40: samples per minute, mean queries, and the share of wall time spent inside
-     the model's forward (the attack's own overhead is the rest; target ≥ 90%).
+  1. Tangent Attack at T = 40 on `--n-speed` samples, `--rounds` times (benchmarks/harness.py: CPU and wall time
+     with their IQR): samples per CPU minute, mean queries, and the share of the attack's CPU time spent inside the
+     model's forward, per round (the attack's own overhead is the rest; target ≥ 90%) -> attacks_tangent_speed.csv.
   2. Mean L2 distance vs per-sample query budget (1k, 2k, 5k, 10k, 18k) for TA and HopSkipJump, with the
      white-box FMN distance as a reference upper bound on Δx: a table, bench_attacks_budget.csv and
      bench_attacks_budget.png.
@@ -12,7 +13,7 @@ when `get_data('mnist')` finds the files (bash scripts/fetch_data.sh), else on r
 Few samples (default 20 for the speed test, 8 for the budget curve): a benchmark of the machinery, not a
 result of the paper. Runtime ≈ 3–5 min on 2 CPU cores.
 
-    python benchmarks/bench_attacks.py [--n-speed 20] [--n-budget 10] [--threads 0] [--device cpu] [--out-dir D]
+    python benchmarks/bench_attacks.py [--n-speed 10] [--rounds 20] [--n-budget 8] [--threads 1] [--out-dir D]
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from harness import cpu_clock, machine, print_machine, run_rounds, summarise, write  # benchmarks/ is on sys.path
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,21 +41,21 @@ BUDGETS = (1000, 2000, 5000, 10000, 18000)
 
 
 class TimedModel(nn.Module):
-    """Wraps a model; accumulates the wall time spent in its forward (synchronising CUDA) and the rows seen."""
+    """Wraps a model; accumulates the time spent in its forward on `clock` (synchronising CUDA) and the rows seen."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, clock=time.perf_counter):
         super().__init__()
-        self.model, self.seconds, self.rows, self.calls = model, 0.0, 0, 0
+        self.model, self.clock, self.seconds, self.rows, self.calls = model, clock, 0.0, 0, 0
 
     def forward(self, x):
         sync = x.is_cuda
         if sync:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = self.model(x)
         if sync:
             torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - t0
+        self.seconds += self.clock() - t0
         self.rows += x.shape[0]
         self.calls += 1
         return out
@@ -89,12 +92,12 @@ def train_briefly(model, x, y, steps: int, lr: float = 0.5, batch: int = 256, se
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-speed", type=int, default=20, help="samples for the TA speed test")
+    ap.add_argument("--n-speed", type=int, default=10, help="samples for the TA speed test")
+    ap.add_argument("--rounds", type=int, default=20, help="rounds of the speed test (≥ 20)")
     ap.add_argument("--n-budget", type=int, default=8, help="samples for the distance-vs-budget curve")
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for training and the budget curve (0: torch's default); the speed test "
-                         "runs at 1 thread and at torch's default")
+                    help="torch threads (0: torch's default)")
     ap.add_argument("--max-batch", type=int, default=8192)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out-dir", default="runs/benchmarks",
@@ -103,6 +106,8 @@ def main(argv=None) -> int:
     default_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     os.environ.setdefault("REPSPEC_PROGRESS", "0")
     dev = torch.device(args.device)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()} (default "
@@ -128,21 +133,36 @@ def main(argv=None) -> int:
     # ---- 1. speed of TA at T = 40 ------------------------------------------------------------------------
     n = args.n_speed
     x, y = xte[pick[:n]].to(dev), yte[pick[:n]].to(dev)
-    print(f"\n[1] Tangent Attack, T=40, {n} samples (few, to keep the runtime short):")
-    for threads in sorted({1, default_threads}) if dev.type == "cpu" else [torch.get_num_threads()]:
-        torch.set_num_threads(threads)
-        timed = TimedModel(model)
-        t0 = time.perf_counter()
+    clock_name, clock = cpu_clock() if dev.type == "cpu" else ("wall", time.perf_counter)
+    timed = TimedModel(model, clock)
+    per_call: list[dict] = []
+
+    def attack():
+        timed.seconds, timed.rows, timed.calls = 0.0, 0, 0
         res = attacks.tangent_attack(timed, x, y, box, T=40, max_batch=args.max_batch, progress=False)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-        print(f"    threads {threads}: wall {wall:.1f}s -> {60 * n / wall:.1f} samples/minute; mean queries/sample "
-              f"{res.queries.double().mean():.0f}; model rows {timed.rows} in {timed.calls} calls")
-        print(f"      time inside model forward {timed.seconds:.1f}s = {100 * timed.seconds / wall:.1f}% of wall "
-              f"(target >= 90%); {1e6 * timed.seconds / timed.rows:.1f} us/row; mean distance "
-              f"{res.distance.mean():.4f}, success {res.success.float().mean():.2f}")
-    torch.set_num_threads(args.threads or default_threads)
+        per_call.append({"forward_s": timed.seconds, "rows": timed.rows, "calls": timed.calls,
+                         "queries": float(res.queries.double().mean()), "distance": float(res.distance.mean())})
+
+    info = machine()
+    print_machine(info)
+    rounds = run_rounds({"tangent attack": attack}, rounds=args.rounds, warmup=1)
+    calls = pd.DataFrame(per_call[-len(rounds):])
+    share = calls["forward_s"].to_numpy() / rounds["cpu_s"].to_numpy()
+    speed = summarise(rounds).assign(
+        forward_share=float(pd.Series(share).median()), forward_share_q1=float(pd.Series(share).quantile(0.25)),
+        forward_share_q3=float(pd.Series(share).quantile(0.75)), samples=n, T=40,
+        samples_per_cpu_min=60 * n / float(rounds["cpu_s"].median()), mean_queries=float(calls["queries"].mean()),
+        us_per_row=1e6 * float((calls["forward_s"] / calls["rows"]).median()), forward_clock=clock_name,
+        mean_distance=float(calls["distance"].mean()), data=desc)
+    r = speed.iloc[0]
+    print(f"\n[1] Tangent Attack, T=40, {n} samples, {args.rounds} rounds: {r['cpu_s']:.1f} s CPU per round "
+          f"[{r['cpu_s_q1']:.1f}–{r['cpu_s_q3']:.1f}] -> {r['samples_per_cpu_min']:.1f} samples per CPU minute; "
+          f"mean queries/sample {r['mean_queries']:.0f}; {r['us_per_row']:.1f} us per model row")
+    print(f"    share of its CPU time inside the model's forward: {100 * r['forward_share']:.1f}% "
+          f"[{100 * r['forward_share_q1']:.1f}–{100 * r['forward_share_q3']:.1f}] (target >= 90%)")
+    write("attacks_tangent_speed", speed.assign(benchmark="attacks_tangent_speed"), info)
 
     # ---- 2. distance vs query budget ---------------------------------------------------------------------
     n = args.n_budget
@@ -159,8 +179,6 @@ def main(argv=None) -> int:
                              sem=(d.std() / math.sqrt(n)).item(), mean_queries=r.queries.double().mean().item(),
                              success_rate=r.success.double().mean().item(),
                              ratio_to_fmn=(d / fmn.distance.double().cpu()).mean().item(), n_samples=n))
-    import pandas as pd
-
     table = pd.DataFrame(rows)
     print(f"\n[2] mean L2 distance vs per-sample query budget, {n} samples (FMN white-box reference "
           f"{fmn_mean:.4f}); {time.perf_counter() - t0:.0f}s")

@@ -1,10 +1,11 @@
 """Benchmark of the certified radius (repspec_utils.evaluation.bounds) on the MNIST-size MLP (784→2000→10).
 
-Run: python benchmarks/bench_bounds.py [--threads 1] [--samples 1000] [--repeats 3]
-Prints the CPU time of the global and the local certified radius for `--samples` test images, their ratio, the
-ratio of the local radius to one forward pass of the same images, and the target (local radius for 1000 samples
-in under 10 s on one thread, issue 15). The model is the cached App. G cpu model (seed 0, rep-spectral) when the
-cache holds it, else a trained-looking stand-in (N(0, 0.05²) weights), named in the output.
+Run: python benchmarks/bench_bounds.py [--threads 1] [--samples 1000] [--rounds 20]
+Times, in interleaved rounds (benchmarks/harness.py: CPU and wall time, per-round ratios with their IQR), one forward
+pass of `--samples` test images and their global and local certified radii; writes benchmarks/results/bounds.csv
+(ratios to the forward pass, the mean radii, the model) and prints the target (local radius for 1000 samples in under
+10 s of CPU time on one thread, issue 15). The model is the cached App. G cpu model (seed 0, rep-spectral) when the
+cache holds it, else a trained-looking stand-in (N(0, 0.05²) weights), named in the output and the file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_spectral import timed  # the median-of-repeats CPU timer (benchmarks/ is on sys.path when run)
+from harness import machine, print_machine, run_rounds, show, summarise, write  # benchmarks/ is on sys.path
 
 from repspec_utils.evaluation import bounds
 from repspec_utils.models import MLP
@@ -46,26 +47,38 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds (≥ 20)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, x, y, what = model_and_data(args.samples)
-    with torch.no_grad():
-        t_forward = timed(lambda: model(x), args.repeats)
-    t_global = timed(lambda: bounds.certified_radius(model, x, y, method="global"), args.repeats)
-    t_local = timed(lambda: bounds.certified_radius(model, x, y, method="local"), args.repeats)
+    info = machine()
+    print_machine(info)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    rounds = run_rounds({"forward pass (float32)": forward,
+                         "global certified radius (float64)": lambda: bounds.certified_radius(model, x, y,
+                                                                                               method="global"),
+                         "local certified radius (float64)": lambda: bounds.certified_radius(model, x, y,
+                                                                                              method="local")},
+                        rounds=args.rounds, warmup=1)
     r_local = bounds.certified_radius(model, x, y)
     r_global = bounds.certified_radius(model, x, y, method="global")
-    print(f"model: {what}; {len(y)} samples, {args.threads} thread(s), median of {args.repeats} (CPU time)")
-    print(f"{'what':<42}{'seconds':>10}{'ratio':>10}")
-    print(f"{'forward pass (float32)':<42}{t_forward:>10.3f}{1.0:>10.1f}")
-    print(f"{'global certified radius (float64)':<42}{t_global:>10.3f}{t_global / t_forward:>10.1f}")
-    print(f"{'local certified radius (float64)':<42}{t_local:>10.3f}{t_local / t_forward:>10.1f}")
+    table = summarise(rounds, baseline="forward pass (float32)").assign(
+        baseline="forward pass (float32)", samples=len(y), model=what, mean_radius_local=float(r_local.mean()),
+        mean_radius_global=float(r_global.mean()), local_over_global_radius=float((r_local / r_global).mean()))
+    print(f"model: {what}; {len(y)} samples")
+    show(table, unit="s")
+    t_local = float(table.loc[table.variant.str.startswith("local"), "cpu_s"].iloc[0])
+    t_global = float(table.loc[table.variant.str.startswith("global"), "cpu_s"].iloc[0])
     print(f"local / global time: {t_local / t_global:.1f}x; mean radius local {r_local.mean():.4f}, "
           f"global {r_global.mean():.4f} (local/global {(r_local / r_global).mean():.2f}x)")
     target = 10.0 * len(y) / 1000
-    print(f"target: local radius for {len(y)} samples under {target:.1f} s on one thread: "
+    print(f"target: local radius for {len(y)} samples under {target:.1f} s of CPU time on one thread: "
           f"{'met' if t_local < target else 'NOT met'} ({t_local:.2f} s)")
+    write("bounds", table.assign(benchmark="bounds"), info)
     return 0
 
 

@@ -1,17 +1,24 @@
-"""Benchmark of the σ_max paths: exact vs one power-iteration step, for an MNIST-size Linear and the CIFAR ResNet18.
+"""The σ_max paths: exact vs one power-iteration step, for the MNIST hidden layer and the CIFAR ResNet18's convs, in
+interleaved rounds (benchmarks/harness.py: CPU and wall time, per-round ratios with their IQR), written to
+benchmarks/results/spectral_linear.csv and spectral_resnet18.csv with the power path's error against a float64
+exact σ on every row.
 
-Run: python benchmarks/bench_spectral.py [--threads 1] [--repeats 3] [--batch 128]
-Prints small tables: time per penalty call (value + backward), the ratios, the power path's error vs exact,
-and the penalty's share of a ResNet18 training step. CPU timings; about a minute on 1 thread.
+1. Linear 2000×784 (the MNIST hidden layer): exact σ (`matrix_norm`, no grad) / one power step; exact penalty +
+   backward / power penalty + backward (the ratios' baselines are the power variants).
+2. CIFAR ResNet18, rep-spectral on its 20 convs (32×32 input, circular padding: FFT blocks): exact (FFT + eigvalsh) /
+   power (FFT + 1 iteration), each penalty + backward, and both as a share of a training step at --batch.
+
+Run: python benchmarks/bench_spectral.py [--threads 1] [--rounds 20] [--batch 128] [--skip-resnet]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import time
 
+import pandas as pd
 import torch
+from harness import machine, print_machine, run_rounds, show, summarise, write  # benchmarks/ is on sys.path
 from torch import nn
 
 from repspec_utils.method.spectral import (
@@ -23,19 +30,6 @@ from repspec_utils.method.spectral import (
 )
 from repspec_utils.models import cifar_resnet18
 
-CLOCK = time.process_time  # CPU time of this process: with 1 thread, robust to other jobs sharing the machine
-
-
-def timed(fn, repeats: int) -> float:
-    """Median time of fn() in seconds on CLOCK (after one untimed call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = CLOCK()
-        fn()
-        times.append(CLOCK() - start)
-    return sorted(times)[len(times) // 2]
-
 
 def penalty_backward(pen: SpectralPenalty, params: list[nn.Parameter]):
     def run():
@@ -46,34 +40,46 @@ def penalty_backward(pen: SpectralPenalty, params: list[nn.Parameter]):
     return run
 
 
-def bench_linear(repeats: int) -> None:
+def max_rel_error(pen: SpectralPenalty, truth: torch.Tensor) -> float:
+    return float(((pen.sigmas() - truth) / truth).abs().max())
+
+
+def bench_linear(rounds: int, info: dict) -> pd.DataFrame:
     torch.manual_seed(0)
     layer = nn.Linear(784, 2000)  # MNIST hidden layer: W is 2000×784
     params = [layer.weight]
     exact = SpectralPenalty([layer], mode="exact")
     power = SpectralPenalty([layer], mode="power", n_iter=1)
-    t0 = CLOCK()
     power.warm_start()
-    t_warm = CLOCK() - t0
     W, v = layer.weight.detach(), power.state_dict()["v.0"]
-    with torch.no_grad():
-        t_norm = timed(lambda: linear_sigma_exact(W), repeats)
-        t_step = timed(lambda: power_iteration(W, v, 1), repeats)
-    t_exact = timed(penalty_backward(exact, params), repeats)
-    t_power = timed(penalty_backward(power, params), repeats)
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
+
+    fns = {"one power step": no_grad(lambda: power_iteration(W, v, 1)),
+           "exact sigma": no_grad(lambda: linear_sigma_exact(W)),
+           "power penalty + backward": penalty_backward(power, params),
+           "exact penalty + backward": penalty_backward(exact, params)}
+    rounds_ = run_rounds(fns, rounds=rounds, warmup=1)
     truth = SpectralPenalty([copy.deepcopy(layer).double()], mode="exact").sigmas().float()
-    err_power = float(((power.sigmas() - truth) / truth).abs().max())
-    err_exact = float(((exact.sigmas() - truth) / truth).abs().max())
-    print("\nLinear 2000×784")
-    print(f"  exact σ (matrix_norm)      {1e3 * t_norm:9.2f} ms")
-    print(f"  one power step (no grad)   {1e3 * t_step:9.2f} ms   ratio = {t_norm / t_step:6.1f}x")
-    print(f"  exact penalty + backward   {1e3 * t_exact:9.2f} ms")
-    print(f"  power penalty + backward   {1e3 * t_power:9.2f} ms   ratio = {t_exact / t_power:6.1f}x")
-    print(f"  power warm start           {1e3 * t_warm:9.2f} ms")
-    print(f"  rel. error vs float64 exact: power {err_power:.1e}, float32 exact {err_exact:.1e}")
+    errors = {"power_rel_error": max_rel_error(power, truth), "exact_fp32_rel_error": max_rel_error(exact, truth)}
+    table = pd.concat([
+        summarise(rounds_[rounds_.variant.isin(["one power step", "exact sigma"])], baseline="one power step")
+        .assign(baseline="one power step"),
+        summarise(rounds_[rounds_.variant.str.contains("penalty")], baseline="power penalty + backward")
+        .assign(baseline="power penalty + backward")], ignore_index=True).assign(**errors)
+    print("\nLinear 2000×784 (ratios to the power variant of the same kind)")
+    show(table)
+    print(f"  max rel. error vs float64 exact: power {errors['power_rel_error']:.1e}, "
+          f"float32 exact {errors['exact_fp32_rel_error']:.1e}")
+    write("spectral_linear", table.assign(benchmark="spectral_linear"), info)
+    return table
 
 
-def bench_resnet(repeats: int, batch: int) -> None:
+def bench_resnet(rounds: int, batch: int, info: dict) -> pd.DataFrame:
     torch.manual_seed(0)
     model = cifar_resnet18(seed=0)
     sizes = conv_input_sizes(model, torch.rand(1, 3, 32, 32))
@@ -81,55 +87,52 @@ def bench_resnet(repeats: int, batch: int) -> None:
     params = [layer.weight for layer in layers]
     exact = SpectralPenalty(layers, sizes, mode="exact")
     power = SpectralPenalty(layers, sizes, mode="power", n_iter=1)
-    t0 = CLOCK()
     power.warm_start()
-    t_warm = CLOCK() - t0
-    t_exact = timed(penalty_backward(exact, params), max(1, repeats - 1))
-    t_power = timed(penalty_backward(power, params), repeats)
-    model64 = copy.deepcopy(model).double()
-    sizes64 = conv_input_sizes(model64, torch.rand(1, 3, 32, 32).double())
-    truth = SpectralPenalty(spectral_layers(model64, "rep"), sizes64, mode="exact").sigmas().float()
-    err_power = float(((power.sigmas() - truth) / truth).abs().max())
-    err_exact = float(((exact.sigmas() - truth) / truth).abs().max())
-
-    x = torch.rand(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
+    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     model.train()
 
     def step():
         model.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
 
-    t_step = timed(step, max(1, repeats - 1))
+    fns = {"training step": step, "power penalty + backward": penalty_backward(power, params),
+           "exact penalty + backward": penalty_backward(exact, params)}
+    rounds_ = run_rounds(fns, rounds=rounds, warmup=1)
+    model64 = copy.deepcopy(model).double()
+    sizes64 = conv_input_sizes(model64, torch.rand(1, 3, 32, 32).double())
+    truth = SpectralPenalty(spectral_layers(model64, "rep"), sizes64, mode="exact").sigmas().float()
+    errors = {"power_rel_error": max_rel_error(power, truth), "exact_fp32_rel_error": max_rel_error(exact, truth)}
     n_conv = sum(isinstance(layer, nn.Conv2d) for layer in layers)
-    print(f"\nCIFAR ResNet18, rep-spectral: {n_conv} convs (stem + 4 stages, 1×1 downsamples), 32×32 input")
-    print(f"  exact (FFT + eigvalsh)     {1e3 * t_exact:9.1f} ms per penalty + backward")
-    print(f"  power (FFT + 1 iteration)  {1e3 * t_power:9.1f} ms per penalty + backward   "
-          f"exact/power = {t_exact / t_power:5.1f}x")
-    print(f"  power warm start           {1e3 * t_warm:9.1f} ms")
-    print(f"  max rel. error over layers vs float64 exact: power {err_power:.1e}, float32 exact {err_exact:.1e}")
-    print(f"  training step, batch {batch}   {1e3 * t_step:9.1f} ms (forward + backward)")
-    print(f"  power penalty / step       {t_power / t_step:9.3f}")
-    print(f"  exact penalty / step       {t_exact / t_step:9.3f}")
-    print(f"  (the paper's schedule regularises every 24th step at batch 1024: amortised share ≈ "
-          f"{t_power / (24 * t_step * 1024 / batch):.4f} of training time, assuming step time ∝ batch)")
+    table = pd.concat([
+        summarise(rounds_[rounds_.variant.str.contains("penalty")], baseline="power penalty + backward")
+        .assign(baseline="power penalty + backward"),
+        summarise(rounds_, baseline="training step").assign(baseline="training step")
+        .pipe(lambda t: t[t.variant != "training step"]).assign(variant=lambda t: t.variant + " / step"),
+        summarise(rounds_[rounds_.variant == "training step"]).assign(baseline="")],
+        ignore_index=True).assign(**errors, batch=batch, convs=n_conv)
+    print(f"\nCIFAR ResNet18, rep-spectral on {n_conv} convs, 32×32 input; training step at batch {batch}")
+    show(table)
+    print(f"  max rel. error over layers vs float64 exact: power {errors['power_rel_error']:.1e}, "
+          f"float32 exact {errors['exact_fp32_rel_error']:.1e}")
+    write("spectral_resnet18", table.assign(benchmark="spectral_resnet18"), info)
+    return table
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (≥ 20)")
     parser.add_argument("--batch", type=int, default=128)
-    args = parser.parse_args()
-    global CLOCK
+    parser.add_argument("--skip-resnet", action="store_true")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.threads > 1:
-        CLOCK = time.perf_counter  # CPU time would add up the threads
-    clock = "process CPU time" if CLOCK is time.process_time else "wall time"
-    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, CPU; times are medians of {clock}")
-    bench_linear(args.repeats)
-    bench_resnet(args.repeats, args.batch)
+    info = machine()
+    print_machine(info)
+    bench_linear(args.rounds, info)
+    if not args.skip_resnet:
+        bench_resnet(args.rounds, args.batch, info)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
