@@ -439,9 +439,26 @@ def test_list_gives_one_line_per_notebook_with_its_committed_cost(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(nbk.notebooks()) and lines[-1].split()[1] == "claims"
     fig4 = next(line for line in lines if " fig4_mnist " in line)
-    assert "of compute from a cold cache" in fig4 or "no committed run" in fig4
+    assert "of compute from a cold cache" in fig4 or "no committed run" in fig4 or "no estimate" in fig4
     assert rp.main(["run", "--profile", "cpu", "--list", "--verbose", "--only", "fig1_tradeoff"]) == 0
     assert "eps" in capsys.readouterr().out
+
+
+def test_no_estimate_from_a_committed_run_with_other_parameters(tmp_path):
+    """issue 27: `--list` estimated the real-image analogs from committed stand-in runs of minutes. A committed run
+    estimates a run only when it computed with the same parameters (where and how it ran aside)."""
+    params = nbk.profile_params("fig2_xor_distance", "cpu")
+    folder = tmp_path / "fig2_xor_distance"
+    folder.mkdir()
+    man = {"profile": "cpu", "status": "ok", "wall_time_s": 60.0, "commit": "abc",
+           "parameters": {**nbk.to_jsonable(params), "max_workers": 7, "out_dir": "/elsewhere"},
+           "compute": {"train": {"seconds": 100.0}, "attacks": {"seconds": 20.0}}}
+    nbk.write_json(man, folder / "manifest.json")
+    assert rp.estimate("fig2_xor_distance", "cpu", tmp_path, params)["compute_s"] == 120.0  # machine keys differ only
+    assert rp.estimate("fig2_xor_distance", "cpu", tmp_path, {**params, "seeds": [0]}) == {"differs": ["seeds"]}
+    assert rp.estimate("fig2_xor_distance", "cpu", tmp_path, {**params, "new": 1}) == {"differs": ["new"]}
+    assert rp.estimate("fig2_xor_distance", "cpu", tmp_path)["compute_s"] == 120.0  # no params: as before
+    assert rp.estimate("fig2_xor_distance", "paper", tmp_path, params) == {}
 
 
 def test_help_does_not_load_torch():

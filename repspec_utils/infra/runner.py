@@ -436,24 +436,43 @@ def _duration(seconds: float | None) -> str:
     return "?" if seconds is None else nbapi.format_duration(seconds)
 
 
-def estimate(nb: str, profile: str, committed: str | os.PathLike | None = None) -> dict[str, Any]:
+# parameters that choose where and how a run executes, not what it computes: a committed run that differs only in
+# these still estimates the cost (a run's cost at another worker count is the same compute)
+_MACHINE_PARAMS = ("profile", "out_dir", "executor", "max_workers", "torch_threads")
+
+
+def estimate(nb: str, profile: str, committed: str | os.PathLike | None = None,
+             params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a notebook's run at `profile` costs, from its last committed run at that profile (figures/<nb>/
     manifest.json): {'compute_s': its models', attacks' and re-fits' compute from a cold cache, 'wall_s': that run's
-    wall time (a cached redraw's is short), 'seeds': …}; empty when figures/ holds no run of it at this profile."""
+    wall time (a cached redraw's is short), 'seeds': …}; empty when figures/ holds no run of it at this profile.
+    With `params` (the run's effective parameters): {'differs': [names]} when the committed run computed with other
+    values of those parameters (its cost says nothing about this run's)."""
     man = read_json(resolve_path(committed or nbapi.COMMITTED_DIR) / nb / MANIFEST_FILE)
     if man.get("profile") != profile or man.get("status") != "ok":
         return {}
+    if params is not None:
+        then = man.get("parameters") or {}
+        differs = sorted(k for k, v in params.items()
+                         if k not in _MACHINE_PARAMS and k in then and nbapi.to_jsonable(v) != then[k])
+        differs += sorted(k for k in set(params) ^ set(then) if k not in _MACHINE_PARAMS)
+        if differs:
+            return {"differs": differs}
     compute = sum(float(v.get("seconds") or 0.0) for v in (man.get("compute") or {}).values())
     return {"compute_s": compute or None, "wall_s": man.get("wall_time_s"), "commit": man.get("commit")}
 
 
 def plan_lines(todo: Mapping[str, Mapping[str, Any]], profile: str) -> list[str]:
-    """One line per notebook of a run, in run order, with the cost of its last committed run at this profile."""
+    """One line per notebook of a run, in run order, with the cost of its last committed run at this profile (none
+    when that run computed with other parameters than this one)."""
     lines = []
     for i, nb in enumerate(todo, 1):
-        est = estimate(nb, profile)
+        est = estimate(nb, profile, params=todo[nb])
         if not est:
             cost = "no committed run at this profile to estimate from"
+        elif est.get("differs"):
+            shown = ", ".join(est["differs"][:4]) + (", …" if len(est["differs"]) > 4 else "")
+            cost = f"no estimate: its committed run at this profile used other parameters ({shown})"
         elif est.get("compute_s") is None:
             cost = f"≈ {_duration(est.get('wall_s'))} (its committed run; no models or attacks to compute)"
         else:
