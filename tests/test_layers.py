@@ -346,3 +346,23 @@ def test_a_bad_figure_section_is_refused_before_anything_runs(tmp_path, monkeypa
     monkeypatch.setattr(notebook, "PROFILE_DIR", tmp_path)
     with pytest.raises(ValueError, match=error):
         notebook.profile_params("fig1_tradeoff", "smoke")
+
+
+def test_figure_rules_name_registered_datasets_and_tasks():
+    """The named rules that list dataset names list registered ones; Fig 8's transfer tasks come from the datasets'
+    registrations (`task`), so a new registered task is valid with no second list."""
+    from repspec_utils.infra import registry
+    from repspec_utils.infra.parameters import NAMED_RULES
+
+    for rule in ("conv_data", "cifar_data"):
+        names = re.findall(r"'([a-z0-9_]+)'", NAMED_RULES[rule].text)
+        assert names and set(names) <= set(registry.DATASETS.names()), (rule, names)
+    tasks = NAMED_RULES["transfer_tasks"]
+    assert tasks.ok(["standin", "analog", "stanford_dogs", "flowers102", "mit_indoor67", "cifar10"])
+    assert not tasks.ok(["cifar10_synthetic"]) and not tasks.ok(["imagenet"])
+    registry.DATASETS.register("transfer_test_task", lambda **k: None, kind="transfer", task="test_task")
+    try:
+        assert tasks.ok(["test_task"])
+    finally:
+        registry.DATASETS._items.pop("transfer_test_task")
+        registry.DATASETS._meta.pop("transfer_test_task")

@@ -228,13 +228,13 @@ def transfer_standin(target: str = "fashion_mnist", source: str = "mnist", n_per
     return train_ds, test_ds
 
 
-@DATASETS.register("transfer_standin", kind="transfer")
+@DATASETS.register("transfer_standin", kind="transfer", task="standin")
 def load_transfer_standin(seed: int = 0, root=None, **kwargs):
     """'transfer_standin': `transfer_standin(seed=seed, root=root, **kwargs)` (target, source, n_per_class, n_test)."""
     return transfer_standin(seed=seed, root=root, **kwargs)
 
 
-@DATASETS.register("transfer_analog", kind="transfer")
+@DATASETS.register("transfer_analog", kind="transfer", task="analog")
 def load_transfer_analog(seed: int = 0, root=None, **kwargs):
     """'transfer_analog': `transfer_standin(images=True, seed=seed, root=root, **kwargs)` — Fig 8's REAL-IMAGE ANALOG
     (28-px images for a conv backbone; target, source, n_per_class, n_test)."""
@@ -249,7 +249,9 @@ def _register_task(task: str) -> None:
 
     load.__name__ = load.__qualname__ = f"load_transfer_{task}"
     load.__doc__ = f"'transfer_{task}': `get_transfer_data({task!r}, seed=seed, **kwargs)`."
-    DATASETS.register(f"transfer_{task}", load, kind="transfer")
+    # `task`: the name Fig 8's `tasks` parameter takes (the paper's four; the synthetic CIFAR-10 stands in for one)
+    meta = {"task": task} if task != "cifar10_synthetic" else {}
+    DATASETS.register(f"transfer_{task}", load, kind="transfer", **meta)
 
 
 for _task in TRANSFER_TASKS:

@@ -74,6 +74,15 @@ def registered(table: str) -> Rule:
     return Rule(lambda v: isinstance(v, str) and v in names, lambda: f"one of {', '.join(map(repr, names.names()))}")
 
 
+def registered_meta(table: str, key: str) -> Rule:
+    """A value of the metadata `key` of some entry of `registry.TABLES[table]` (e.g. the datasets' `task`)."""
+    names = registry.TABLES[table]
+
+    def values() -> list:
+        return sorted({names.meta(n)[key] for n in names.where_has(key)})
+    return Rule(lambda v: isinstance(v, str) and v in values(), lambda: f"one of {', '.join(map(repr, values()))}")
+
+
 def _methods() -> Rule:
     """Distinct registered method names (`registered` in a `non_empty_list`), said in words of methods."""
     return Rule(non_empty_list(registered("methods"), unique=True).ok,
@@ -153,8 +162,7 @@ NAMED_RULES: dict[str, Rule] = {
     "all_correct": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: every correctly classified point)"),
     "conv_data": one_of("cifar10", "cifar10_synthetic", *_ANALOGS),  # CIFAR-10, its stand-in, or an analog
     "cifar_data": one_of("cifar10", "cifar10_synthetic"),
-    "transfer_tasks": non_empty_list(one_of("standin", "analog", "stanford_dogs", "flowers102", "mit_indoor67",
-                                            "cifar10"), unique=True),
+    "transfer_tasks": non_empty_list(registered_meta("datasets", "task"), unique=True),  # Fig 8's tasks
     "count_or_recipe": Rule(COUNT_OR_ALL.ok, "an integer ≥ 0 (0: the task's recipe)"),
     "number_or_recipe": Rule(NON_NEGATIVE.ok, "a finite number ≥ 0 (0: the task's recipe)"),
 }
