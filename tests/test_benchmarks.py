@@ -53,6 +53,18 @@ def test_the_guides_performance_table_is_generated_from_the_results_files():
     assert guide.split(performance.START, 1)[1].split(performance.END, 1)[0].strip() == performance.table().strip()
 
 
+def test_the_readmes_performance_table_is_generated_from_the_results_files():
+    """README's Performance block is what benchmarks/performance.py makes of the committed files (its headline rows,
+    every one also in the guide's table)."""
+    import performance
+
+    readme = performance.README.read_text(encoding="utf-8")
+    block = readme.split(performance.START, 1)[1].split(performance.END, 1)[0].strip()
+    assert block == performance.readme_table().strip()
+    rows = [line for line in block.splitlines()[2:]]
+    assert len(rows) >= 5 and all(row in performance.table() for row in rows)
+
+
 def test_the_table_reports_cpu_ratios_with_their_spread(tmp_path):
     """A planted results file shows up as a row with its CPU-time ratio, IQR and machine; changing a number in the
     file changes the table (so the check above can fail)."""
