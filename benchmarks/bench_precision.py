@@ -1,17 +1,19 @@
-"""fp32 vs bf16 on this CPU, printed as ratios measured in one run (interleaved, medians; not a test).
+"""fp32 vs bf16 on this CPU, as ratios measured in one run (not a test).
 
-1. The MNIST 784→2000→10 GELU MLP's training step at batch 1024 (`train.train_step`, rep-spectral at λ 1e-3, and
+1. (benchmarks/harness.py: ≥ 20 interleaved rounds, CPU and wall time with per-round ratios and their IQR, written
+   to benchmarks/results/precision_step.csv) The MNIST 784→2000→10 GELU MLP's training step at batch 1024 (`train.train_step`, rep-spectral at λ 1e-3, and
    unregularised): fp32 vs the task loss under bfloat16 autocast (`amp=True`, what `TrainConfig.precision='bf16'`
    runs); the penalty, master weights and optimiser state stay fp32 in both.
-2. One epoch (60000 samples, 59 steps of 1024, rep-spectral) in each precision.
-3. Tangent Attack (T = 40) samples per minute on that model, `precision='fp32'` vs `'bf16'` (bf16 queries, fp32
-   final bisection and success check), on the same samples; and the two mean distances.
+2. With --more (single runs, indications only: an emulated-bf16 epoch costs minutes): one epoch (60000 samples, 59
+   steps of 1024, rep-spectral) in each precision, and Tangent Attack (T = 40) samples per minute on that model,
+   `precision='fp32'` vs `'bf16'` (bf16 queries, fp32 final bisection and success check), on the same samples, with
+   the two mean distances.
 
 The model is trained for `--warm-steps` steps on MNIST when the files are there (bash scripts/fetch_data.sh), else
 on random data (said in the output). bf16 is fast only where the CPU has AVX-512 BF16 or AMX (checked and printed).
 
-Run: python benchmarks/bench_precision.py [--threads 1] [--repeat 10] [--n-attack 12]
-Runtime: about 3 minutes with one thread. Writes nothing unless --out FILE (a CSV of the printed rows).
+Run: python benchmarks/bench_precision.py [--threads 1] [--rounds 20] [--more] [--n-attack 12] [--out FILE]
+--out FILE also writes the --more rows to a CSV.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import compare  # noqa: E402  (median CPU seconds of interleaved rounds)
+from harness import compare, machine, print_machine, run_rounds, show, summarise, write  # noqa: E402
 
 from repspec_utils import attacks
 from repspec_utils.infra.registry import OBJECTIVES
@@ -48,7 +51,8 @@ def data(n: int = 60000):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the figure runs use 1 per worker)")
-    ap.add_argument("--repeat", type=int, default=10, help="timed rounds of the step comparison (median)")
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds of the step comparison (≥ 20)")
+    ap.add_argument("--more", action="store_true", help="also the epoch and the attack (single runs)")
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs per precision (median)")
     ap.add_argument("--n-attack", type=int, default=12, help="samples attacked per precision")
     ap.add_argument("--warm-steps", type=int, default=300)
@@ -64,7 +68,7 @@ def main() -> None:
     penalty = spectral.SpectralPenalty(spectral.spectral_layers(model, "rep"))
     objective = OBJECTIVES["supervised"]
     gen = torch.Generator().manual_seed(0)
-    for _ in range(args.warm_steps):  # a briefly trained model, so the attack sees a real boundary
+    for _ in range(args.warm_steps if args.more else 0):  # a briefly trained model: the attack sees a real boundary
         idx = torch.randint(0, len(X), (1024,), generator=gen)
         train_step(model, opt, objective, X[idx], Y[idx], None, penalty, 1e-3, amp=True)
     xb, yb = X[:1024], Y[:1024]
@@ -73,13 +77,22 @@ def main() -> None:
     def step(amp, pen):
         return lambda: train_step(model, opt, objective, xb, yb, None, pen, 1e-3 if pen else 0.0, amp=amp)
 
-    t = compare({"fp32 none": step(False, None), "bf16 none": step(True, None),
-                 "fp32 rep": step(False, penalty), "bf16 rep": step(True, penalty)}, args.repeat, warmup=2)
-    print(f"1. training step, batch 1024 (median of {args.repeat}, interleaved):")
+    info = machine()
+    print_machine(info)
+    rounds = run_rounds({"fp32 none": step(False, None), "bf16 none": step(True, None),
+                         "fp32 rep": step(False, penalty), "bf16 rep": step(True, penalty)}, args.rounds, warmup=2)
+    table = pd.concat([summarise(rounds[rounds.variant.str.endswith(m)], baseline=f"fp32 {m}")
+                       .assign(baseline=f"fp32 {m}") for m in ("none", "rep")], ignore_index=True)
+    print(f"1. training step, batch 1024, {args.rounds} interleaved rounds (ratios bf16 / fp32):")
+    show(table)
+    write("precision_step", table.assign(benchmark="precision_step", bf16_in_hardware=bf16_supported_here(),
+                                         data=str(source)), info)
+    if not args.more:
+        return
+    t = rounds.groupby("variant")["cpu_s"].median().to_dict()
     for m in ("none", "rep"):
-        r = t[f"fp32 {m}"] / t[f"bf16 {m}"]
-        print(f"   {m:>5}: fp32 {t[f'fp32 {m}'] * 1e3:7.1f} ms   bf16 {t[f'bf16 {m}'] * 1e3:7.1f} ms   fp32/bf16 {r:.2f}x")
-        rows.append({"what": f"step {m}", "fp32": t[f"fp32 {m}"], "bf16": t[f"bf16 {m}"], "ratio": r})
+        rows.append({"what": f"step {m}", "fp32": t[f"fp32 {m}"], "bf16": t[f"bf16 {m}"],
+                     "ratio": t[f"fp32 {m}"] / t[f"bf16 {m}"]})
 
     def epoch(amp):
         def run():
@@ -114,8 +127,6 @@ def main() -> None:
           f"({(d16 / d32 - 1) * 100:+.2f} %), every bf16 point adversarial for the fp32 model: {ok16}")
     rows.append({"what": "TA samples/min", "fp32": spm["fp32"], "bf16": spm["bf16"], "ratio": spm["bf16"] / spm["fp32"]})
     if args.out:
-        import pandas as pd
-
         pd.DataFrame(rows).to_csv(args.out, index=False)
         print(f"wrote {args.out}")
 

@@ -44,6 +44,9 @@ ROWS = [
      "(App. G's rep-spectral model): local bound / one float32 forward pass of them (issue 15's target: the local "
      "bound in < 10 s of CPU time)", ""),
     ("bounds", "global certified radius (float64)", "same, global bound / one forward pass", ""),
+    ("precision_step", "bf16 none", "MNIST step, batch 1024: bf16 autocast / fp32 (on a CPU without AVX-512 BF16 / AMX "
+     "bf16 is emulated: see bf16 below)", ""),
+    ("precision_step", "bf16 rep", "same with rep-spectral (penalty in fp32 in both)", ""),
 ]
 
 # the README's headline rows: (results file, variant)
