@@ -21,13 +21,8 @@ import torch
 from harness import machine, print_machine, run_rounds, show, summarise, write  # benchmarks/ is on sys.path
 from torch import nn
 
-from repspec_utils.method.spectral import (
-    SpectralPenalty,
-    conv_input_sizes,
-    linear_sigma_exact,
-    power_iteration,
-    spectral_layers,
-)
+from repspec_utils.method.spectral import (SpectralPenalty, conv_input_sizes, linear_sigma_exact, power_iteration,
+                                           spectral_layers)
 from repspec_utils.models import cifar_resnet18
 
 

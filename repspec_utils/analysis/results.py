@@ -7,19 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from repspec_utils.analysis.claims import (
-    ACC_TOLERANCE,
-    CLAIMS,
-    FIELD_TITLE,
-    LEVEL,
-    VERDICTS,
-    _manifest,
-    claims_markdown,
-    claims_summary,
-    field_markdown,
-    field_table,
-    glance_markdown,
-)
+from repspec_utils.analysis.claims import (ACC_TOLERANCE, CLAIMS, FIELD_TITLE, LEVEL, VERDICTS, _manifest,
+                                           claims_markdown, claims_summary, field_markdown, field_table, glance_markdown)
 from repspec_utils.infra import figures
 from repspec_utils.infra.notebook import profile_label
 

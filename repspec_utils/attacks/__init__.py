@@ -35,43 +35,17 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from repspec_utils.attacks.base import (
-    AttackResult,
-    NonFiniteLogits,
-    Oracle,
-    check_box,
-    check_budget,
-    check_finite_logits,
-    check_inputs,
-    check_label_range,
-    check_labels,
-    eval_mode,
-    model_dtype,
-)
-from repspec_utils.attacks.boundary import (
-    OPTIONS_DOC,
-    BoundaryOptions,
-    attack_progress,
-    binary_search,
-    boundary_attack,
-    estimate_normal,
-    finalize_fp32,
-    initial_adversarial,
-    sample_generators,
-    step_search,
-    with_options_signature,
-)
+from repspec_utils.attacks.base import (AttackResult, NonFiniteLogits, Oracle, check_box, check_budget,
+                                        check_finite_logits, check_inputs, check_label_range, check_labels, eval_mode,
+                                        model_dtype)
+from repspec_utils.attacks.boundary import (OPTIONS_DOC, BoundaryOptions, attack_progress, binary_search,
+                                            boundary_attack, estimate_normal, finalize_fp32, initial_adversarial,
+                                            sample_generators, step_search, with_options_signature)
 from repspec_utils.attacks.fmn import fmn_attack
 from repspec_utils.attacks.hsj import hop_skip_jump
 from repspec_utils.attacks.pgd import pgd_examples, pgd_linf, robust_accuracy
-from repspec_utils.attacks.precision import (
-    BF16_ATTACK_NOTE,
-    PRECISIONS,
-    BF16AttackWarning,
-    check_precision,
-    full_fp32_matmuls,
-    in_full_fp32,
-)
+from repspec_utils.attacks.precision import (BF16_ATTACK_NOTE, PRECISIONS, BF16AttackWarning, check_precision,
+                                             full_fp32_matmuls, in_full_fp32)
 from repspec_utils.attacks.tangent import tangent_attack
 
 # ----------------------------------------------------------------------------------------------------

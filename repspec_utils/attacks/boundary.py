@@ -13,16 +13,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from repspec_utils.attacks.base import (
-    AttackResult,
-    Oracle,
-    check_box,
-    check_budget,
-    check_inputs,
-    check_labels,
-    eval_mode,
-    model_dtype,
-)
+from repspec_utils.attacks.base import (AttackResult, Oracle, check_box, check_budget, check_inputs, check_labels,
+                                        eval_mode, model_dtype)
 from repspec_utils.attacks.precision import BF16_ATTACK_NOTE, BF16AttackWarning, check_precision
 from repspec_utils.infra.cache import progress_enabled
 

@@ -8,18 +8,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from repspec_utils.attacks.base import (
-    AttackResult,
-    Oracle,
-    check_box,
-    check_budget,
-    check_finite_logits,
-    check_inputs,
-    check_label_range,
-    check_labels,
-    eval_mode,
-    model_dtype,
-)
+from repspec_utils.attacks.base import (AttackResult, Oracle, check_box, check_budget, check_finite_logits,
+                                        check_inputs, check_label_range, check_labels, eval_mode, model_dtype)
 from repspec_utils.attacks.boundary import binary_search
 from repspec_utils.attacks.precision import in_full_fp32
 

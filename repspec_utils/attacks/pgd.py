@@ -8,16 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repspec_utils.attacks.base import (
-    AttackResult,
-    check_box,
-    check_finite_logits,
-    check_inputs,
-    check_label_range,
-    check_labels,
-    eval_mode,
-    model_dtype,
-)
+from repspec_utils.attacks.base import (AttackResult, check_box, check_finite_logits, check_inputs, check_label_range,
+                                        check_labels, eval_mode, model_dtype)
 from repspec_utils.attacks.precision import in_full_fp32
 
 

@@ -18,17 +18,8 @@ from __future__ import annotations
 
 from . import cifar, finetune, mnist, toy  # noqa: F401  (importing them registers their datasets)
 from .cifar import CIFAR10_CLASSES, make_synthetic_cifar10
-from .core import (
-    ArrayDataset,
-    DataIntegrityError,
-    DataMissingError,
-    data_fingerprint,
-    data_root,
-    dataset_fingerprint,
-    dataset_names,
-    get_data,
-    pair_fingerprint,
-)
+from .core import (ArrayDataset, DataIntegrityError, DataMissingError, data_fingerprint, data_root, dataset_fingerprint,
+                   dataset_names, get_data, pair_fingerprint)
 from .finetune import STANDIN_TAG, get_transfer_data, transfer_standin
 from .mnist import FASHION_MNIST_MD5, MNIST_MD5, mnist_raw_dir, prepare_fashion_mnist, prepare_mnist, verify_raw_files
 from .toy import make_digits, make_sin, make_xor, make_xor_noisy, sin_label

@@ -143,14 +143,8 @@ def train_all(configs: Iterable[TrainConfig], progress: bool | None = None, devi
     evenly among the jobs running at once). Configs already
     cached are not submitted; afterwards every model is read from the cache. recompute: train everything anew
     without reading the cache (each burn-in once), overwriting the entries."""
-    from repspec_utils.infra.executor import (
-        Job,
-        check_max_workers,
-        load_settings,
-        resolve_executor,
-        run_jobs,
-        split_branches,
-    )
+    from repspec_utils.infra.executor import (Job, check_max_workers, load_settings, resolve_executor, run_jobs,
+                                              split_branches)
     from repspec_utils.training.loop import data_identity, phase_key
 
     configs = list(configs)

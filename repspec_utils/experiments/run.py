@@ -13,16 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from repspec_utils.analysis.tables import (
-    REFIT_READOUTS,
-    SETTING_COLUMNS,
-    DefenceTables,
-    check_readout,
-    defence_models,
-    format_kwargs,
-    pgd_column,
-    seed_summary,
-)
+from repspec_utils.analysis.tables import (REFIT_READOUTS, SETTING_COLUMNS, DefenceTables, check_readout,
+                                           defence_models, format_kwargs, pgd_column, seed_summary)
 from repspec_utils.evaluation import bounds, geometry
 from repspec_utils.evaluation.refit import REFIT_CONVENTIONS, REFIT_DEFAULT, refit_readout
 from repspec_utils.evaluation.robustness import accuracy, evaluate_robustness, predict
@@ -36,15 +28,8 @@ from repspec_utils.method.spectral import conv_sigma, linear_sigma_exact
 from repspec_utils.models.base import RefitModel
 from repspec_utils.models.mlp import MLP
 from repspec_utils.training.config import TrainConfig, TrainResult
-from repspec_utils.training.loop import (
-    epoch_generator,
-    load_training_data,
-    make_model,
-    make_optimizer,
-    resolve_device,
-    torch_threads,
-    train_step,
-)
+from repspec_utils.training.loop import (epoch_generator, load_training_data, make_model, make_optimizer,
+                                         resolve_device, torch_threads, train_step)
 
 
 def settings(cfg: TrainConfig) -> dict:

@@ -22,22 +22,9 @@ from typing import Any, Iterable, Mapping
 from repspec_utils.infra import notebook as nbapi
 from repspec_utils.infra.cache import cache_root, progress_enabled
 from repspec_utils.infra.files import REPO_ROOT, portable
-from repspec_utils.infra.notebook import (
-    PROFILES,
-    RECORD_FILE,
-    RUNNER_PARAMS,
-    ParameterError,
-    default_out_dir,
-    ensure_dir,
-    notebook_defaults,
-    notebook_path,
-    notebooks,
-    parameter_help,
-    profile_params,
-    read_json,
-    resolve_path,
-    write_json,
-)
+from repspec_utils.infra.notebook import (PROFILES, RECORD_FILE, RUNNER_PARAMS, ParameterError, default_out_dir,
+                                          ensure_dir, notebook_defaults, notebook_path, notebooks, parameter_help,
+                                          profile_params, read_json, resolve_path, write_json)
 
 MANIFEST_FILE = "manifest.json"  # written by the runner
 KERNEL_NAME = "repspec"          # kernelspec registered for sys.executable when 'python3' runs another python

@@ -25,15 +25,8 @@ from repspec_utils.infra import cache
 from repspec_utils.infra.registry import AUGMENTATIONS, METHODS, MODELS, OBJECTIVES
 from repspec_utils.method.penalties import make_monitor, make_penalty
 from repspec_utils.models.base import build_model
-from repspec_utils.training.config import (
-    TrainConfig,
-    TrainResult,
-    check_memory,
-    diverged,
-    method_parts,
-    schedule_epochs,
-    validate,
-)
+from repspec_utils.training.config import (TrainConfig, TrainResult, check_memory, diverged, method_parts,
+                                           schedule_epochs, validate)
 
 
 def prepare_model(cfg: "TrainConfig", model: nn.Module) -> nn.Module:
