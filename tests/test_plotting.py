@@ -65,14 +65,17 @@ def test_git_commit(tmp_path):
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "f.csv").write_text("1")
     (tmp_path / "RESULTS.md").write_text("# Results")
+    (tmp_path / "README.md").write_text("# readme")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "RESULTS.md").write_text("not the generated page")
-    subprocess.run([*git, "-C", str(tmp_path), "add", "figures/f.csv", "RESULTS.md", "docs/RESULTS.md"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "add", "figures/f.csv", "RESULTS.md", "README.md", "docs/RESULTS.md"],
+                   check=True)
     subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "-m", "y"], check=True)
     head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
     (tmp_path / "figures" / "f.csv").write_text("2")  # a figure rewritten by a batch run: still the clean commit
     (tmp_path / "RESULTS.md").write_text("# Results, regenerated")  # the claims notebook's page: likewise
+    (tmp_path / "README.md").write_text("# readme, its verdict block regenerated")  # and README's verdict block
     assert provenance.git_commit(tmp_path) == head
     (tmp_path / "docs" / "RESULTS.md").write_text("edited")  # only the root page is generated
     assert provenance.git_commit(tmp_path) == head + "-dirty"

@@ -11,8 +11,8 @@ from repspec_utils.infra.files import REPO_ROOT
 def git_commit(repo: str | Path | None = None) -> str:
     """Short hash of HEAD of the repspec repository (or `repo`), plus '-dirty' if tracked files have uncommitted
     changes (untracked files are ignored, as in `git describe --dirty`, and so are the generated outputs a batch run
-    rewrites as it goes: figures/ and the results page RESULTS.md, which the claims notebook writes before its
-    manifest); 'unknown' outside git or without commits."""
+    rewrites as it goes: figures/, the results page RESULTS.md and README.md, whose verdict block the claims notebook
+    rewrites before its manifest — neither feeds any computation); 'unknown' outside git or without commits."""
     cwd = Path(repo) if repo is not None else REPO_ROOT
 
     def git(*args: str) -> str:
@@ -21,7 +21,7 @@ def git_commit(repo: str | Path | None = None) -> str:
     try:
         head = git("rev-parse", "--short", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)figures",
-                    ":(exclude)RESULTS.md")
+                    ":(exclude)RESULTS.md", ":(exclude)README.md")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "") if head else "unknown"
