@@ -21,7 +21,8 @@ Unknown keys, a claim that is not an integer, a rule that is not a name: ValueEr
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as _default
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class Figure:
     shows: str = ""
     page: int | None = None
     claims: tuple[ClaimSource, ...] = ()
-    rules: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, str] = _default(default_factory=dict)
     mlp: bool = False
     field: bool = False
     runs_last: bool = False
