@@ -17,8 +17,8 @@ import pandas as pd
 
 from repspec_utils.analysis.tables import DIGIT_PLANE_COORDS, square_grid
 from repspec_utils.infra.files import atomic_path
-from repspec_utils.infra.registry import METHODS
 from repspec_utils.infra.provenance import git_commit
+from repspec_utils.infra.registry import METHODS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
