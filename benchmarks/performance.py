@@ -33,6 +33,10 @@ ROWS = [
     ("adversarial_step", "lsp+pgd_at", "LSP-style + PGD-AT / unregularised step", ""),
     ("adversarial_step", "arat (BN MLP)", "AR-AT (split-BN MLP) / unregularised step of the BN MLP", "≤ 12.5×"),
     ("adversarial_step", "arat (no BN)", "AR-AT (MLP without BN) / unregularised step", "≤ 12.5×"),
+    ("adversarial_step_resnet18", "pgd_at (ResNet18)", "CIFAR ResNet18, batch 32: PGD-AT step (k = 10) / unregularised "
+     "step", "≤ 11.3×"),
+    ("adversarial_step_resnet18", "arat (ResNet18)", "same, AR-AT (split BN, layer4's predictors) / unregularised step",
+     "≤ 12.5×"),
     ("spectral_linear", "exact sigma", "Linear 2000×784: exact σ (`matrix_norm`) / one power step", ""),
     ("spectral_linear", "exact penalty + backward", "Linear 2000×784: exact penalty + backward / power penalty + "
      "backward", ""),
