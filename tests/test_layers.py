@@ -343,7 +343,6 @@ def test_a_bad_figure_section_is_refused_before_anything_runs(tmp_path, monkeypa
     start, end = text.index("\nfigure:") + 1, text.index("\nsmoke:") + 1
     path.write_text(text[:start] + section + "\n" + text[end:], encoding="utf-8")
     monkeypatch.setattr(figures, "PROFILE_DIR", tmp_path)
-    monkeypatch.setattr(notebook, "PROFILE_DIR", tmp_path)
     with pytest.raises(ValueError, match=error):
         notebook.profile_params("fig1_tradeoff", "smoke")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from repspec_utils.infra import figures
+
 from repspec_utils.infra import notebook as nbk
 from repspec_utils.infra import runner as rp
 
@@ -49,7 +51,7 @@ def toy(tmp_path, monkeypatch):
     (profdir / "toy.yaml").write_text("smoke: {}\ncpu:\n  epochs: 100\n  lam: 1.0e-2\npaper:\n  epochs: 15000\n"
                                       "  seeds: [400, 401, 402]\n")
     monkeypatch.setattr(nbk, "NOTEBOOK_DIR", nbdir)
-    monkeypatch.setattr(nbk, "PROFILE_DIR", profdir)
+    monkeypatch.setattr(figures, "PROFILE_DIR", profdir)
     return tmp_path
 
 

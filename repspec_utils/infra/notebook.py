@@ -36,7 +36,6 @@ from repspec_utils.infra import cache, figures, parameters
 from repspec_utils.infra.files import REPO_ROOT, atomic_write_text, portable
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-PROFILE_DIR = figures.PROFILE_DIR
 PROFILES = ("smoke", "cpu", "paper")
 RUNNER_PARAMS = ("profile", "out_dir")  # every notebook has them; the runner sets them itself
 RECORD_FILE = "record.json"      # written by the notebook (NotebookRun.record), merged into the manifest
@@ -141,8 +140,7 @@ def parameter_help(notebook: str) -> dict[str, str]:
 
 
 def _profile_file(notebook: str) -> Path:
-    stem = notebook_path(notebook).stem
-    return PROFILE_DIR / f"{stem}.yaml"
+    return figures.profile_file(notebook_path(notebook).stem)
 
 
 def load_profiles(notebook: str) -> dict[str, dict[str, Any]]:
