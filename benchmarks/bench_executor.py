@@ -48,7 +48,10 @@ def main(argv=None) -> int:
                 try:
                     recipes.train_all(configs, progress=False, executor=mode, max_workers=args.workers)
                 finally:
-                    os.environ.pop("REPSPEC_CACHE") if before is None else os.environ.update(REPSPEC_CACHE=before)
+                    if before is None:
+                        os.environ.pop("REPSPEC_CACHE", None)
+                    else:
+                        os.environ["REPSPEC_CACHE"] = before
         return run
 
     info = machine()
