@@ -365,3 +365,29 @@ def test_figure_rules_name_registered_datasets_and_tasks():
     finally:
         registry.DATASETS._items.pop("transfer_test_task")
         registry.DATASETS._meta.pop("transfer_test_task")
+
+
+def test_a_profile_file_is_parsed_once_and_each_reader_gets_its_own_copy(tmp_path, monkeypatch):
+    """The profile load and the `figure:` reader share one parse per file version; an edit is seen at once."""
+    import shutil
+
+    import yaml
+
+    from repspec_utils.infra import figures, notebook
+
+    for p in figures.PROFILE_DIR.glob("*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    monkeypatch.setattr(figures, "PROFILE_DIR", tmp_path)
+    calls = []
+    real = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: calls.append(1) or real(text))
+    notebook.load_profiles("fig1_tradeoff")
+    figures.figure("fig1_tradeoff")
+    assert len(calls) == 1
+    first = figures.read_yaml(tmp_path / "fig1_tradeoff.yaml")
+    first["smoke"]["planted"] = 1
+    assert "planted" not in figures.read_yaml(tmp_path / "fig1_tradeoff.yaml")["smoke"]
+    path = tmp_path / "fig1_tradeoff.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("figure:", "figure:\n  colour: 3", 1), encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown key"):
+        notebook.load_profiles("fig1_tradeoff")

@@ -20,6 +20,7 @@ Unknown keys, a claim that is not an integer, a rule that is not a name: ValueEr
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from dataclasses import field as _default
@@ -66,16 +67,26 @@ def profile_file(name: str) -> Path:
 
 
 def read_yaml(path: Path) -> Any:
-    """A profile file's content (safe_load: no YAML tag may build an object); {} for an empty file."""
+    """A profile file's content (safe_load: no YAML tag may build an object); {} for an empty file.
+
+    Parsed once per file version (path, mtime, size) and shared with the `figure:` reader below; each caller gets its
+    own copy, so nothing it changes reaches the next reader."""
+    path = Path(path)
+    st = path.stat()
+    return copy.deepcopy(_parsed(str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(path: str, mtime_ns: int, size: int) -> Any:
     import yaml
 
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
 
 
 @functools.lru_cache(maxsize=None)
-def _figure(path: str, mtime_ns: int) -> Figure:
+def _figure(path: str, mtime_ns: int, size: int) -> Figure:
     p = Path(path)
-    data = read_yaml(p)
+    data = _parsed(path, mtime_ns, size)
     section = data.get(FIGURE_KEY) if isinstance(data, dict) else None
     if section is None:
         return Figure(p.stem)
@@ -121,7 +132,8 @@ def figure(name: str) -> Figure:
     path = profile_file(Path(str(name)).stem)
     if not path.is_file():
         return Figure(Path(str(name)).stem)
-    return _figure(str(path), path.stat().st_mtime_ns)
+    st = path.stat()
+    return _figure(str(path), st.st_mtime_ns, st.st_size)
 
 
 def all_figures() -> list[Figure]:
