@@ -13,7 +13,11 @@ median of 15, three repeats): 91 s to compile, then 0.82–0.92× the eager quer
 argmax on 512 images — not adopted for the figures: ≤ 18 % on the queries, a compile per job process, and attack
 results no longer bit-identical to the eager runs'.
 
-Run: python benchmarks/bench_conv.py [--rounds 20] [--width 16] [--blocks 1] [--compile]
+--query-batches times the attack's model calls alone instead: the same 2048 images in calls of 16 … 2048 rows, and a
+Tangent Attack (8 Fashion-MNIST-sized images, T = 2) with the rows per call the attacks choose for a conv net on the
+CPU (`attacks.base.query_rows`) against one call of up to 8192 rows; written to conv_query_rows_w<width>_b<blocks>.csv.
+
+Run: python benchmarks/bench_conv.py [--rounds 20] [--width 16] [--blocks 1] [--compile | --query-batches]
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="also the attack query through torch.compile")
+    ap.add_argument("--query-batches", action="store_true", help="only the attack's calls, by rows per call")
     args = ap.parse_args()
     torch.set_num_threads(1)
     info = machine()
+    if args.query_batches:
+        return query_batches(args, info)
     print_machine(info)
     cost = small_resnet_cost(args.width, args.blocks, channels=1, image_size=28, pad=2)
     g = torch.Generator().manual_seed(0)
@@ -101,6 +108,44 @@ def main() -> None:
           table.assign(benchmark="conv_small_resnet", width=args.width, blocks=args.blocks,
                        forward_macs=cost["forward_macs"], gemm_gflops=rate / 1e9, epoch_cpu_min=epoch / 60, **extra),
           info)
+
+
+def query_batches(args, info) -> None:
+    from repspec_utils.attacks import tangent_attack
+    from repspec_utils.attacks.base import DENSE_QUERY_ROWS, query_rows
+
+    model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2048, 1, 28, 28, generator=g)
+    chosen = query_rows(model, "cpu")
+    fns, images = {}, {}
+    for rows in sorted({16, 64, 256, 1024, 2048, chosen}):
+        def calls(rows=rows):
+            with torch.no_grad():
+                for s in range(0, x.shape[0], rows):
+                    model(x[s:s + rows]).argmax(1)
+        fns[f"calls of {rows} rows"], images[f"calls of {rows} rows"] = calls, x.shape[0]
+    xa = x[:8]
+    for name, rows in (("tangent attack, rows chosen", None), (f"tangent attack, {DENSE_QUERY_ROWS} rows", DENSE_QUERY_ROWS)):
+        fns[name] = (lambda rows=rows: tangent_attack(model, xa, None, (0.0, 1.0), T=2, max_batch=rows,
+                                                      progress=False))
+    queries = int(tangent_attack(model, xa, None, (0.0, 1.0), T=2, progress=False).queries.sum())
+    images.update({"tangent attack, rows chosen": queries, f"tangent attack, {DENSE_QUERY_ROWS} rows": queries})
+    rounds = run_rounds(fns, rounds=args.rounds, warmup=1)
+    # the calls' ratios are to one call of all 2048 images; the attack's, to the same attack in calls of 8192 rows
+    table = summarise(rounds, baseline="calls of 2048 rows")
+    versus = summarise(rounds, baseline=f"tangent attack, {DENSE_QUERY_ROWS} rows").set_index("variant")
+    is_attack = table["variant"].str.startswith("tangent attack")
+    ratio_cols = [c for c in table.columns if "_ratio" in c]
+    table.loc[is_attack, ratio_cols] = versus.loc[table.loc[is_attack, "variant"], ratio_cols].to_numpy()
+    table["baseline"] = [f"tangent attack, {DENSE_QUERY_ROWS} rows" if a else "calls of 2048 rows" for a in is_attack]
+    table["per_image_ms"] = table["cpu_s"] * 1e3 / table["variant"].map(images)
+    print(table[["variant", "cpu_ratio", "cpu_ratio_q1", "cpu_ratio_q3", "per_image_ms", "baseline"]]
+          .to_string(index=False))
+    print(f"rows chosen for this net: {chosen}")
+    write(f"conv_query_rows_w{args.width}_b{args.blocks}",
+          table.assign(benchmark="conv_query_rows", width=args.width, blocks=args.blocks, rows_chosen=chosen,
+                       attack_queries=queries), info)
 
 
 if __name__ == "__main__":

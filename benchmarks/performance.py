@@ -51,6 +51,11 @@ ROWS = [
     ("precision_step", "bf16 none", "MNIST step, batch 1024: bf16 autocast / fp32 (on a CPU without AVX-512 BF16 / AMX "
      "bf16 is emulated: see bf16 below)", ""),
     ("precision_step", "bf16 rep", "same with rep-spectral (penalty in fp32 in both)", ""),
+    ("conv_query_rows_w16_b1", "tangent attack, rows chosen", "Tangent Attack on the analogs' small ResNet (width 16, "
+     "8 images, T = 2): model calls of 64 images (`models.call_rows`, the default on the CPU) / the same attack in "
+     "calls of up to 8192", ""),
+    ("conv_query_rows_w16_b1", "calls of 64 rows", "same net, no-grad forward of 2048 images in calls of 64 / one call "
+     "of 2048", ""),
 ]
 
 # the README's headline rows: (results file, variant)

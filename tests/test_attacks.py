@@ -405,3 +405,55 @@ def test_pgd_respects_the_box_and_rejects_bad_settings(digits_mlp):
         kwargs = {"eps": 0.1, **bad}
         with pytest.raises(ValueError, match=match):
             attacks.pgd_linf(m, x, y, kwargs.pop("eps"), (0.0, 1.0), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# rows per model call
+# ----------------------------------------------------------------------------------------------------
+class _LargestCall(Counting):
+    """Counting, plus the largest batch one call carried."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.largest = 0
+
+    def forward(self, x):
+        self.largest = max(self.largest, x.shape[0])
+        return super().forward(x)
+
+
+def _tiny_conv(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 3)).eval()
+
+
+def test_rows_per_call_follow_the_model():
+    """None chooses: a conv net on the CPU gets small calls, an MLP (and any net on a GPU) large ones."""
+    from repspec_utils.attacks.base import CONV_QUERY_ROWS, DENSE_QUERY_ROWS, query_rows
+
+    assert CONV_QUERY_ROWS < DENSE_QUERY_ROWS
+    assert query_rows(_tiny_conv(), "cpu") == CONV_QUERY_ROWS
+    assert query_rows(_tiny_conv(), "cuda") == DENSE_QUERY_ROWS  # a device name: no GPU needed to ask
+    assert query_rows(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "cpu") == DENSE_QUERY_ROWS
+
+
+@pytest.mark.parametrize("attack", BLACK_BOX)
+def test_a_conv_nets_attack_asks_the_same_rows_in_smaller_calls(attack):
+    """max_batch=None on a conv net: no call above CONV_QUERY_ROWS rows, and the same queries and distances as one
+    call of up to 8192 rows (the chunking changes how rows are grouped, never which are asked)."""
+    from repspec_utils.attacks.base import CONV_QUERY_ROWS
+
+    net = _tiny_conv()
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    small, large = _LargestCall(net), _LargestCall(net)
+    a = attack(small, x, None, (0.0, 1.0), T=3, init_probes=40, progress=False)
+    b = attack(large, x, None, (0.0, 1.0), T=3, init_probes=40, max_batch=8192, progress=False)
+    assert small.largest <= CONV_QUERY_ROWS < large.largest
+    assert small.rows == large.rows and torch.equal(a.queries, b.queries)
+    torch.testing.assert_close(a.distance, b.distance, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="max_batch"):
+        attack(net, x, None, (0.0, 1.0), T=1, max_batch=0, progress=False)
+    with pytest.raises(ValueError, match="max_batch"):
+        attack(net, x, None, (0.0, 1.0), T=1, max_batch=2.5, progress=False)

@@ -279,3 +279,42 @@ def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identi
                   test.box, T=3, seed=3, progress=False,
                   pool=(test.x[robustness.predict(m, test.x) == test.y], test.y[robustness.predict(m, test.x) == test.y]))
     assert np.allclose(one.distance.to_numpy(), direct.distance.double().numpy())
+
+
+def test_evaluation_passes_split_a_conv_net_into_small_calls_with_the_same_result():
+    """predict / features / accuracy / the training loop's test accuracy: a conv net on the CPU is called with at most
+    CONV_CALL_ROWS images (`models.call_rows`), without autograd, and gives what one call of everything gives; an MLP
+    keeps the large calls."""
+    from torch import nn
+
+    from repspec_utils.data import ArrayDataset
+    from repspec_utils.evaluation.robustness import accuracy, features, predict
+    from repspec_utils.models import CONV_CALL_ROWS, RepModel, call_rows
+    from repspec_utils.training.loop import evaluate_accuracy
+
+    class Net(RepModel):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten())
+            self.readout = nn.Linear(4 * 6 * 6, 3)
+            self.sizes, self.grad = [], []
+
+        def features(self, x):
+            self.sizes.append(x.shape[0])
+            self.grad.append(torch.is_grad_enabled())
+            return self.body(x)
+
+    net = Net()
+    x = torch.rand(150, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (150,), generator=torch.Generator().manual_seed(1))
+    ds = ArrayDataset(x, y, name="t", source="generated: test", box=(0.0, 1.0), n_classes=3)
+    with torch.no_grad():
+        whole = net(x)
+    net.sizes.clear()
+    assert torch.equal(predict(net, x), whole.argmax(1))
+    torch.testing.assert_close(features(net, x), net.body(x).detach(), rtol=0, atol=0)
+    acc = float((whole.argmax(1) == y).double().mean())
+    assert accuracy(net, ds) == acc and evaluate_accuracy(net, ds) == acc
+    assert max(net.sizes) == CONV_CALL_ROWS and not any(net.grad)
+    assert call_rows(nn.Sequential(nn.Linear(3, 3)), "cpu") == 4096 and call_rows(net, "cuda") == 4096

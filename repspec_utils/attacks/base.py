@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from repspec_utils.attacks.precision import check_precision
+from repspec_utils.models.base import CONV_CALL_ROWS, call_rows
 
 
 @dataclass
@@ -115,6 +116,15 @@ def check_finite_logits(logits: Tensor, where: str) -> Tensor:
                               f"{bad.numel()} inputs; an attack on it would report nonsense. Check the model (a "
                               f"diverged training, a bad checkpoint) before attacking it.")
     return logits
+
+
+DENSE_QUERY_ROWS = 8192  # rows per model call for an MLP, or any net on a GPU: large GEMMs run at their best rate
+CONV_QUERY_ROWS = CONV_CALL_ROWS  # ... for a convolutional net on the CPU (`models.base.call_rows`)
+
+
+def query_rows(model: nn.Module, device: torch.device | str = "cpu") -> int:
+    """Rows per model call of a hard-label attack when `max_batch` is not given (`models.base.call_rows`)."""
+    return call_rows(model, device, dense=DENSE_QUERY_ROWS)
 
 
 class Oracle:

@@ -49,7 +49,7 @@ def raw_feature_scale(model: nn.Module) -> float:
 
 
 def refit_readout(model: nn.Module, train_ds, test_ds, C: float | None = None, max_iter: int | None = None,
-                  standardize: bool = False, batch_size: int = 4096, convention: str = REFIT_DEFAULT):
+                  standardize: bool = False, batch_size: int | None = None, convention: str = REFIT_DEFAULT):
     """Readout re-training: freeze Φ, fit multinomial L2 logistic regression (lbfgs) on the training set.
 
     `convention` (REFIT_CONVENTIONS) chooses the features and scikit-learn's settings: 'reference' (default, the

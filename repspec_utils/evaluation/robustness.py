@@ -21,6 +21,7 @@ from repspec_utils.attacks import resolve_attack
 from repspec_utils.attacks.base import check_box, check_budget, check_inputs, eval_mode
 from repspec_utils.evaluation import bounds
 from repspec_utils.infra import cache
+from repspec_utils.models.base import call_rows
 
 # Bump when a change to the attacks alters the tables they produce (it is part of every cache key).
 ATTACK_TABLE_VERSION = 2  # 2: per-sample start draws, several fallback candidates (issue 12 item 11)
@@ -43,23 +44,25 @@ def model_float_dtype(model: nn.Module) -> torch.dtype:
     return p.dtype if p is not None and p.is_floating_point() else torch.float32
 
 
-def _batched(fn, x: Tensor, model: nn.Module, batch_size: int) -> Tensor:
+def _batched(fn, x: Tensor, model: nn.Module, batch_size: int | None) -> Tensor:
+    """fn over x in calls of `batch_size` images (None: `models.call_rows`, small calls for a conv net on the CPU)."""
     dev, dtype = model_device(model), model_float_dtype(model)
+    batch_size = call_rows(model, dev) if batch_size is None else int(batch_size)
     with torch.no_grad(), eval_mode(model):
         return torch.cat([fn(x[s:s + batch_size].to(dev, dtype)) for s in range(0, x.shape[0], batch_size)])
 
 
-def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
+def predict(model: nn.Module, x: Tensor, batch_size: int | None = None) -> Tensor:
     """Predicted labels argmax F(x): x (N, ...) -> int64 (N,) on the model's device."""
     return _batched(lambda b: model(b).argmax(1), x, model, batch_size)
 
 
-def features(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
+def features(model: nn.Module, x: Tensor, batch_size: int | None = None) -> Tensor:
     """The representation Φ(x): x (N, ...) -> (N, p) on the model's device (no grad)."""
     return _batched(model.features, x, model, batch_size)
 
 
-def accuracy(model: nn.Module, ds, batch_size: int = 4096) -> float:
+def accuracy(model: nn.Module, ds, batch_size: int | None = None) -> float:
     """Test accuracy of argmax F on the whole dataset `ds` (x (N, ...), y (N,))."""
     return (predict(model, ds.x, batch_size).cpu() == ds.y.cpu()).double().mean().item()
 
@@ -76,7 +79,7 @@ def check_model_output(model: nn.Module, x: Tensor) -> int:
     return int(out.shape[1])
 
 
-def select_correct(model: nn.Module, ds, n: int, seed: int = 0, batch_size: int = 4096,
+def select_correct(model: nn.Module, ds, n: int, seed: int = 0, batch_size: int | None = None,
                    correct: Tensor | None = None) -> Tensor:
     """Indices (n,) of the first n correctly classified samples of ds after a seeded shuffle (torch.Generator);
     ValueError if fewer than n are correctly classified. `correct` (N,) bool skips the predictions."""
@@ -124,7 +127,7 @@ def attack_is_cached(cache_key: dict, test_ds, n: int, seed: int = 0, attack: st
 
 def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack: str = "tangent",
                         attack_kwargs: dict | None = None, cache_key: dict | None = None,
-                        progress: bool = True, batch_size: int = 4096, precision: str = "fp32",
+                        progress: bool = True, batch_size: int | None = None, precision: str = "fp32",
                         chunk: int = ATTACK_CHUNK, certify: bool = True) -> pd.DataFrame:
     """Attack the first n correctly classified test samples (seeded shuffle) inside test_ds.box; one row per
     sample: index (in test_ds), label, distance ‖x_adv − x‖₂ (inf if no adversarial point), queries, success,

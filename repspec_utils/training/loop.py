@@ -24,7 +24,7 @@ from repspec_utils.data import DataIntegrityError, dataset_fingerprint, get_data
 from repspec_utils.infra import cache
 from repspec_utils.infra.registry import AUGMENTATIONS, METHODS, MODELS, OBJECTIVES
 from repspec_utils.method.penalties import make_monitor, make_penalty
-from repspec_utils.models.base import build_model
+from repspec_utils.models.base import build_model, call_rows
 from repspec_utils.training.config import (TrainConfig, TrainResult, check_memory, diverged, method_parts,
                                            schedule_epochs, validate)
 
@@ -125,15 +125,21 @@ OBJECTIVES.register("supervised", supervised_loss)
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, ds, batch_size: int = 4096, device=None) -> float:
-    """Top-1 accuracy of `model` on a whole ArrayDataset."""
+def evaluate_accuracy(model: nn.Module, ds, batch_size: int | None = None, device=None) -> float:
+    """Top-1 accuracy of `model` on a whole ArrayDataset, without autograd, in calls of `batch_size` images (None:
+    `models.call_rows`: small calls for a conv net on the CPU, 4096 otherwise)."""
     device = device or next(model.parameters()).device
+    batch_size = call_rows(model, device) if batch_size is None else int(batch_size)
     was_training = model.training
     model.eval()
     correct = 0
-    for i in range(0, len(ds), batch_size):
-        correct += (model(ds.x[i : i + batch_size].to(device)).argmax(1).cpu() == ds.y[i : i + batch_size]).sum().item()
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(ds), batch_size):
+                pred = model(ds.x[i : i + batch_size].to(device)).argmax(1).cpu()
+                correct += (pred == ds.y[i : i + batch_size]).sum().item()
+    finally:
+        model.train(was_training)
     return correct / len(ds)
 
 
