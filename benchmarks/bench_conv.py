@@ -2,6 +2,9 @@
 a FLOP bound, with memory format and batch size as the variants, from interleaved rounds (benchmarks/harness.py), CPU
 time on one thread with its IQR; written to benchmarks/results/conv_*.csv.
 
+Circular padding: the steps pad through `models.resnet.CircularConv2d` (the library's); "step b=128 F.pad circular" is
+the same step with torch's own F.pad(mode="circular"), whose backward builds a full-size zero tensor and a full-size
+sum for every wrapped strip (bit-identical gradients, tested).
 FLOP bound: a training step executes ≈ 3× the forward multiply-adds (forward, input gradient, weight gradient; the
 first conv's input gradient is not needed, a < 1 % term at 1 input channel) = 6 · forward_macs FLOPs per image
 (`models.small_resnet_cost`, exact, tested); an attack query executes the forward only, 2 · forward_macs. The rate
@@ -29,6 +32,7 @@ from harness import machine, print_machine, run_rounds, show, summarise, write
 
 from repspec_utils.infra.registry import OBJECTIVES
 from repspec_utils.models import small_resnet, small_resnet_cost
+from repspec_utils.models.resnet import CircularConv2d
 from repspec_utils.training import TrainConfig, make_optimizer, train_step
 
 
@@ -61,6 +65,17 @@ def main() -> None:
             fns[name] = (lambda model=model, opt=opt, x=x, y=y:
                          train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
             flops[name], images[name] = 6 * cost["forward_macs"] * batch, batch
+    # the same step with every conv padding through F.pad(mode="circular") (torch's own; before CircularConv2d)
+    model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).train()
+    for m in model.modules():
+        if isinstance(m, CircularConv2d):
+            m.__class__ = torch.nn.Conv2d
+    x, y = torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)
+    opt = make_optimizer(TrainConfig(dataset="fashion_mnist", model={"kind": "small_resnet"}, lr=0.01), model)
+    name = "step b=128 F.pad circular"
+    fns[name] = (lambda model=model, opt=opt, x=x, y=y:
+                 train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
+    flops[name], images[name] = 6 * cost["forward_macs"] * 128, 128
     for fmt in ("contiguous", "channels_last"):
         model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).eval()
         x = torch.rand(512, 1, 28, 28, generator=g)

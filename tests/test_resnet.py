@@ -92,3 +92,61 @@ def test_fft_sigma_of_model_convs_is_their_operator_norm():
             want = torch.linalg.matrix_norm(conv_matrix(conv, size, size).double(), ord=2)
             got = spectral.conv_sigma(conv, (size, size)).double()
         assert got.item() == pytest.approx(want.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (2, 1, 0, 3), (0, 0, 1, 1), (3, 0, 2, 2), (6, 6, 5, 5)])
+def test_circular_pad_is_f_pad_circular_bit_for_bit(pad):
+    """Values and gradients equal to autograd through F.pad(mode='circular') exactly; double backward works."""
+    import torch.nn.functional as F
+
+    from repspec_utils.models.resnet import circular_pad
+
+    g = torch.Generator().manual_seed(sum(pad))
+    x = torch.randn(2, 3, 5, 6, generator=g, requires_grad=True)
+    out_shape = (2, 3, 5 + pad[2] + pad[3], 6 + pad[0] + pad[1])
+    gout = torch.randn(out_shape, generator=g)
+    want = F.pad(x, pad, mode="circular")
+    got = circular_pad(x, pad)
+    assert torch.equal(got, want)
+    assert torch.equal(torch.autograd.grad(got, x, gout)[0], torch.autograd.grad(want, x, gout)[0])
+    x64 = torch.randn(1, 2, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: circular_pad(t, pad), (x64,))
+
+
+def test_circular_pad_refuses_bad_pads():
+    from repspec_utils.models.resnet import circular_pad
+
+    x = torch.zeros(1, 1, 4, 5)
+    for bad in [(1, 1, 1), (-1, 0, 0, 0), (6, 0, 0, 0), (0, 0, 5, 0)]:
+        with pytest.raises(ValueError, match="circular_pad"):
+            circular_pad(x, bad)
+    with pytest.raises(ValueError, match="4-D"):
+        circular_pad(torch.zeros(4, 5), (1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("build", [lambda: cifar_resnet18(seed=0), lambda: __import__(
+    "repspec_utils.models", fromlist=["small_resnet"]).small_resnet(width=4, blocks=1, pad=2, seed=0)])
+def test_circular_convs_train_bit_for_bit_as_f_pad_circular(build):
+    """Every padded conv is a CircularConv2d; a training step's loss and every gradient equal those of the same net
+    whose convs pad through F.pad (plain nn.Conv2d, padding_mode 'circular') exactly."""
+    import torch.nn.functional as F
+
+    from repspec_utils.models.resnet import CircularConv2d
+
+    fast, plain = build().train(), build().train()
+    padded = [m for m in fast.modules() if isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding)]
+    assert padded and all(type(m) is CircularConv2d and m.padding_mode == "circular" for m in padded)
+    for m in plain.modules():
+        if type(m) is CircularConv2d:
+            m.__class__ = nn.Conv2d
+    shape = (6, 3, 16, 16) if hasattr(fast.conv1, "weight") and fast.conv1.in_channels == 3 else (6, 1, 28, 28)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) % 10
+    losses = []
+    for net in (fast, plain):
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch.equal(*losses)
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        assert torch.equal(a.grad, b.grad), name

@@ -39,11 +39,86 @@ def _resnet_feature_layers(model: nn.Module, n_stages: int, max_stage: int | Non
     return layers
 
 
+class _CircularPad(torch.autograd.Function):
+    """Circular (wrap-around) padding of the last two dims, pad = (left, right, top, bottom), each ≤ that dim's size.
+
+    The forward is `F.pad(x, pad, mode="circular")`'s: copy x into the middle, then the left / right columns, then the
+    top / bottom rows (which carry the corners) from the padded tensor itself. The backward undoes those copies in
+    reverse order on one copy of the gradient: each wrapped strip's gradient is added to the strip it was copied from
+    and zeroed. Autograd through F.pad does the same additions in the same order, so the gradient is bit for bit the
+    same (tested), but it builds every step as a full-size zero tensor plus a full-size sum: on the analogs' small
+    ResNet the F.pad step costs ≈ 1.13× this one (benchmarks/bench_conv.py, GUIDE). Its own backward is made of differentiable
+    operations, so double backward works too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+        left, right, top, bottom = pad
+        h, w = x.shape[-2], x.shape[-1]
+        hp, wp = h + top + bottom, w + left + right
+        out = x.new_empty((*x.shape[:-2], hp, wp))
+        out[..., top:top + h, left:left + w] = x
+        if left:
+            out[..., :, :left] = out[..., :, wp - left - right:wp - right]
+        if right:
+            out[..., :, wp - right:] = out[..., :, left:left + right]
+        if top:
+            out[..., :top, :] = out[..., hp - top - bottom:hp - bottom, :]
+        if bottom:
+            out[..., hp - bottom:, :] = out[..., top:top + bottom, :]
+        ctx.pad = (left, right, top, bottom)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        left, right, top, bottom = ctx.pad
+        g = grad.clone()
+        hp, wp = g.shape[-2], g.shape[-1]
+        if bottom:
+            g[..., top:top + bottom, :] += g[..., hp - bottom:, :]
+            g[..., hp - bottom:, :] = 0
+        if top:
+            g[..., hp - top - bottom:hp - bottom, :] += g[..., :top, :]
+            g[..., :top, :] = 0
+        if right:
+            g[..., :, left:left + right] += g[..., :, wp - right:]
+            g[..., :, wp - right:] = 0
+        if left:
+            g[..., :, wp - left - right:wp - right] += g[..., :, :left]
+            g[..., :, :left] = 0
+        return g[..., top:hp - bottom, left:wp - right].contiguous(), None
+
+
+def circular_pad(x: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
+    """`F.pad(x, pad, mode="circular")` for 4-D x and pad = (left, right, top, bottom) ≥ 0 (each at most the size it
+    wraps), with the same values and bit-identical gradients, and a cheaper backward (`_CircularPad`)."""
+    pad = tuple(int(p) for p in pad)
+    if x.dim() != 4 or len(pad) != 4 or min(pad) < 0 or max(pad[:2]) > x.shape[-1] or max(pad[2:]) > x.shape[-2]:
+        raise ValueError(f"circular_pad needs a 4-D input and 0 <= (left, right) <= width, 0 <= (top, bottom) <= "
+                         f"height; got input {tuple(x.shape)} and pad {pad}")
+    return _CircularPad.apply(x, pad)
+
+
+class CircularConv2d(nn.Conv2d):
+    """nn.Conv2d whose padding_mode 'circular' pads with `circular_pad` (same output, same gradients, faster backward).
+    `set_circular_padding` turns a model's padded convs into this class in place (their parameters stay the same
+    objects, and the state_dict the same keys)."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "circular":
+            return super()._conv_forward(input, weight, bias)
+        return F.conv2d(circular_pad(input, self._reversed_padding_repeated_twice), weight, bias, self.stride,
+                        (0, 0), self.dilation, self.groups)
+
+
 def set_circular_padding(module: nn.Module) -> nn.Module:
-    """Switch every padded Conv2d in `module` to circular padding (makes the FFT σ_max exact)."""
+    """Switch every padded Conv2d in `module` to circular padding (makes the FFT σ_max exact), computed by
+    `CircularConv2d` (a plain nn.Conv2d changes class in place; a subclass keeps its own forward and gets
+    padding_mode 'circular', as before)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding):
             m.padding_mode = "circular"
+            if type(m) is nn.Conv2d:
+                m.__class__ = CircularConv2d
     return module
 
 
