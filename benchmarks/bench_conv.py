@@ -52,30 +52,24 @@ def main() -> None:
     cost = small_resnet_cost(args.width, args.blocks, channels=1, image_size=28, pad=2)
     g = torch.Generator().manual_seed(0)
     fns, flops, images = {}, {}, {}
-    for batch in (64, 128, 256):
-        for fmt in ("contiguous", "channels_last"):
-            model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).train()
-            x = torch.rand(batch, 1, 28, 28, generator=g)
-            y = torch.randint(0, 10, (batch,), generator=g)
-            if fmt == "channels_last":
-                model = model.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            opt = make_optimizer(TrainConfig(dataset="fashion_mnist", model={"kind": "small_resnet"}, lr=0.01), model)
-            name = f"step b={batch} {fmt}"
-            fns[name] = (lambda model=model, opt=opt, x=x, y=y:
-                         train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
-            flops[name], images[name] = 6 * cost["forward_macs"] * batch, batch
-    # the same step with every conv padding through F.pad(mode="circular") (torch's own; before CircularConv2d)
-    model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).train()
-    for m in model.modules():
-        if isinstance(m, CircularConv2d):
-            m.__class__ = torch.nn.Conv2d
-    x, y = torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)
-    opt = make_optimizer(TrainConfig(dataset="fashion_mnist", model={"kind": "small_resnet"}, lr=0.01), model)
-    name = "step b=128 F.pad circular"
-    fns[name] = (lambda model=model, opt=opt, x=x, y=y:
-                 train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
-    flops[name], images[name] = 6 * cost["forward_macs"] * 128, 128
+    # the steps pad through CircularConv2d; the last one, the same step through torch's own F.pad(mode="circular")
+    steps = [(batch, fmt, "") for batch in (64, 128, 256) for fmt in ("contiguous", "channels_last")]
+    for batch, fmt, pad in steps + [(128, "contiguous", "F.pad circular")]:
+        model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).train()
+        if pad:
+            for m in model.modules():
+                if isinstance(m, CircularConv2d):
+                    m.__class__ = torch.nn.Conv2d
+        x = torch.rand(batch, 1, 28, 28, generator=g)
+        y = torch.randint(0, 10, (batch,), generator=g)
+        if fmt == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt = make_optimizer(TrainConfig(dataset="fashion_mnist", model={"kind": "small_resnet"}, lr=0.01), model)
+        name = f"step b={batch} {pad or fmt}"
+        fns[name] = (lambda model=model, opt=opt, x=x, y=y:
+                     train_step(model, opt, OBJECTIVES["supervised"], x, y, None, None, 0.0))
+        flops[name], images[name] = 6 * cost["forward_macs"] * batch, batch
     for fmt in ("contiguous", "channels_last"):
         model = small_resnet(width=args.width, blocks=args.blocks, pad=2, seed=0).eval()
         x = torch.rand(512, 1, 28, 28, generator=g)

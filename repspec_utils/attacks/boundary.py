@@ -232,11 +232,11 @@ def boundary_attack(step: Callable, name: str, model: nn.Module, x: Tensor, y: T
         warnings.warn(BF16_ATTACK_NOTE, BF16AttackWarning, stacklevel=3)
     check_budget(opts.max_queries, x.shape[0])
     vmin, vmax = check_box(box)
-    if opts.max_batch is not None and (isinstance(opts.max_batch, bool) or int(opts.max_batch) != opts.max_batch):
+    if opts.max_batch is not None and (isinstance(opts.max_batch, bool) or int(opts.max_batch) != opts.max_batch
+                                       or opts.max_batch < 1):
         raise ValueError(f"max_batch must be a positive integer or None (chosen for the model), got {opts.max_batch!r}")
-    if opts.T < 0 or (opts.max_batch is not None and opts.max_batch < 1) or not 0 < opts.tol < 1:
-        raise ValueError(f"need T >= 0, max_batch >= 1 and 0 < tol < 1; got T={opts.T}, max_batch={opts.max_batch}, "
-                         f"tol={opts.tol}")
+    if opts.T < 0 or not 0 < opts.tol < 1:
+        raise ValueError(f"need T >= 0 and 0 < tol < 1; got T={opts.T}, tol={opts.tol}")
     n, shape, dev = x.shape[0], tuple(x.shape[1:]), x.device
     max_batch = query_rows(model, dev) if opts.max_batch is None else int(opts.max_batch)
     dtype = model_dtype(model, x)

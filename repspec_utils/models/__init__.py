@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from repspec_utils.models.base import (ACTIVATION_DERIVATIVES, ACTIVATIONS, CONV_CALL_ROWS, IMAGENET_MEAN,
                                        IMAGENET_STD, INITS, Normalize, RefitModel, RepModel, activation_derivative,
-                                       build_model, call_rows, first_layers, gelu_derivative, get_activation, normal_init_, torch_default_init_)
+                                       build_model, call_rows, first_layers, gelu_derivative, get_activation,
+                                       normal_init_, torch_default_init_)
 from repspec_utils.models.mlp import MLP, BatchedMLP, BiasScaledLinear, effective_bias, mlp_layer
 from repspec_utils.models.resnet import (CIFAR10_MEAN, CIFAR10_STD, IMAGE_STATS, ResNetRep, check_small_resnet,
                                          cifar_resnet18, resnet50_transfer, set_circular_padding, small_resnet,

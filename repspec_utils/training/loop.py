@@ -126,18 +126,17 @@ OBJECTIVES.register("supervised", supervised_loss)
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, ds, batch_size: int | None = None, device=None) -> float:
-    """Top-1 accuracy of `model` on a whole ArrayDataset, without autograd, in calls of `batch_size` images (None:
-    `models.call_rows`: small calls for a conv net on the CPU, 4096 otherwise)."""
+    """Top-1 accuracy of `model` on a whole ArrayDataset in calls of `batch_size` images (None: `models.call_rows`:
+    small calls for a conv net on the CPU, 4096 otherwise)."""
     device = device or next(model.parameters()).device
     batch_size = call_rows(model, device) if batch_size is None else int(batch_size)
     was_training = model.training
     model.eval()
     correct = 0
     try:
-        with torch.no_grad():
-            for i in range(0, len(ds), batch_size):
-                pred = model(ds.x[i : i + batch_size].to(device)).argmax(1).cpu()
-                correct += (pred == ds.y[i : i + batch_size]).sum().item()
+        for i in range(0, len(ds), batch_size):
+            pred = model(ds.x[i : i + batch_size].to(device)).argmax(1).cpu()
+            correct += (pred == ds.y[i : i + batch_size]).sum().item()
     finally:
         model.train(was_training)
     return correct / len(ds)
