@@ -282,7 +282,7 @@ def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identi
 
 
 def test_evaluation_passes_split_a_conv_net_into_small_calls_with_the_same_result():
-    """predict / features / accuracy / the training loop's test accuracy: a conv net on the CPU is called with at most
+    """predict / features / accuracy (the training loop's test accuracy too: one function): a conv net on the CPU is called with at most
     CONV_CALL_ROWS images (`models.call_rows`), without autograd, and gives what one call of everything gives; an MLP
     keeps the large calls."""
     from torch import nn
@@ -290,7 +290,6 @@ def test_evaluation_passes_split_a_conv_net_into_small_calls_with_the_same_resul
     from repspec_utils.data import ArrayDataset
     from repspec_utils.evaluation.robustness import accuracy, features, predict
     from repspec_utils.models import CONV_CALL_ROWS, RepModel, call_rows
-    from repspec_utils.training.loop import evaluate_accuracy
 
     class Net(RepModel):
         def __init__(self):
@@ -315,6 +314,6 @@ def test_evaluation_passes_split_a_conv_net_into_small_calls_with_the_same_resul
     assert torch.equal(predict(net, x), whole.argmax(1))
     torch.testing.assert_close(features(net, x), net.body(x).detach(), rtol=0, atol=0)
     acc = float((whole.argmax(1) == y).double().mean())
-    assert accuracy(net, ds) == acc and evaluate_accuracy(net, ds) == acc
+    assert accuracy(net, ds) == acc
     assert max(net.sizes) == CONV_CALL_ROWS and not any(net.grad)
     assert call_rows(nn.Sequential(nn.Linear(3, 3)), "cpu") == 4096 and call_rows(net, "cuda") == 4096

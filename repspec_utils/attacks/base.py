@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from repspec_utils.attacks.precision import check_precision
-from repspec_utils.models.base import CONV_CALL_ROWS, call_rows
+from repspec_utils.models.base import CONV_CALL_ROWS, call_rows, eval_mode  # noqa: F401 (eval_mode: re-exported)
 
 
 @dataclass
@@ -86,18 +85,6 @@ def check_label_range(y: Tensor, n_classes: int) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------------
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Run with every submodule in eval mode; restore each module's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def model_dtype(model: nn.Module, x: Tensor) -> torch.dtype:
     p = next(model.parameters(), None)
     return p.dtype if p is not None and p.is_floating_point() else x.dtype

@@ -1,6 +1,6 @@
 """Evaluation: test accuracy and adversarial distance tables (SPEC §4).
 
-- `accuracy` / `predict`: on the full set, batched, no grad, model in eval mode (its modes are restored).
+- `accuracy` / `predict` / `features` (from `models.base`): on the full set, batched, no grad, model in eval mode.
 - `evaluate_robustness`: the first n correctly classified test samples after a seeded shuffle are attacked
   (box from the dataset); one row per sample: index, label, distance, queries, success, attack. Cached
   under a content key when the caller describes the model (`cache_key`).
@@ -21,7 +21,8 @@ from repspec_utils.attacks import resolve_attack
 from repspec_utils.attacks.base import check_box, check_budget, check_inputs, eval_mode
 from repspec_utils.evaluation import bounds
 from repspec_utils.infra import cache
-from repspec_utils.models.base import call_rows
+from repspec_utils.models.base import (accuracy, features, model_device, model_float_dtype,  # noqa: F401 (re-exported)
+                                       predict)
 
 # Bump when a change to the attacks alters the tables they produce (it is part of every cache key).
 ATTACK_TABLE_VERSION = 2  # 2: per-sample start draws, several fallback candidates (issue 12 item 11)
@@ -32,39 +33,6 @@ COLUMNS = ["index", "label", "distance", "queries", "success", "attack"]
 
 # added after the attack, never cached: the certified radius of one-hidden-layer MLPs (bounds.certified_radius)
 CERTIFIED = "certified_radius"
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def model_float_dtype(model: nn.Module) -> torch.dtype:
-    p = next(model.parameters(), None)
-    return p.dtype if p is not None and p.is_floating_point() else torch.float32
-
-
-def _batched(fn, x: Tensor, model: nn.Module, batch_size: int | None) -> Tensor:
-    """fn over x in calls of `batch_size` images (None: `models.call_rows`, small calls for a conv net on the CPU)."""
-    dev, dtype = model_device(model), model_float_dtype(model)
-    batch_size = call_rows(model, dev) if batch_size is None else int(batch_size)
-    with torch.no_grad(), eval_mode(model):
-        return torch.cat([fn(x[s:s + batch_size].to(dev, dtype)) for s in range(0, x.shape[0], batch_size)])
-
-
-def predict(model: nn.Module, x: Tensor, batch_size: int | None = None) -> Tensor:
-    """Predicted labels argmax F(x): x (N, ...) -> int64 (N,) on the model's device."""
-    return _batched(lambda b: model(b).argmax(1), x, model, batch_size)
-
-
-def features(model: nn.Module, x: Tensor, batch_size: int | None = None) -> Tensor:
-    """The representation Φ(x): x (N, ...) -> (N, p) on the model's device (no grad)."""
-    return _batched(model.features, x, model, batch_size)
-
-
-def accuracy(model: nn.Module, ds, batch_size: int | None = None) -> float:
-    """Test accuracy of argmax F on the whole dataset `ds` (x (N, ...), y (N,))."""
-    return (predict(model, ds.x, batch_size).cpu() == ds.y.cpu()).double().mean().item()
 
 
 def check_model_output(model: nn.Module, x: Tensor) -> int:

@@ -1,10 +1,12 @@
 """What every model shares: activations and their derivatives, `RepModel` (Φ = `features`, `readout`,
-`feature_layers()`), `Normalize` (inputs in [0, 1], normalisation inside the model), `RefitModel` (Φ with a new
+`feature_layers()`), inference on a whole set (`predict`, `features`, `accuracy`: no grad, eval mode, calls of
+`call_rows` images), `Normalize` (inputs in [0, 1], normalisation inside the model), `RefitModel` (Φ with a new
 head), initialisers, and `build_model(spec)` (dispatch through `registry.MODELS`)."""
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -36,6 +38,52 @@ def call_rows(model: nn.Module, device: torch.device | str = "cpu", dense: int =
     if torch.device(device).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return CONV_CALL_ROWS
     return int(dense)
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run with every submodule in eval mode; restore each module's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def model_float_dtype(model: nn.Module) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+
+def _batched(fn, x: torch.Tensor, model: nn.Module, batch_size: int | None) -> torch.Tensor:
+    """fn over x in calls of `batch_size` images (None: `call_rows`), no grad, every submodule in eval mode."""
+    dev, dtype = model_device(model), model_float_dtype(model)
+    batch_size = call_rows(model, dev) if batch_size is None else int(batch_size)
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([fn(x[s:s + batch_size].to(dev, dtype)) for s in range(0, x.shape[0], batch_size)])
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Predicted labels argmax F(x): x (N, ...) -> int64 (N,) on the model's device."""
+    return _batched(lambda b: model(b).argmax(1), x, model, batch_size)
+
+
+def features(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The representation Φ(x): x (N, ...) -> (N, p) on the model's device (no grad)."""
+    return _batched(model.features, x, model, batch_size)
+
+
+def accuracy(model: nn.Module, ds, batch_size: int | None = None) -> float:
+    """Top-1 accuracy of argmax F on the whole dataset `ds` (x (N, ...), y (N,)): the test accuracy of every table
+    and of the training loop's history alike."""
+    return (predict(model, ds.x, batch_size).cpu() == ds.y.cpu()).double().mean().item()
 
 
 def gelu_derivative(z: torch.Tensor) -> torch.Tensor:

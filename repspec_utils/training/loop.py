@@ -24,7 +24,7 @@ from repspec_utils.data import DataIntegrityError, dataset_fingerprint, get_data
 from repspec_utils.infra import cache
 from repspec_utils.infra.registry import AUGMENTATIONS, METHODS, MODELS, OBJECTIVES
 from repspec_utils.method.penalties import make_monitor, make_penalty
-from repspec_utils.models.base import build_model, call_rows
+from repspec_utils.models.base import accuracy, build_model
 from repspec_utils.training.config import (TrainConfig, TrainResult, check_memory, diverged, method_parts,
                                            schedule_epochs, validate)
 
@@ -125,23 +125,6 @@ OBJECTIVES.register("supervised", supervised_loss)
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, ds, batch_size: int | None = None, device=None) -> float:
-    """Top-1 accuracy of `model` on a whole ArrayDataset in calls of `batch_size` images (None: `models.call_rows`:
-    small calls for a conv net on the CPU, 4096 otherwise)."""
-    device = device or next(model.parameters()).device
-    batch_size = call_rows(model, device) if batch_size is None else int(batch_size)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        for i in range(0, len(ds), batch_size):
-            pred = model(ds.x[i : i + batch_size].to(device)).argmax(1).cpu()
-            correct += (pred == ds.y[i : i + batch_size]).sum().item()
-    finally:
-        model.train(was_training)
-    return correct / len(ds)
-
-
 # ------------------------------------------------------------------------------------------- the loop
 def data_identity(cfg: TrainConfig) -> str:
     """The content fingerprint of cfg's dataset as it would load now (`data.dataset_fingerprint`: every data file
@@ -256,7 +239,7 @@ def _run_phase(
                "train_loss": loss_sum / n, "train_acc": correct / n,
                "penalty": reg_sum / max(n_reg, 1), "epoch_time": time.perf_counter() - t0}
         if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch in (1, end)) and cfg.objective == "supervised":
-            row["test_acc"] = evaluate_accuracy(model, test_ds, device=device)
+            row["test_acc"] = accuracy(model, test_ds)
         row.update({f"sigma_{j}": s for j, s in enumerate(sig)})
         history = history + [row]
         bar.update(1)
