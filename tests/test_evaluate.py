@@ -281,6 +281,33 @@ def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identi
     assert np.allclose(one.distance.to_numpy(), direct.distance.double().numpy())
 
 
+def test_more_samples_attack_only_the_new_ones_and_give_the_table_of_a_fresh_run(digits, tmp_path, monkeypatch):
+    """Raising n (Fig 4: 200 → the paper's 1000 samples per model) reuses the largest cached smaller table whole
+    pieces: only the new samples are attacked, and the table equals one computed from nothing."""
+    from repspec_utils import attacks as A
+
+    m, _, test = digits
+    kw = dict(seed=3, attack="tangent", attack_kwargs={"T": 3}, progress=False, chunk=5, cache_key={"model": "d"})
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "fresh"))
+    fresh = robustness.evaluate_robustness(m, test, 15, **kw)
+    monkeypatch.setenv("REPSPEC_CACHE", str(tmp_path / "grown"))
+    calls = []
+    real = A.ATTACKS["tangent"]
+    monkeypatch.setitem(A.ATTACKS, "tangent", lambda *a, **k: (calls.append((len(a[1]), k["seed"])), real(*a, **k))[1])
+    small = robustness.evaluate_robustness(m, test, 5, **kw)  # one piece: the key of an unchunked table
+    ten = robustness.evaluate_robustness(m, test, 10, **kw)
+    assert calls == [(5, 3), (5, robustness._chunk_seed(3, 1))]  # n=10 attacked piece 1 only
+    calls.clear()
+    grown = robustness.evaluate_robustness(m, test, 15, **kw)
+    assert calls == [(5, robustness._chunk_seed(3, 2))]  # pieces 0-1 from the n=10 table
+    pd.testing.assert_frame_equal(grown, fresh)
+    pd.testing.assert_frame_equal(ten, fresh.iloc[:10])
+    pd.testing.assert_frame_equal(small, fresh.iloc[:5])
+    calls.clear()  # another seed shuffles other samples: nothing to reuse
+    robustness.evaluate_robustness(m, test, 10, **{**kw, "seed": 4})
+    assert [c[0] for c in calls] == [5, 5]
+
+
 def test_evaluation_passes_split_a_conv_net_into_small_calls_with_the_same_result():
     """predict / features / accuracy (the training loop's test accuracy too: one function): a conv net on the CPU is called with at most
     CONV_CALL_ROWS images (`models.call_rows`), without autograd, and gives what one call of everything gives; an MLP

@@ -77,9 +77,25 @@ def dataset_identity(ds) -> str | None:
 def _attack_key(cache_key: dict, name: str, kwargs: dict, n: int, seed: int, test_ds, chunk: int):
     pieces = {"chunk": chunk} if n > chunk else {}  # one piece: the key (and the result) as before chunking
     key = cache.make_key(kind="attack", model=cache_key, attack=name, kwargs=kwargs, n=n, seed=seed,
-                         data=[getattr(test_ds, "name", None), len(test_ds.y), dataset_identity(test_ds)], version=ATTACK_TABLE_VERSION,
-                         **pieces)
+                         data=[getattr(test_ds, "name", None), len(test_ds.y), dataset_identity(test_ds)],
+                         version=ATTACK_TABLE_VERSION, **pieces)
     return key, cache.cache_root() / "attacks" / f"{key}.pt"
+
+
+def _cached_prefix(cache_key: dict, name: str, kwargs: dict, n: int, seed: int, test_ds, chunk: int) -> list[dict]:
+    """The pieces of the largest cached table of the same attack on the same model with fewer samples, a whole
+    number of pieces (n' = k·chunk < n): its first k pieces are the first k pieces of this one (the first n correct
+    samples after the seeded shuffle begin with the first n'; piece c has seed `_chunk_seed(seed, c)` at any n), so
+    raising n (200 → 1000 samples per model) attacks only the new samples. Each piece's seconds are its share of the
+    stored table's."""
+    for k in range((n - 1) // chunk, 0, -1):
+        stored = cache.load(_attack_key(cache_key, name, kwargs, k * chunk, seed, test_ds, chunk)[1])
+        if stored is not None:
+            share = float(stored["seconds"]) / k
+            return [{**{col: list(stored[col][c * chunk:(c + 1) * chunk])
+                        for col in ("index", "label", "distance", "queries", "success")}, "seconds": share}
+                    for c in range(k)]
+    return []
 
 
 def attack_is_cached(cache_key: dict, test_ds, n: int, seed: int = 0, attack: str = "tangent",
@@ -103,7 +119,8 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
     skips computing it and leaves the column NaN, for a second attack on the same samples). With `cache_key` (a
     dict describing the model) the table is cached and reloaded. The samples are attacked in pieces of `chunk`
     (piece c with seed `_chunk_seed(seed, c)`); with a cache key each finished piece is cached at once, so an
-    interrupted attack resumes at its first unfinished piece with results identical to an uninterrupted run.
+    interrupted attack resumes at its first unfinished piece with results identical to an uninterrupted run, and a
+    larger n starts from the pieces of the largest cached smaller table (`_cached_prefix`): only new samples run.
     precision 'bf16': the attack's model queries under bfloat16 autocast, its final bisection and success check in
     fp32. Bad input (box, inputs outside it, budget ≤ 0, unknown attack, output not (batch, classes), n too large)
     raises ValueError before the attack makes any query."""
@@ -124,6 +141,7 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
     n, chunk = int(n), int(chunk)
     check_model_output(model, test_ds.x)
     kwargs.setdefault("seed", seed)
+    key_kwargs = dict(kwargs)  # what the key holds (the pool and progress below are not part of it)
     path = key = None
     if cache_key is not None:
         key, path = _attack_key(cache_key, name, kwargs, n, seed, test_ds, chunk)
@@ -144,9 +162,12 @@ def evaluate_robustness(model: nn.Module, test_ds, n: int, seed: int = 0, attack
         kwargs.setdefault("progress", progress)
         parts = []
         starts = range(0, n, chunk)
+        prefix = _cached_prefix(cache_key, name, key_kwargs, n, seed, test_ds, chunk) if path is not None else []
         for c, s in enumerate(starts):
             part_path = path.with_name(f"{key}.part{c}.pt") if path is not None and len(starts) > 1 else None
             part = cache.load(part_path) if part_path is not None else None
+            if part is None and c < len(prefix) and prefix[c]["index"] == idx[s:s + chunk].tolist():
+                part = prefix[c]  # the same samples, seed and piece as a smaller cached table's: its rows
             if part is None:
                 t_part = time.perf_counter()
                 rows = idx[s:s + chunk]
