@@ -282,8 +282,8 @@ def test_an_interrupted_attack_resumes_at_its_first_unfinished_piece_with_identi
 
 
 def test_more_samples_attack_only_the_new_ones_and_give_the_table_of_a_fresh_run(digits, tmp_path, monkeypatch):
-    """Raising n (Fig 4: 200 → the paper's 1000 samples per model) reuses the largest cached smaller table whole
-    pieces: only the new samples are attacked, and the table equals one computed from nothing."""
+    """Raising n (Fig 4: 200 → the paper's 1000 samples per model) reuses the whole pieces of the largest cached
+    smaller table: only the new samples are attacked, and the table equals one computed from nothing."""
     from repspec_utils import attacks as A
 
     m, _, test = digits
@@ -309,9 +309,9 @@ def test_more_samples_attack_only_the_new_ones_and_give_the_table_of_a_fresh_run
 
 
 def test_evaluation_passes_split_a_conv_net_into_small_calls_with_the_same_result():
-    """predict / features / accuracy (the training loop's test accuracy too: one function): a conv net on the CPU is called with at most
-    CONV_CALL_ROWS images (`models.call_rows`), without autograd, and gives what one call of everything gives; an MLP
-    keeps the large calls."""
+    """predict / features / accuracy (the training loop's test accuracy too: one function): a conv net on the CPU
+    is called with at most CONV_CALL_ROWS images (`models.call_rows`), without autograd, and gives what one call of
+    everything gives; an MLP keeps the large calls."""
     from torch import nn
 
     from repspec_utils.data import ArrayDataset
